@@ -1,0 +1,20 @@
+"""accel_lib: deploy image models to (simulated) FPGA accelerators, following Azure ML's accelerated models."""
+from .errors import OperationTimeout, UserError
+from .model import Model
+from .workspace import Workspace
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # heavy parts load on first use
+    import importlib
+    where = {"AccelOnnxConverter": "conversion", "ModelConvertOperation": "conversion",
+             "AccelContainerImage": "image", "Image": "image", "PredictionClient": "client",
+             "client_from_service": "client"}
+    if name in where:
+        return getattr(importlib.import_module(f".{where[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = ["Workspace", "Model", "UserError", "OperationTimeout", "AccelOnnxConverter", "ModelConvertOperation",
+           "AccelContainerImage", "Image", "PredictionClient", "client_from_service"]

@@ -1,0 +1,87 @@
+"""Host preprocessing in numpy + Pillow: the same numerics as accel_lib.models.utils.preprocess_array.
+
+Decode JPEG/PNG to RGB uint8 (JPEG with the accurate integer IDCT), resize (bilinear, half-pixel centres, no
+antialiasing) the shortest side to ``resize_side`` keeping the aspect ratio, centre-crop, subtract the channel
+means, reorder channels and scale.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+MEANS_RGB = (123.68, 116.779, 103.939)
+
+
+class BadImage(ValueError):
+    """An input item that is not a decodable JPEG or PNG."""
+
+
+def resize_side_for(output_height, output_width):
+    """The shortest-side target: 256 for a 224 crop, scaled in proportion for other crop sizes."""
+    return (max(output_height, output_width) * 256 * 2 + 224) // (2 * 224)
+
+
+def aspect_size(h, w, side):
+    """(new_h, new_w) with the shortest side ``side``, the other rounded half up (integer arithmetic)."""
+    if h <= w:
+        return side, (w * side * 2 + h) // (2 * h)
+    return (h * side * 2 + w) // (2 * w), side
+
+
+def decode(data: bytes, index: int = 0) -> np.ndarray:
+    """Decode JPEG or PNG bytes to an RGB uint8 array; BadImage names the item that failed."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("JPEG", "PNG"):
+                raise BadImage(f"image {index} is {im.format}, not JPEG or PNG; convert it first.")
+            return np.asarray(im.convert("RGB"))
+    except BadImage:
+        raise
+    except Exception as e:
+        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {e}") from None
+
+
+def _axis_weights(n_in, n_out):
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    lo = np.floor(src)
+    frac = (src - lo).astype(np.float32)
+    lo_i = np.clip(lo.astype(np.int64), 0, n_in - 1)
+    hi_i = np.clip(lo.astype(np.int64) + 1, 0, n_in - 1)
+    frac = np.where(src < 0, np.float32(0), frac).astype(np.float32)
+    return lo_i, hi_i, frac
+
+
+def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres, float32 result (matches tf.image.resize, antialias=False)."""
+    x = img.astype(np.float32)
+    y0, y1, fy = _axis_weights(x.shape[0], out_h)
+    x0, x1, fx = _axis_weights(x.shape[1], out_w)
+    top = x[y0][:, x0] + (x[y0][:, x1] - x[y0][:, x0]) * fx[None, :, None]
+    bot = x[y1][:, x0] + (x[y1][:, x1] - x[y1][:, x0]) * fx[None, :, None]
+    return top + (bot - top) * fy[:, None, None]
+
+
+def preprocess(images, order="RGB", scaling_factor=1.0, output_height=224, output_width=224,
+               preserve_aspect_ratio=True) -> np.ndarray:
+    """A batch of encoded images -> float32 [N, H, W, 3], the device stage's input."""
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    out = np.empty((len(images), output_height, output_width, 3), np.float32)
+    side = resize_side_for(output_height, output_width)
+    for i, data in enumerate(images):
+        rgb = decode(bytes(data), i)
+        if preserve_aspect_ratio:
+            nh, nw = aspect_size(rgb.shape[0], rgb.shape[1], side)
+            x = resize_bilinear(rgb, nh, nw)
+            oy, ox = (nh - output_height) // 2, (nw - output_width) // 2
+            x = x[oy:oy + output_height, ox:ox + output_width]
+        else:
+            x = resize_bilinear(rgb, output_height, output_width)
+        x = x - np.asarray(MEANS_RGB, np.float32)
+        if order == "BGR":
+            x = x[..., ::-1]
+        out[i] = x * np.float32(scaling_factor)
+    return out

@@ -1,0 +1,176 @@
+"""Model: register, get, list and delete versioned models in a workspace."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+from .workspace import Workspace, _now
+
+NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,254}$")
+NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
+                  "starting with a letter or digit")
+
+
+def check_name(name, what="model"):
+    """Raise UserError unless ``name`` follows the naming rule."""
+    if not isinstance(name, str) or not NAME_RULE.match(name):
+        hint = f" (try {name.lower()!r})" if isinstance(name, str) and NAME_RULE.match(name.lower()) else ""
+        raise UserError(f"invalid {what} name {name!r}: {NAME_RULE_TEXT}{hint}.")
+    return name
+
+
+class Model:
+    """A registered model. ``Model(ws, name, version=None)`` fetches one (latest version by default)."""
+
+    def __init__(self, workspace: Workspace, name: str | None = None, version: int | None = None,
+                 id: str | None = None):
+        if id is not None:
+            name, _, v = id.rpartition(":")
+            version = int(v)
+        with workspace.connect() as db:
+            if version is None:
+                row = db.execute("SELECT * FROM models WHERE name=? ORDER BY version DESC LIMIT 1",
+                                 (name,)).fetchone()
+            else:
+                row = db.execute("SELECT * FROM models WHERE name=? AND version=?", (name, int(version))).fetchone()
+            if row is None:
+                known = [r[0] for r in db.execute("SELECT DISTINCT name FROM models ORDER BY name")]
+                versions = [r[0] for r in db.execute("SELECT version FROM models WHERE name=? ORDER BY version",
+                                                     (name,))]
+        if row is None:
+            if versions:
+                raise UserError(f"model {name!r} has no version {version}; it has versions {versions}.")
+            raise UserError(f"no model named {name!r} in workspace {workspace.name!r}; "
+                            f"registered models: {known or 'none'}. Register it with Model.register(...).")
+        self._load(workspace, row)
+
+    def _load(self, workspace, row):
+        self.workspace = workspace
+        self.name = row["name"]
+        self.version = row["version"]
+        self.description = row["description"]
+        self.tags = json.loads(row["tags"])
+        self.properties = json.loads(row["properties"])
+        self.created_time = row["created_time"]
+        self.files = json.loads(row["files"])   # relative path -> sha256
+        self.kind = row["kind"]                 # "file" or "folder"
+
+    @classmethod
+    def _from_row(cls, workspace, row):
+        m = cls.__new__(cls)
+        m._load(workspace, row)
+        return m
+
+    id = property(lambda self: f"{self.name}:{self.version}", doc="name:version")
+    url = property(lambda self: f"models/{self.name}/{self.version}", doc="where the model lives in the workspace")
+
+    def __repr__(self):
+        return f"Model(name={self.name!r}, version={self.version}, tags={self.tags})"
+
+    # -- registry -----------------------------------------------------------------------------
+    @classmethod
+    def register(cls, workspace, model_path, model_name, tags=None, properties=None, description=None):
+        """Copy a file or folder into the workspace as the next version of ``model_name``."""
+        check_name(model_name)
+        src = Path(model_path)
+        if not src.exists():
+            raise UserError(f"model_path {str(model_path)!r} does not exist; save the model there first.")
+        for label, d in (("tags", tags), ("properties", properties)):
+            if d is not None and not (isinstance(d, dict) and all(isinstance(k, str) for k in d)):
+                raise UserError(f"{label} must be a dict with string keys, got {d!r}.")
+        if src.is_file():
+            entries = {src.name: src}
+        else:
+            entries = {p.relative_to(src).as_posix(): p for p in sorted(src.rglob("*")) if p.is_file()}
+            if not entries:
+                raise UserError(f"model folder {str(model_path)!r} is empty.")
+        files = {rel: workspace.put_blob(p) for rel, p in entries.items()}   # outside the lock: idempotent
+        with workspace.connect(immediate=True) as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name=?",
+                                 (model_name,)).fetchone()
+            db.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
+                       (model_name, last + 1, description, json.dumps(tags or {}), json.dumps(properties or {}),
+                        _now(), json.dumps(files), "file" if src.is_file() else "folder"))
+        return cls(workspace, model_name, last + 1)
+
+    @staticmethod
+    def list(workspace, name=None, tags=None, properties=None, latest=False):
+        """Models in the workspace, filtered by name, tags (keys or [key, value] pairs) and properties."""
+        with workspace.connect() as db:
+            rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
+        out = [Model._from_row(workspace, r) for r in rows if name is None or r["name"] == name]
+        out = [m for m in out if _matches(m.tags, tags) and _matches(m.properties, properties)]
+        if latest:
+            newest = {m.name: m for m in out}
+            out = list(newest.values())
+        return out
+
+    def delete(self):
+        """Delete this version; refused while an image uses it (the message names the image)."""
+        with self.workspace.connect(immediate=True) as db:
+            users = db.execute("SELECT name, version FROM images WHERE model_name=? AND model_version=?",
+                               (self.name, self.version)).fetchall()
+            if users:
+                names = ", ".join(f"{r[0]} (version {r[1]})" for r in users)
+                raise UserError(f"model {self.id} is used by image {names}; delete the image first "
+                                "(image.delete()), then the model.")
+            db.execute("DELETE FROM models WHERE name=? AND version=?", (self.name, self.version))
+
+    def update(self, tags=None, description=None, properties=None):
+        """Add tags / properties (merged) or replace the description."""
+        with self.workspace.connect(immediate=True) as db:
+            if tags:
+                self.tags = {**self.tags, **tags}
+            if properties:
+                self.properties = {**self.properties, **properties}
+            if description is not None:
+                self.description = description
+            db.execute("UPDATE models SET tags=?, properties=?, description=? WHERE name=? AND version=?",
+                       (json.dumps(self.tags), json.dumps(self.properties), self.description,
+                        self.name, self.version))
+
+    # -- files --------------------------------------------------------------------------------
+    def download(self, target_dir=".", exist_ok=False) -> str:
+        """Copy the model's files to ``target_dir``; return the path of the file or folder."""
+        target = Path(target_dir)
+        dest = target / next(iter(self.files)) if self.kind == "file" else target / self.name
+        if dest.exists():
+            if not exist_ok:
+                raise UserError(f"{dest} exists; pass exist_ok=True to overwrite it.")
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        for rel, digest in self.files.items():
+            out = target / rel if self.kind == "file" else dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            blob = self.workspace.blob_path(digest)
+            if not blob.exists():
+                raise UserError(f"blob {digest} of model {self.id} is missing from the workspace; "
+                                "register the model again.")
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-")
+            os.close(fd)
+            shutil.copyfile(blob, tmp)
+            os.replace(tmp, out)
+        return str(dest)
+
+    def read_file(self, rel: str) -> bytes:
+        """The bytes of one file of the model."""
+        if rel not in self.files:
+            raise UserError(f"model {self.id} has no file {rel!r}; it has {sorted(self.files)}.")
+        return self.workspace.blob_path(self.files[rel]).read_bytes()
+
+
+def _matches(d, query):
+    if not query:
+        return True
+    for q in query:
+        if isinstance(q, (list, tuple)):
+            k, v = q
+            if d.get(k) != v:
+                return False
+        elif q not in d:
+            return False
+    return True

@@ -1,0 +1,13 @@
+"""Progress for long waits: a tqdm bar for people, silence for batch runs (ACCEL_LIB_PROGRESS=0)."""
+import os
+
+
+def enabled() -> bool:
+    """True unless ACCEL_LIB_PROGRESS is set to 0/false/no."""
+    return os.environ.get("ACCEL_LIB_PROGRESS", "1").lower() not in ("0", "false", "no")
+
+
+def bar(total=None, desc="", unit="step"):
+    """A tqdm progress bar (disabled in batch runs)."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False)
