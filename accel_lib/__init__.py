@@ -1,4 +1,8 @@
 """accel_lib: deploy image models to (simulated) FPGA accelerators, following Azure ML's accelerated models."""
+import os as _os
+
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's C++ info/warnings; set before it loads
+
 from .errors import OperationTimeout, UserError
 from .model import Model
 from .workspace import Workspace

@@ -244,6 +244,7 @@ def _work(ws: Workspace, op_id: str):
     import tensorflow as tf
 
     from .fpga.package import MANIFEST, PACKAGE_FORMAT
+    tf.get_logger().setLevel("ERROR")
     from .models.zoo import read_metadata
     with ws.connect() as db:
         req = json.loads(db.execute("SELECT request FROM operations WHERE id=?", (op_id,)).fetchone()[0])

@@ -146,7 +146,7 @@ class AcceleratedModel:
             if req == "imagenet":
                 raise UserError(f"could not download the ImageNet weights ({e}); check the network, or use "
                                 "weights='random' / a local weights file.") from None
-            _warn_random(f"the ImageNet weights could not be downloaded ({type(e).__name__}).")
+            _warn_random(f"the ImageNet weights could not be downloaded: {str(e).splitlines()[0][:120]}")
             self.weights_source = f"random(seed={self.seed})"
             return None
         self.weights_source = "imagenet"
@@ -205,6 +205,7 @@ class AcceleratedModel:
         import tensorflow as tf
 
         from . import utils
+        tf.get_logger().setLevel("ERROR")
         self._build()
         head = self._classifier if classifier is None else classifier
         n_out = int(head.output_shape[-1])
@@ -292,3 +293,13 @@ class Resnet50(AcceleratedModel):
 class QuantizedResnet50(Resnet50):
     """ResNet-50 v1 featurizer run in Brainwave's narrow precision (ms-fp9) on the device."""
     quantized = True
+
+
+def tensor_names(model):
+    """(input name, output names) recorded in a registered model's metadata, for conversion and scoring."""
+    meta = json.loads(model.read_file(METADATA_FILE)) if METADATA_FILE in model.files else None
+    if meta is None and "manifest.json" in model.files:
+        meta = json.loads(model.read_file("manifest.json"))
+    if meta is None:
+        raise UserError(f"model {model.id} carries no accel_lib metadata; save it with model_graph.save(...).")
+    return meta["input"]["name"], [o["name"] for o in meta["outputs"]]

@@ -1,0 +1,64 @@
+"""Shared fixtures: offline, quiet, and no process may outlive the test that started it."""
+import os
+import time
+
+os.environ["ACCEL_LIB_OFFLINE"] = "1"      # tests never fetch weights or data
+os.environ.setdefault("ACCEL_LIB_PROGRESS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from accel_lib import Model, Workspace  # noqa: E402
+
+
+def _ours():
+    me = psutil.Process()
+    return {p.pid: p for p in me.children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Fail a test (after killing them) if processes it started are still running when it ends."""
+    before = set(_ours())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = {pid: p for pid, p in _ours().items() if pid not in before}
+        left = {pid: p for pid, p in left.items() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for p in left.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"processes outlived the test: {[' '.join(p.cmdline()[:4]) for p in left.values()]}"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace.create("test-ws", path=tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A Resnet50 with seeded random weights at 64x64 pixels, saved once for the session."""
+    from accel_lib.models import Resnet50
+    d = tmp_path_factory.mktemp("models")
+    graph = Resnet50(d, weights="random", image_size=64)
+    info = graph.save(d / "small")
+    return graph, info
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, small_model):
+    """(workspace, source model, finished conversion) for the small model, converted once for the session."""
+    from accel_lib import AccelOnnxConverter
+    graph, info = small_model
+    w = Workspace.create("conv-ws", path=tmp_path_factory.mktemp("conv") / "ws")
+    src = Model.register(w, info.path, "small", tags={"kind": "test"})
+    op = AccelOnnxConverter.convert_tf_model(w, src, info.input_tensors, [info.output_tensors, "resnet_v1_50/pool5:0"])
+    assert op.wait_for_completion(timeout=600), op.get_log()
+    return w, src, op
