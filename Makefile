@@ -23,8 +23,9 @@ tutorial: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb"; \
 	  ACCEL_LIB_PROGRESS=0 $(VENV)/bin/papermill --no-progress-bar --kernel python3 --cwd $(OUT) \
-	    $$nb $(OUT)/notebooks/$$(basename $$nb) || exit 1; \
+	    $$nb $(OUT)/notebooks/$$(basename $$nb) || { $(PY) -c "import accel_lib.webservice as w; w.stop_all('$(OUT)/workspace')"; exit 1; }; \
 	done
+	@$(PY) -m accel_lib.tutorial $(OUT)
 	@echo "Executed notebooks: $(OUT)/notebooks/   Workspace: $(OUT)/workspace/"
 
 ## The whole test suite (unit tests, notebook runs), offline.

@@ -14,11 +14,13 @@ def __getattr__(name):  # heavy parts load on first use
     import importlib
     where = {"AccelOnnxConverter": "conversion", "ModelConvertOperation": "conversion",
              "AccelContainerImage": "image", "Image": "image", "PredictionClient": "client",
-             "client_from_service": "client"}
+             "client_from_service": "client", "AksCompute": "compute", "ComputeTarget": "compute",
+             "AksWebservice": "webservice", "Webservice": "webservice"}
     if name in where:
         return getattr(importlib.import_module(f".{where[name]}", __name__), name)
     raise AttributeError(name)
 
 
 __all__ = ["Workspace", "Model", "UserError", "OperationTimeout", "AccelOnnxConverter", "ModelConvertOperation",
-           "AccelContainerImage", "Image", "PredictionClient", "client_from_service"]
+           "AccelContainerImage", "Image", "PredictionClient", "client_from_service", "AksCompute", "ComputeTarget",
+           "AksWebservice", "Webservice"]

@@ -154,7 +154,7 @@ class ModelConvertOperation:
         """Wait until the conversion ends; True if it succeeded. show_output streams the log."""
         from . import progress
         start, shown = time.monotonic(), 0
-        bar = progress.bar(desc=f"converting ({self.id})", unit="s") if not show_output else None
+        bar = progress.bar(desc=f"converting ({self.id})", unit="s", enabled=not show_output)
         try:
             while True:
                 row = self._row()
@@ -168,12 +168,10 @@ class ModelConvertOperation:
                 if timeout is not None and time.monotonic() - start > timeout:
                     raise OperationTimeout(f"conversion {self.id} still {row['status']} after {timeout} s; call "
                                            "wait_for_completion() again, it keeps running.")
-                if bar is not None:
-                    bar.update(0.5)
+                bar.update(0.5)
                 time.sleep(0.5)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             if self._proc is not None and self._proc.poll() is not None:
                 self._proc.wait()
         if show_output:

@@ -7,7 +7,8 @@ def enabled() -> bool:
     return os.environ.get("ACCEL_LIB_PROGRESS", "1").lower() not in ("0", "false", "no")
 
 
-def bar(total=None, desc="", unit="step"):
-    """A tqdm progress bar (disabled in batch runs)."""
+def bar(total=None, desc="", unit="step", enabled=True):
+    """A tqdm progress bar (disabled in batch runs, or when ``enabled`` is False)."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and globals()["enabled"]()), leave=False,
+                mininterval=0.5)

@@ -13,8 +13,13 @@ from accel_lib import Model, Workspace  # noqa: E402
 
 
 def _ours():
+    """Our child processes, plus any replica server on the machine (replicas are detached on purpose)."""
     me = psutil.Process()
-    return {p.pid: p for p in me.children(recursive=True)}
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for p in psutil.process_iter(["cmdline"]):
+        if any("fpga.server" in a for a in (p.info["cmdline"] or [])):
+            found[p.pid] = p
+    return found
 
 
 @pytest.fixture(autouse=True)
@@ -29,12 +34,14 @@ def no_leftover_processes():
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    described = []
     for p in left.values():
         try:
+            described.append(" ".join(p.cmdline()[:4]))
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    assert not left, f"processes outlived the test: {[' '.join(p.cmdline()[:4]) for p in left.values()]}"
+    assert not left, f"processes outlived the test: {described}"
 
 
 @pytest.fixture
@@ -62,3 +69,29 @@ def converted(tmp_path_factory, small_model):
     op = AccelOnnxConverter.convert_tf_model(w, src, info.input_tensors, [info.output_tensors, "resnet_v1_50/pool5:0"])
     assert op.wait_for_completion(timeout=600), op.get_log()
     return w, src, op
+
+
+@pytest.fixture(scope="session")
+def built_image(converted):
+    """An image of the small converted model (session-wide; images start no process)."""
+    from accel_lib import AccelContainerImage, Image
+    ws, src, op = converted
+    img = Image.create("small-image", [op.result], AccelContainerImage.image_configuration(tags={"t": "1"}), ws)
+    assert img.creation_state == "Succeeded", (img.context / "build.log").read_text()
+    return img
+
+
+@pytest.fixture
+def cluster(built_image):
+    """A fresh two-node PB6s cluster in the image's workspace; services on it are deleted afterwards."""
+    import uuid
+
+    from accel_lib import AksCompute, ComputeTarget, Webservice
+    ws = built_image.workspace
+    name = "aks-" + uuid.uuid4().hex[:6]
+    target = ComputeTarget.create(ws, name, AksCompute.provisioning_configuration(agent_count=2))
+    yield target
+    for svc in Webservice.list(ws):
+        if svc.compute_name == name:
+            svc.delete()
+    target.delete()

@@ -16,7 +16,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 
 
 def test_notebooks_are_committed_clean():
-    assert [p.name for p in NOTEBOOKS][:2] == ["01-define-model.ipynb", "02-convert-model.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01-define-model.ipynb", "02-convert-model.ipynb", "03-containerize.ipynb",
+                                           "04-deploy.ipynb", "05-consume.ipynb", "06-clean-up.ipynb"]
     names = {}
     for p in NOTEBOOKS:
         nb = json.loads(p.read_text())
@@ -48,21 +49,37 @@ def test_series_runs_under_nbval(tmp_path):
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     ws = Workspace.from_config(tmp_path / "workspace")
-    assert Model(ws, "resnet50").version == 1 and Model(ws, "resnet50.1.accelonnx").version == 1
-    parity = json.loads(Model(ws, "resnet50.1.accelonnx").read_file("manifest.json"))["parity"]
-    assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity   # the bar, 224 px
+    assert Model.list(ws) == []                      # 06 cleaned up
+    logs = list((ws.path / "operations").glob("*/log.txt"))
+    line = next(l for l in logs[0].read_text().splitlines() if "parity (fp32)" in l)
+    assert "top-1 agreement 100%" in line
+    assert float(line.split("max abs difference ")[1].split()[0]) < 1e-4, line   # the bar, 224 px
+
+
+def _run_series(tmp_path, params):
+    import papermill as pm
+    for p in NOTEBOOKS:
+        pm.execute_notebook(str(p), str(tmp_path / p.name), parameters=params, cwd=str(tmp_path),
+                            kernel_name="python3", progress_bar=False, log_output=False)
+
+
+def _stdout(nb_path):
+    nb = json.loads(Path(nb_path).read_text())
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []) if o.get("name") == "stdout")
 
 
 @pytest.mark.notebooks
 def test_series_runs_under_papermill_with_other_parameters(tmp_path):
-    import papermill as pm
     params = {"workspace_dir": "other-ws", "model_name": "tiny-net", "featurizer": "Resnet50",
-              "weights": "random", "image_size": 96, "numeric_format": "fp32"}
-    for p in NOTEBOOKS:
-        pm.execute_notebook(str(p), str(tmp_path / p.name), parameters=params, cwd=str(tmp_path),
-                            kernel_name="python3", progress_bar=False, log_output=False)
+              "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
+              "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
+              "auth_enabled": True}
+    _run_series(tmp_path, params)
+    out2, out4, out5 = (_stdout(tmp_path / n) for n in ("02-convert-model.ipynb", "04-deploy.ipynb",
+                                                        "05-consume.ipynb"))
+    assert "tiny-net.1.accelonnx" in out2
+    assert "'location': 'westeurope'" in out4 and "0/2 nodes are available: 2 Insufficient" in out4
+    assert out5.count("confidence:") == 5 and "service vs in-process: 0.0" in out5
     ws = Workspace.from_config(tmp_path / "other-ws")
-    src, conv = Model(ws, "tiny-net"), Model(ws, "tiny-net.1.accelonnx")
-    assert src.tags["featurizer"] == "Resnet50" and conv.properties["source_model"] == "tiny-net:1"
-    manifest = json.loads(conv.read_file("manifest.json"))
-    assert manifest["stages"][0]["params"]["output_height"] == 96
+    assert Model.list(ws) == []

@@ -40,7 +40,8 @@ def decode(data: bytes, index: int = 0) -> np.ndarray:
     except BadImage:
         raise
     except Exception as e:
-        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {e}") from None
+        why = str(e).split(" <")[0]          # drop PIL's object repr
+        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {why}") from None
 
 
 def _axis_weights(n_in, n_out):

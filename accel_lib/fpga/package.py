@@ -81,7 +81,13 @@ class AcceleratorPackage:
     def run(self, images, outputs=None):
         """Score encoded images; returns {output name: array} for the requested names (default: all)."""
         wanted = self.default_outputs if outputs is None else list(outputs)
+        [self.resolve(n) for n in wanted]          # reject unknown names before any work
+        return self.run_arrays(self.preprocess(images), wanted)
+
+    def run_arrays(self, x, outputs=None):
+        """Score preprocessed images (float32 [N, H, W, 3]); same result form as run()."""
+        wanted = self.default_outputs if outputs is None else list(outputs)
         entries = [self.resolve(n) for n in wanted]
-        feats = self.featurize(self.preprocess(images))
+        feats = self.featurize(x)
         probs = self.classify(feats) if any(e["stage"] == "classifier" for e in entries) else None
         return {n: (probs if e["stage"] == "classifier" else feats) for n, e in zip(wanted, entries)}

@@ -1,0 +1,155 @@
+"""PredictionClient: score images against a deployed service over gRPC (TensorFlow Serving's Predict API)."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parse(address, port, use_ssl):
+    """'host', 'host:port', 'grpc://host:port', or several 'host:port' joined by commas -> grpc target."""
+    addr = address.split("://", 1)[-1].strip("/")
+    hosts = [h.strip() for h in addr.split(",") if h.strip()]
+    if not hosts:
+        raise UserError(f"address {address!r} names no host.")
+    out = []
+    for h in hosts:
+        if h.count(":") == 1:
+            out.append(h if port is None else f"{h.split(':')[0]}:{port}")
+        else:
+            out.append(f"{h}:{port if port is not None else (443 if use_ssl else 80)}")
+    return out[0] if len(out) == 1 else "ipv4:" + ",".join(out)
+
+
+class PredictionClient:
+    """A gRPC client for a deployed service; retries with backoff on UNAVAILABLE, never on INVALID_ARGUMENT."""
+
+    def __init__(self, address, port=None, use_ssl=False, access_token="", service_name="", max_message_mb=64,
+                 retry_seconds=30.0, root_certificates=None):
+        import grpc
+        self.target = _parse(address, port, use_ssl)
+        self.service_name = service_name
+        self.access_token = access_token
+        self.retry_seconds = retry_seconds
+        max_bytes = int(max_message_mb * 1024 * 1024)
+        opts = [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
+        if self.target.startswith("ipv4:"):
+            opts.append(("grpc.lb_policy_name", "round_robin"))
+        if use_ssl:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(self.target, creds, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=opts)
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def __repr__(self):
+        return f"PredictionClient(target={self.target!r}, service_name={self.service_name!r})"
+
+    def close(self):
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def metadata(self):
+        """Per-call metadata: the service route and, with a key, the bearer token."""
+        md = []
+        if self.access_token:
+            md.append(("authorization", f"Bearer {self.access_token}"))
+        if self.service_name:
+            md.append(("x-ms-aml-grpc-service-route", f"/api/v1/service/{self.service_name}"))
+        return md
+
+    def _call(self, method, request, timeout):
+        import grpc
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return method(request, timeout=timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score_tensors(self, input_map, outputs=None, timeout=10.0):
+        """Send {name: TensorProto}; returns {output name: TensorProto}."""
+        from tensorflow_serving.apis import predict_pb2
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = self.service_name or "default"
+        for k, v in input_map.items():
+            req.inputs[k].CopyFrom(v)
+        if outputs:
+            req.output_filter.extend([outputs] if isinstance(outputs, str) else list(outputs))
+        return dict(self._call(self._stub.Predict, req, timeout).outputs)
+
+    def score_numpy_arrays(self, input_map, outputs=None, timeout=10.0):
+        """Send {name: array or list of bytes}; one output name -> one array, a list -> arrays in order,
+        None -> {name: array} for every output."""
+        from .fpga import tensors
+        got = self.score_tensors({k: tensors.to_proto(v) for k, v in input_map.items()}, outputs, timeout)
+        arrays = {k: tensors.from_proto(v) for k, v in got.items()}
+        if outputs is None:
+            return arrays
+        if isinstance(outputs, str):
+            return arrays[outputs]
+        return [arrays[n] for n in outputs]
+
+    def score_file(self, path, input_name="images", outputs=None, timeout=10.0):
+        """Score one JPEG/PNG file; results for that image (batch dimension removed)."""
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"no file {str(path)!r} to score.")
+        res = self.score_numpy_arrays({input_name: [p.read_bytes()]}, outputs, timeout)
+        if isinstance(res, dict):
+            return {k: v[0] for k, v in res.items()}
+        if isinstance(res, list):
+            return [v[0] for v in res]
+        return res[0]
+
+    def get_model_metadata(self, timeout=10.0):
+        """The service's signature (inputs, outputs) and accel_lib details (numeric format, FPGA)."""
+        import json
+
+        from google.protobuf import wrappers_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+        req = get_model_metadata_pb2.GetModelMetadataRequest()
+        req.model_spec.name = self.service_name or "default"
+        req.metadata_field.append("signature_def")
+        resp = self._call(self._stub.GetModelMetadata, req, timeout)
+        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        resp.metadata["signature_def"].Unpack(sigmap)
+        sig = sigmap.signature_def["serving_default"]
+        about = wrappers_pb2.StringValue()
+        resp.metadata["accel_lib"].Unpack(about)
+        return {"inputs": list(sig.inputs), "outputs": list(sig.outputs), **json.loads(about.value)}
+
+
+def client_from_service(service, **kwargs):
+    """A PredictionClient for a deployed Webservice (its replicas, its key, its route)."""
+    uri = service.scoring_uri
+    if uri is None:
+        raise UserError(f"service {service.name!r} has no replica listening; wait_for_deployment() first.")
+    token = ""
+    if service.deployment_config.get("auth_enabled"):
+        token = service.get_keys()[0]
+    return PredictionClient(uri, use_ssl=uri.startswith("https"), access_token=token, service_name=service.name,
+                            **kwargs)
+
+
+def load_labels(name="imagenet"):
+    """Class names shipped with accel_lib (ImageNet-1k, in class-index order)."""
+    if name != "imagenet":
+        raise UserError(f"no label set {name!r}; accel_lib ships 'imagenet'.")
+    p = Path(__file__).parent / "data" / "imagenet_classes.txt"
+    return [line.split(" ", 1)[1].strip() for line in p.read_text().splitlines()]

@@ -1,0 +1,216 @@
+"""Images: a build context (Dockerfile, pinned requirements, the accelerator package, the server) and its record.
+
+Replicas start from the context alone: it carries a copy of the simulator package (``fpga/``), so a context
+copied elsewhere serves the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .errors import UserError
+from .model import Model, check_name
+from .workspace import _now
+
+SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking",
+                       "tensorflow-serving-api", "protobuf")
+DOCKERFILE = """\
+# Build context written by accel_lib for image {name}:{version}.
+# The FPGA is simulated: the featurizer stage runs in ONNX Runtime with the device's numeric format.
+FROM python:3.11-slim
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY fpga/ fpga/
+COPY package/ package/
+EXPOSE 50051
+CMD ["python", "-m", "fpga.server", "--package", "package", "--host", "0.0.0.0", "--port", "50051"]
+"""
+
+
+class ImageConfiguration:
+    """What AccelContainerImage.image_configuration() returns: tags, properties, description."""
+
+    def __init__(self, tags=None, properties=None, description=None):
+        self.tags = dict(tags or {})
+        self.properties = dict(properties or {})
+        self.description = description
+
+
+class AccelContainerImage:
+    """Image configuration for models converted for the FPGA."""
+
+    @staticmethod
+    def image_configuration(tags=None, properties=None, description=None):
+        """An image configuration (tags, properties, description)."""
+        return ImageConfiguration(tags, properties, description)
+
+
+class Image:
+    """A container image record. ``Image(ws, name, version=None)`` fetches one (latest by default)."""
+
+    def __init__(self, workspace, name, version=None):
+        with workspace.connect() as db:
+            if version is None:
+                row = db.execute("SELECT * FROM images WHERE name=? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+            else:
+                row = db.execute("SELECT * FROM images WHERE name=? AND version=?", (name, int(version))).fetchone()
+        if row is None:
+            raise UserError(f"no image {name!r}" + (f" version {version}" if version else "")
+                            + f" in workspace {workspace.name!r}; create it with Image.create(...).")
+        self._load(workspace, row)
+
+    def _load(self, workspace, row):
+        self.workspace = workspace
+        self.name, self.version = row["name"], row["version"]
+        self.model_name, self.model_version = row["model_name"], row["model_version"]
+        self.description = row["description"]
+        self.tags, self.properties = json.loads(row["tags"]), json.loads(row["properties"])
+        self.creation_state = row["creation_state"]
+        self.created_time = row["created_time"]
+        self.context = workspace.path / row["context"]
+
+    @property
+    def image_location(self):
+        """Where the image would live in the workspace's registry."""
+        return f"{self.workspace.name}.azurecr.local/{self.name}:{self.version}"
+
+    @property
+    def image_build_log_uri(self):
+        """The build log, relative to the workspace."""
+        return str((self.context / "build.log").relative_to(self.workspace.path))
+
+    id = property(lambda self: f"{self.name}:{self.version}")
+    models = property(lambda self: [Model(self.workspace, self.model_name, self.model_version)])
+
+    def __repr__(self):
+        return f"Image(name={self.name!r}, version={self.version}, creation_state={self.creation_state!r})"
+
+    @staticmethod
+    def create(name, models, image_config, workspace):
+        """Write the build context for one converted model, check that it serves, and record the image."""
+        from . import progress
+        check_name(name, "image")
+        if not isinstance(models, (list, tuple)) or len(models) != 1:
+            raise UserError(f"an FPGA image holds exactly one model (one model per FPGA); got "
+                            f"{len(models) if isinstance(models, (list, tuple)) else models!r}. Create one image "
+                            "per converted model.")
+        model = models[0]
+        if not isinstance(model, Model) or "manifest.json" not in model.files:
+            raise UserError(f"{model!r} is not a converted model; convert it first with "
+                            "AccelOnnxConverter.convert_tf_model(...) and pass convert_request.result.")
+        if not isinstance(image_config, ImageConfiguration):
+            raise UserError("image_config must come from AccelContainerImage.image_configuration(...).")
+        with workspace.connect(immediate=True) as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM images WHERE name=?", (name,)).fetchone()
+            version = last + 1
+            ctx = workspace.path / "images" / name / str(version)
+            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (name, version, model.name, model.version, image_config.description,
+                        json.dumps(image_config.tags), json.dumps(image_config.properties), "Running",
+                        str(ctx.relative_to(workspace.path)), _now()))
+        bar = progress.bar(total=3, desc=f"image {name}:{version}")
+        try:
+            _write_context(ctx, model, name, version)
+            bar.update(1)
+            _smoke_test(ctx)
+            bar.update(1)
+            if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and shutil.which("docker"):
+                _docker_build(ctx, f"{name}:{version}")
+            bar.update(1)
+            state = "Succeeded"
+        except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
+            with open(ctx / "build.log", "a") as log:
+                log.write(f"FAILED: {type(e).__name__}: {e}\n")
+            state = "Failed"
+        finally:
+            bar.close()
+        with workspace.connect(immediate=True) as db:
+            db.execute("UPDATE images SET creation_state=? WHERE name=? AND version=?", (state, name, version))
+        return Image(workspace, name, version)
+
+    def wait_for_creation(self, show_output=False):
+        """Wait for the build (it is finished when create() returns); show_output prints the build log."""
+        if show_output:
+            print((self.context / "build.log").read_text())
+        if self.creation_state != "Succeeded":
+            raise UserError(f"image {self.id} failed to build; see {self.image_build_log_uri}.")
+        return True
+
+    @staticmethod
+    def list(workspace, tags=None, model_name=None):
+        """Images in the workspace, filtered by tags (keys or [key, value] pairs) and model name."""
+        from .model import _matches
+        with workspace.connect() as db:
+            rows = db.execute("SELECT * FROM images ORDER BY name, version").fetchall()
+        out = []
+        for r in rows:
+            img = Image.__new__(Image)
+            img._load(workspace, r)
+            if _matches(img.tags, tags) and (model_name is None or img.model_name == model_name):
+                out.append(img)
+        return out
+
+    def delete(self):
+        """Delete the image and its build context; refused while a service runs it."""
+        with self.workspace.connect(immediate=True) as db:
+            users = [r[0] for r in db.execute("SELECT name FROM services WHERE image_name=? AND image_version=?",
+                                              (self.name, self.version))]
+            if users:
+                raise UserError(f"image {self.id} is used by service {', '.join(users)}; delete the service first "
+                                "(service.delete()).")
+            db.execute("DELETE FROM images WHERE name=? AND version=?", (self.name, self.version))
+        shutil.rmtree(self.context, ignore_errors=True)
+
+
+def _write_context(ctx: Path, model: Model, name, version):
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    ctx.mkdir(parents=True)
+    log = open(ctx / "build.log", "w")
+    log.write(f"building {name}:{version} from {model.id}\n")
+    pkg = ctx / "package"
+    pkg.mkdir()
+    for rel in model.files:
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_bytes(model.read_file(rel))
+        log.write(f"  package/{rel}\n")
+    fpga_src = Path(__file__).parent / "fpga"
+    shutil.copytree(fpga_src, ctx / "fpga", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    log.write("  fpga/ (the simulator and server)\n")
+    reqs = []
+    for dist in SERVER_REQUIREMENTS:
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            raise UserError(f"{dist} is not installed; reinstall accel_lib (make venv).") from None
+    (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version))
+    log.write("  requirements.txt, Dockerfile\n")
+    log.close()
+
+
+def _smoke_test(ctx: Path):
+    """Load the package from the context alone and score a generated image."""
+    env = {**os.environ, "PYTHONPATH": str(ctx), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run([sys.executable, "-m", "fpga.server", "--package", "package", "--check"], cwd=ctx, env=env,
+                       capture_output=True, text=True, timeout=300)
+    with open(ctx / "build.log", "a") as log:
+        log.write(f"smoke test (python -m fpga.server --check): exit {r.returncode} {r.stdout.strip()}\n")
+        if r.returncode:
+            log.write(r.stderr[-4000:])
+    if r.returncode:
+        raise RuntimeError("the context's server could not score a test image")
+
+
+def _docker_build(ctx: Path, tag):
+    r = subprocess.run(["docker", "build", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=3600)
+    with open(ctx / "build.log", "a") as log:
+        log.write(f"docker build -t {tag}: exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
+    if r.returncode:
+        raise RuntimeError("docker build failed")

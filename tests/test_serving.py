@@ -1,0 +1,231 @@
+"""Containerize, deploy, consume, clean up: real replica processes answering gRPC on loopback."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, Model, PredictionClient,
+                       UserError, Webservice, client_from_service, samples)
+from accel_lib.compute import list_usage
+from accel_lib.fpga.package import AcceleratorPackage
+
+SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
+FEATURES = "resnet_v1_50/pool5:0"
+
+
+def _deploy(img, target, name, **cfg):
+    svc = Webservice.deploy_from_image(img.workspace, name, img, AksWebservice.deploy_configuration(**cfg), target)
+    svc.wait_for_deployment(timeout=120)
+    return svc
+
+
+def _stock_predict(port, data, key=None, outputs=(SOFTMAX,)):
+    """Score with TensorFlow Serving's own stub and TensorFlow's make_tensor_proto (not accel_lib's client)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "any"
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto([data]))
+    req.output_filter.extend(outputs)
+    md = [("authorization", f"Bearer {key}")] if key else []
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30, metadata=md)
+    return tf.make_ndarray(resp.outputs[SOFTMAX])
+
+
+# -- image ------------------------------------------------------------------------------------------
+def test_image_record_and_context(built_image):
+    img = built_image
+    assert img.version == 1 and img.image_location == "conv-ws.azurecr.local/small-image:1"
+    assert img.image_build_log_uri == "images/small-image/1/build.log"
+    assert "smoke test" in (img.context / "build.log").read_text()
+    reqs = (img.context / "requirements.txt").read_text()
+    assert "onnxruntime==" in reqs and "grpcio==" in reqs and "tensorflow-serving-api==" in reqs
+    assert "fpga.server" in (img.context / "Dockerfile").read_text()
+    assert [i.id for i in Image.list(img.workspace, tags=[["t", "1"]])] == ["small-image:1"]
+    assert Image(img.workspace, "small-image").models[0].name == "small.1.accelonnx"
+
+
+def test_image_takes_one_converted_model(converted):
+    ws, src, op = converted
+    cfg = AccelContainerImage.image_configuration()
+    with pytest.raises(UserError, match="exactly one model"):
+        Image.create("two", [op.result, op.result], cfg, ws)
+    with pytest.raises(UserError, match="not a converted model"):
+        Image.create("raw", [src], cfg, ws)
+    with pytest.raises(UserError, match="invalid image name"):
+        Image.create("Upper", [op.result], cfg, ws)
+    assert [i.name for i in Image.list(ws)] in ([], ["small-image"])
+
+
+def test_context_copied_elsewhere_serves_alone(built_image, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(built_image.context, copy)
+    port_file = tmp_path / "port"
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    proc = subprocess.Popen([sys.executable, "-m", "fpga.server", "--package", "package", "--port-file", str(port_file)],
+                            cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with PredictionClient(f"127.0.0.1:{port_file.read_text()}") as c:
+            data = samples.sample_images(1, seed=3)[0]
+            got = c.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX)
+        ref = AcceleratorPackage(copy / "package").run([data], [SOFTMAX])[SOFTMAX]
+        np.testing.assert_array_equal(got, ref)
+        assert "accel_lib" not in " ".join(p.name for p in copy.iterdir())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- compute ----------------------------------------------------------------------------------------
+def test_provisioning_configuration_is_validated():
+    with pytest.raises(UserError, match="has no FPGA.*Standard_PB6s"):
+        AksCompute.provisioning_configuration(vm_size="Standard_D3_v2")
+    with pytest.raises(UserError, match="eastus, southeastasia, westeurope, westus2"):
+        AksCompute.provisioning_configuration(location="centralus")
+    with pytest.raises(UserError, match="agent_count"):
+        AksCompute.provisioning_configuration(agent_count=0)
+
+
+def test_quota_is_enforced_and_reported(ws):
+    big = ComputeTarget.create(ws, "big", AksCompute.provisioning_configuration(agent_count=2))
+    assert list_usage(ws, "eastus") == [{"location": "eastus", "localName": "Standard PBS Family vCPUs",
+                                         "currentValue": 12, "limit": 12}]
+    over = ComputeTarget.create(ws, "over", AksCompute.provisioning_configuration(agent_count=1))
+    assert over.provisioning_state == "Failed" and "QuotaExceeded" in over.provisioning_errors
+    assert over.wait_for_completion() is False
+    other = ComputeTarget.create(ws, "west", AksCompute.provisioning_configuration(location="westus2"))
+    assert other.provisioning_state == "Succeeded" and big.fpgas == 2
+    with pytest.raises(UserError, match="exists"):
+        ComputeTarget.create(ws, "big", AksCompute.provisioning_configuration())
+
+
+# -- deploy and consume -----------------------------------------------------------------------------
+def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
+    img, ws = built_image, built_image.workspace
+    svc = _deploy(img, cluster, "svc-a", num_replicas=2, auth_enabled=True)
+    assert svc.state == "Healthy"
+    uri = svc.scoring_uri
+    assert uri.startswith("grpc://127.0.0.1:") and uri.count(",") == 1
+    key = svc.get_keys()[0]
+    data = samples.sample_images(1, seed=9)[0]
+    ref = AcceleratorPackage(img.context / "package").run([data], [SOFTMAX, FEATURES])
+
+    with client_from_service(svc) as c:
+        one = c.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX)
+        both = c.score_numpy_arrays({"images": [data]}, outputs=[FEATURES, SOFTMAX])
+        every = c.score_numpy_arrays({"images": [data]})
+        np.testing.assert_array_equal(one, ref[SOFTMAX])
+        np.testing.assert_array_equal(both[0], ref[FEATURES])
+        assert set(every) == {SOFTMAX, FEATURES}
+        f = tmp_path / "x.jpg"
+        f.write_bytes(data)
+        assert c.score_file(f, outputs=SOFTMAX).shape == (1000,)
+        meta = c.get_model_metadata()
+        assert meta["inputs"] == ["images"] and meta["numeric_format"] == "fp32"
+
+    # the stock TF Serving stub, with and without the key
+    port = int(uri.split(",")[0].rsplit(":", 1)[1])
+    np.testing.assert_array_equal(_stock_predict(port, data, key), ref[SOFTMAX])
+    with pytest.raises(grpc.RpcError) as e:
+        _stock_predict(port, data)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # every FPGA of the cluster is taken: another deployment is refused like AKS does
+    with pytest.raises(UserError, match=r"0/2 nodes are available: 2 Insufficient .*fpga.*svc-a"):
+        Webservice.deploy_from_image(ws, "svc-b", img, AksWebservice.deploy_configuration(), cluster)
+    assert [s.name for s in Webservice.list(ws)] == ["svc-a"]
+
+    # re-attach from another process
+    script = textwrap.dedent(f"""
+        from accel_lib import Workspace, Webservice, client_from_service, samples
+        svc = Webservice(Workspace({str(ws.path)!r}), "svc-a")
+        c = client_from_service(svc)
+        print(c.score_numpy_arrays({{"images": samples.sample_images(1, seed=9)}}, outputs={SOFTMAX!r}).argmax())
+        c.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == str(ref[SOFTMAX].argmax()), out.stderr[-2000:]
+
+    # clean-up order is enforced, naming the holder
+    with pytest.raises(UserError, match="used by service svc-a"):
+        img.delete()
+    with pytest.raises(UserError, match="runs service svc-a"):
+        cluster.delete()
+    with pytest.raises(UserError, match="used by image small-image"):
+        Model(ws, "small.1.accelonnx").delete()
+
+    svc.delete()
+    assert svc.state == "Deleted" and [s.name for s in Webservice.list(ws)] == []
+    again = _deploy(img, cluster, "svc-b", num_replicas=2)     # FPGAs were freed
+    again.delete()
+
+
+def test_bad_requests_get_invalid_argument_and_the_replica_keeps_serving(built_image, cluster):
+    svc = _deploy(built_image, cluster, "svc-bad")
+    data = samples.sample_images(1)[0]
+    with client_from_service(svc) as c:
+        cases = [({"images": [data, b"\x89PNG broken"]}, SOFTMAX, "image 1 "),
+                 ({"images": [data]}, "nope:0", "unknown output 'nope:0'"),
+                 ({"pixels": [data]}, SOFTMAX, "unknown input 'pixels'"),
+                 ({"images": np.zeros((1, 5), np.int32)}, SOFTMAX, "DT_STRING"),
+                 ({"images": np.zeros((1, 32, 32, 3), np.float32)}, SOFTMAX, "float32 \\[N, 64, 64, 3\\]")]
+        for inputs, outputs, msg in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                c.score_numpy_arrays(inputs, outputs=outputs)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert __import__("re").search(msg, e.value.details()), e.value.details()
+        pre = samples.sample_batch(2, 64, "BGR")                      # preprocessed input is accepted too
+        assert c.score_numpy_arrays({"images": pre}, outputs=SOFTMAX).shape == (2, 1000)
+        assert c.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX).shape == (1, 1000)
+    assert svc.state == "Healthy"
+    assert svc.get_logs().count("INVALID_ARGUMENT") == len(cases)      # never retried
+
+
+def test_client_rides_through_flashing_and_a_dead_replica_shows(built_image, cluster):
+    import psutil
+    svc = Webservice.deploy_from_image(built_image.workspace, "svc-flash", built_image,
+                                       AksWebservice.deploy_configuration(flash_seconds=3.0), cluster)
+    deadline = time.monotonic() + 60
+    while svc.scoring_uri is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.state == "Transitioning"
+    with client_from_service(svc) as c:          # UNAVAILABLE while flashing, then an answer
+        t0 = time.monotonic()
+        assert c.score_numpy_arrays({"images": samples.sample_images(1)}, outputs=SOFTMAX).shape == (1, 1000)
+    assert "is being flashed" not in svc.get_logs()   # the refusals are not errors in the log
+    svc.wait_for_deployment()
+    assert svc.state == "Healthy"
+    with svc.workspace.connect() as db:
+        pid = db.execute("SELECT pid FROM replicas WHERE service='svc-flash'").fetchone()[0]
+    psutil.Process(pid).kill()
+    psutil.Process(pid).wait(10)
+    assert svc.state == "Unhealthy"
+
+
+def test_unknown_service_and_missing_keys(built_image, cluster):
+    with pytest.raises(UserError, match="no service 'ghost'"):
+        Webservice(built_image.workspace, "ghost")
+    svc = _deploy(built_image, cluster, "svc-nokey")
+    with pytest.raises(UserError, match="auth_enabled=True"):
+        svc.get_keys()
+    with pytest.raises(UserError, match="autoscale"):
+        AksWebservice.deploy_configuration(autoscale_enabled=True)
+
+
+def test_client_address_forms():
+    from accel_lib.client import _parse
+    assert _parse("grpc://127.0.0.1:5000", None, False) == "127.0.0.1:5000"
+    assert _parse("myservice.eastus.cloudapp.azure.com", None, True) == "myservice.eastus.cloudapp.azure.com:443"
+    assert _parse("host", None, False) == "host:80"
+    assert _parse("127.0.0.1:1,127.0.0.1:2", None, False) == "ipv4:127.0.0.1:1,127.0.0.1:2"
