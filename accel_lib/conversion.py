@@ -18,9 +18,9 @@ from .errors import OperationTimeout, UserError
 from .model import Model
 from .workspace import Workspace, _now
 
-FORMATS = ("fp32",)          # grows with the simulator's numeric formats
 OPSET = 17
 PARITY_IMAGES = 6
+REPORT_IMAGES = 8
 
 
 def _split_names(outputs_nodes):
@@ -55,8 +55,13 @@ class AccelOnnxConverter:
     """Converts TensorFlow models registered in a workspace to accelerator packages."""
 
     @staticmethod
-    def convert_tf_model(workspace, source_model, input_node, outputs_nodes, numeric_format=None):
-        """Start converting ``source_model``; returns a ModelConvertOperation to wait on."""
+    def convert_tf_model(workspace, source_model, input_node, outputs_nodes, numeric_format=None, block_size=None):
+        """Start converting ``source_model``; returns a ModelConvertOperation to wait on.
+
+        ``numeric_format``: the device format (fp32, ms-fp8, ms-fp9, msfp12, msfp16); default ms-fp9 for the
+        Quantized models, else fp32. ``block_size``: values sharing one exponent (default: the format's).
+        """
+        from .fpga import formats
         from .models.zoo import METADATA_FILE
         if not isinstance(source_model, Model):
             raise UserError("source_model must be a registered Model (Model.register(...) or Model(ws, name)).")
@@ -73,12 +78,12 @@ class AccelOnnxConverter:
         if unknown:
             raise UserError(f"unknown output tensor(s) {unknown}; valid names are {sorted(valid)}.")
         fmt = numeric_format or meta.get("default_numeric_format", "fp32")
-        if fmt not in FORMATS:
-            if numeric_format is None:
-                fmt = "fp32"
-            else:
-                raise UserError(f"unknown numeric_format {numeric_format!r}; choose one of {list(FORMATS)}.")
-        request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt}
+        try:
+            spec = formats.get(fmt, block_size)
+        except ValueError as e:
+            raise UserError(f"{e}.") from None
+        request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
+                   "block_size": spec.block if spec else None}
         op_id = uuid.uuid4().hex[:12]
         op_dir = workspace.scratch("operations", op_id)
         log = op_dir / "log.txt"
@@ -217,7 +222,7 @@ def _convert_stage(loaded, signature, spec, out_path):
     return model_proto
 
 
-def parity_check(saved_model_dir, package_dir, image_size, n=PARITY_IMAGES) -> dict:
+def parity_check(saved_model_dir, package_dir, device_file=None, n=PARITY_IMAGES) -> dict:
     """Score generated images with the source SavedModel and with the package; compare the outputs."""
     import numpy as np
     import tensorflow as tf
@@ -227,20 +232,40 @@ def parity_check(saved_model_dir, package_dir, image_size, n=PARITY_IMAGES) -> d
     imgs = sample_images(n, seed=11)
     loaded = tf.saved_model.load(str(saved_model_dir))
     ref = loaded.signatures["serving_default"](images=tf.constant(imgs))["output_alias"].numpy()
-    pkg = AcceleratorPackage(package_dir)
+    pkg = AcceleratorPackage(package_dir, device_file=device_file)
     cls = [o["name"] for o in pkg.manifest["outputs"] if o["stage"] == "classifier"]
     got = pkg.run(imgs, outputs=cls[:1])[cls[0]] if cls else pkg.classify(pkg.featurize(pkg.preprocess(imgs)))
     top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
     top5 = float(np.mean([len(set(np.argsort(-r)[:5]) & set(np.argsort(-g)[:5])) / 5 for r, g in zip(ref, got)]))
     return {"images": n, "max_abs_diff": float(np.abs(ref - got).max()), "top1_agreement": top1,
-            "top5_overlap": top5, "measured": "source SavedModel (TensorFlow) vs package (numpy host + ONNX Runtime)"}
+            "top5_overlap": top5, "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime)"}
+
+
+def device_check(package_dir, fp32_model, fmt, n=4) -> dict:
+    """The package's device stage (ONNX Runtime, in-graph format) vs the numpy reference device."""
+    import numpy as np
+
+    from .fpga.package import AcceleratorPackage
+    from .fpga.reference import reference_device
+    from .samples import sample_images
+    pkg = AcceleratorPackage(package_dir)
+    x = pkg.preprocess(sample_images(n, seed=31))
+    dev = pkg.featurize(x)
+    ref = reference_device(fp32_model, fmt)(x)
+    rel = float(np.abs(dev - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+    top1 = float(np.mean(pkg.classify(dev).argmax(1) == pkg.classify(ref).argmax(1)))
+    return {"images": n, "max_rel_diff": rel, "top1_agreement": top1,
+            "measured": "device stage: ONNX Runtime (format in the graph) vs numpy reference device (formats.py)"}
 
 
 def _work(ws: Workspace, op_id: str):
     import shutil
 
+    import onnx
     import tensorflow as tf
 
+    from .fpga import formats
+    from .fpga.device import apply_format
     from .fpga.package import MANIFEST, PACKAGE_FORMAT
     tf.get_logger().setLevel("ERROR")
     from .models.zoo import read_metadata
@@ -260,13 +285,18 @@ def _work(ws: Workspace, op_id: str):
     prep = meta["preprocessing"]
     h, w = prep["output_height"], prep["output_width"]
     dim = meta["feature"]["shape"][-1]
+    fmt = formats.get(req["numeric_format"], req.get("block_size"))
     _log("stage 1/4: host preprocessing (decode, resize shortest side, centre crop, channel means): "
          f"{json.dumps(prep)}")
-    _log("stage 2/4: featurizer -> device.onnx (tf2onnx)")
+    _log("stage 2/4: featurizer -> ONNX (tf2onnx), then the device format")
     t = time.monotonic()
-    _convert_stage(loaded, "featurize", tf.TensorSpec([None, h, w, 3], tf.float32, name="image_tensors"),
-                   pkg_dir / "device.onnx")
-    _log(f"  done in {time.monotonic() - t:.1f} s")
+    fp32_path = work / "device_fp32.onnx"
+    _convert_stage(loaded, "featurize", tf.TensorSpec([None, h, w, 3], tf.float32, name="image_tensors"), fp32_path)
+    fp32_model = onnx.load(str(fp32_path))
+    device_model, layers = apply_format(fp32_model, fmt)
+    onnx.save(device_model, str(pkg_dir / "device.onnx"))
+    _log(f"  done in {time.monotonic() - t:.1f} s; " + (fmt.describe() + f", {len(layers)} layers quantized "
+         "(weights once, activations at each layer input)" if fmt else "fp32 (reference format)"))
     _log("stage 3/4: classifier -> classifier.onnx (tf2onnx)")
     _convert_stage(loaded, "classify", tf.TensorSpec([None, dim], tf.float32, name="features"),
                    pkg_dir / "classifier.onnx")
@@ -288,26 +318,50 @@ def _work(ws: Workspace, op_id: str):
         "stages": [
             {"name": "preprocess", "where": "host", "params": prep},
             {"name": "featurizer", "where": "device", "file": "device.onnx", "numeric_format": req["numeric_format"],
-             "input_shape": [-1, h, w, 3], "output_shape": [-1, dim]},
+             "block_size": fmt.block if fmt else None, "format": fmt.describe() if fmt else "IEEE fp32",
+             "quantized_layers": len(layers), "input_shape": [-1, h, w, 3], "output_shape": [-1, dim]},
             {"name": "classifier", "where": "host", "file": "classifier.onnx", "input_shape": [-1, dim]},
         ],
         "tools": _tool_versions(),
     }
     (pkg_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    _log("stage 4/4: parity check of the package against the source model on generated images")
-    parity = parity_check(saved, pkg_dir, h)
-    _log(f"  parity ({req['numeric_format']}): top-1 agreement {parity['top1_agreement']:.0%}, top-5 overlap "
-         f"{parity['top5_overlap']:.0%}, max abs difference {parity['max_abs_diff']:.3g} over {parity['images']} images")
-    manifest["parity"] = parity
-    (pkg_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    if req["numeric_format"] == "fp32" and parity["max_abs_diff"] > 1e-3:
+    _log("stage 4/4: checks on generated images")
+    parity = parity_check(saved, pkg_dir, device_file=fp32_path)
+    _log(f"  parity (fp32): top-1 agreement {parity['top1_agreement']:.0%}, top-5 overlap "
+         f"{parity['top5_overlap']:.0%}, max abs difference {parity['max_abs_diff']:.3g} over {parity['images']} images "
+         "(source TensorFlow model vs fp32 package)")
+    if parity["max_abs_diff"] > 1e-3:
         raise RuntimeError(f"fp32 package disagrees with the source model (max abs diff "
                            f"{parity['max_abs_diff']:.3g} > 1e-3): a conversion bug, please report it.")
+    manifest["parity"] = parity
+    if fmt is not None:
+        check = device_check(pkg_dir, fp32_model, fmt)
+        _log(f"  device check ({fmt.name}): max relative difference {check['max_rel_diff']:.3g}, top-1 agreement "
+             f"{check['top1_agreement']:.0%} (ONNX Runtime device vs numpy reference device)")
+        if check["max_rel_diff"] > 1e-3:
+            raise RuntimeError(f"the {fmt.name} device graph disagrees with the reference device "
+                               f"({check['max_rel_diff']:.3g}): a simulator bug, please report it.")
+        manifest["device_check"] = check
+        from .fpga.package import AcceleratorPackage
+        from .fpga.quality import quantization_report
+        from .samples import sample_images
+        pkg = AcceleratorPackage(pkg_dir)
+        x = pkg.preprocess(sample_images(REPORT_IMAGES, seed=51))
+        report = quantization_report(fp32_model, device_model, layers, fmt.name, x, pkg.classify)
+        report["weights"] = meta["weights"]
+        report["random_weights"] = str(meta["weights"]).startswith("random")
+        (pkg_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        manifest["report"] = "report.json"
+        _log(f"  quantization effect ({fmt.name} vs fp32): top-1 agreement {report['top1_agreement']:.0%}, top-5 "
+             f"overlap {report['top5_overlap']:.0%}, feature SQNR {report['feature_sqnr_db']:.1f} dB over "
+             f"{report['images']} images" + (" — RANDOM WEIGHTS: not what a trained model would show"
+                                             if report["random_weights"] else ""))
+    (pkg_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     name = f"{src.name}.{src.version}.accelonnx"
     conv = Model.register(ws, pkg_dir, name, tags={"accelonnx": "true", "numeric_format": req["numeric_format"]},
                           properties={"source_model": src.id, "numeric_format": req["numeric_format"],
-                                      "top1_agreement": f"{parity['top1_agreement']:.4f}",
-                                      "max_abs_diff": f"{parity['max_abs_diff']:.3g}"},
+                                      "parity_top1_agreement": f"{parity['top1_agreement']:.4f}",
+                                      "parity_max_abs_diff": f"{parity['max_abs_diff']:.3g}"},
                           description=f"{src.name} v{src.version} converted for the FPGA ({req['numeric_format']})")
     shutil.rmtree(work, ignore_errors=True)
     _log(f"registered {conv.id}")

@@ -32,14 +32,14 @@ def _session(path, threads):
 class AcceleratorPackage:
     """Load a package folder and score encoded images or preprocessed arrays with it."""
 
-    def __init__(self, path, threads=0):
+    def __init__(self, path, threads=0, device_file=None):
         self.path = Path(path)
         self.manifest = json.loads((self.path / MANIFEST).read_text())
         if self.manifest.get("format") != PACKAGE_FORMAT:
             raise ValueError(f"{self.path} is not an accelerator package ({PACKAGE_FORMAT}).")
         st = {s["name"]: s for s in self.manifest["stages"]}
         self.prep = st["preprocess"]["params"]
-        self.device = _session(self.path / st["featurizer"]["file"], threads)
+        self.device = _session(device_file or self.path / st["featurizer"]["file"], threads)
         self.classifier = _session(self.path / st["classifier"]["file"], threads)
         self.numeric_format = st["featurizer"]["numeric_format"]
         self.input_name = self.manifest["input"]["name"]

@@ -1,0 +1,167 @@
+"""The device stage in a narrow format: the same block floating point as formats.quantize, as ONNX operators.
+
+``apply_format`` rewrites a float32 ONNX graph for the device: the weights of every Conv / MatMul / Gemm are
+quantized once (with formats.quantize) and their activations are quantized at run time by a small subgraph inserted
+before the operator. The subgraph does exactly the steps formats.py specifies (tests check it bit for bit).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import formats
+
+DOMAIN_NOTE = "accel_lib device format"
+
+
+def _const(nodes, inits, name, value, dtype=np.float32):
+    from onnx import numpy_helper
+    inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    return name
+
+
+def quantizer_nodes(x, y, axis, channels, rank, fmt, prefix, nonnegative=False):
+    """(nodes, initializers) that compute y = quantize(x, fmt, axis) for a rank-``rank`` tensor whose ``axis``
+    has ``channels`` entries. ``nonnegative``: x is known >= 0 (or NaN), so |x| and sign(x) are skipped."""
+    from onnx import TensorProto
+    from onnx import helper as h
+    n, inits = [], []
+    axis = axis % rank
+    b = fmt.block
+    nb = -(-channels // b) if channels > b else 1
+    b = b if channels > b else channels
+    pad = nb * b - channels
+    P = prefix
+
+    def node(op, ins, outs=None, **kw):
+        outs = outs or [f"{P}/{op}_{len(n)}"]
+        n.append(h.make_node(op, ins, outs, name=outs[0], **kw))
+        return outs[0]
+
+    c = lambda name, v, dt=np.float32: _const(n, inits, f"{P}/{name}", v, dt)  # noqa: E731
+    src = x
+    if pad:
+        pads = [0] * (2 * rank)
+        pads[rank + axis] = pad
+        src = node("Pad", [x, c("pads", pads, np.int64)], mode="constant")
+    blocked = node("Reshape", [src, c("bshape", [0] * axis + [nb, b, -1], np.int64)])
+    red = c("raxis", [axis + 1], np.int64)
+    a = blocked if nonnegative else node("Abs", [blocked])
+    m = node("ReduceMax", [a], axes=[axis + 1], keepdims=1)      # opset 17: axes is an attribute
+    s = node("ReduceSum", [a, red], keepdims=1)
+    bad = node("Or", [node("IsNaN", [s]), node("IsInf", [m])])
+    one, two = c("one", 1.0), c("two", 2.0)
+    m1 = node("Where", [bad, one, m])
+    e0 = node("Floor", [node("Mul", [node("Log", [m1]), c("inv_ln2", 1.0 / np.log(2.0))])])
+    p = node("Pow", [two, e0])
+    up = node("Cast", [node("GreaterOrEqual", [m1, node("Mul", [p, two])])], to=TensorProto.FLOAT)
+    down = node("Cast", [node("Less", [m1, p])], to=TensorProto.FLOAT)
+    e = node("Clip", [node("Sub", [node("Add", [e0, up]), down]), c("emin", float(fmt.emin)),
+                      c("emax", float(fmt.emax))])
+    step = node("Pow", [two, node("Add", [e, c("shift", float(1 - fmt.mantissa_bits))])])
+    step = node("Where", [bad, c("nan", np.nan), step])
+    k = node("Floor", [node("Add", [node("Div", [a, step]), c("half", 0.5)])])
+    k = node("Min", [k, c("kmax", float(fmt.kmax))])
+    q = node("Mul", [k, step])
+    if not nonnegative:
+        # sign back on; 0 - (+0) is +0, so a zero result stays +0.0 (an optimizer may drop "+ 0.0", not this)
+        q = node("Where", [node("Less", [blocked, c("zero", 0.0)]), node("Sub", [c("zero2", 0.0), q]), q])
+    if pad:
+        full = node("Reshape", [q, node("Shape", [src])])
+        node("Slice", [full, c("starts", [0], np.int64), c("ends", [channels], np.int64),
+                       c("axes", [axis], np.int64)], [y])
+    else:
+        node("Reshape", [q, node("Shape", [x])], [y])
+    return n, inits
+
+
+
+
+_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten",
+               "Squeeze", "Unsqueeze", "Identity", "Concat"}
+
+
+def nonnegative_tensors(graph):
+    """Names of tensors that are >= 0 by construction: Relu outputs, and pools/reshapes/concats of them."""
+    out = set()
+    for node in graph.node:
+        if node.op_type == "Relu":
+            out.update(node.output)
+        elif node.op_type in _KEEPS_SIGN:
+            data = node.input if node.op_type == "Concat" else node.input[:1]
+            if data and all(i in out for i in data):
+                out.update(node.output)
+    return out
+
+
+def apply_format(model, fmt):
+    """A copy of ``model`` (float32 ONNX) with ``fmt`` applied to every Conv/MatMul/Gemm; returns (model, layers)."""
+    import copy
+
+    from onnx import numpy_helper, shape_inference
+    if isinstance(fmt, str):
+        fmt = formats.get(fmt)
+    model = copy.deepcopy(model)
+    if fmt is None:
+        return model, []
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    inferred = shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    new_nodes, layers, done = [], [], {}
+    nonneg = nonnegative_tensors(g)
+    for node in g.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            new_nodes.append(node)
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Conv":
+            w = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
+            if w is None:
+                raise ValueError(f"Conv {node.name} has no constant weights; the device needs them at conversion.")
+            group = attrs["group"].i if "group" in attrs else 1
+            x_axis, x_rank, channels, w_axis = 1, w.ndim, w.shape[1] * group, 1
+        else:
+            b_name = node.input[1]
+            if b_name not in inits:
+                raise ValueError(f"{node.op_type} {node.name} has no constant weights.")
+            w = numpy_helper.to_array(inits[b_name])
+            trans_a = node.op_type == "Gemm" and "transA" in attrs and attrs["transA"].i
+            trans_b = node.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i
+            x_rank = ranks.get(node.input[0], 2)
+            x_axis = (x_rank - 2) if trans_a else (x_rank - 1)
+            w_axis = w.ndim - 1 if trans_b else w.ndim - 2
+            channels = w.shape[w_axis]
+        wq = formats.quantize(w, fmt, axis=w_axis)
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(wq, node.input[1]))
+        key = (node.input[0], x_axis)
+        if key not in done:          # an activation feeding two layers (a shortcut) is quantized once
+            qname = f"{node.input[0]}/{fmt.name}/{len(done)}"
+            qn, qi = quantizer_nodes(node.input[0], qname, x_axis, channels, x_rank, fmt, qname,
+                                     nonnegative=node.input[0] in nonneg)
+            new_nodes.extend(qn)
+            g.initializer.extend(qi)
+            done[key] = qname
+        qname = done[key]
+        node.input[0] = qname
+        new_nodes.append(node)
+        layers.append({"name": node.name or node.output[0], "op": node.op_type, "input": qname,
+                       "channels": int(channels), "weight": node.input[1]})
+    del g.node[:]
+    g.node.extend(new_nodes)
+    model.doc_string = f"{DOMAIN_NOTE}: {fmt.describe()}"
+    return model, layers
+
+
+def quantizer_model(shape, axis, fmt, nonnegative=False):
+    """A standalone ONNX model computing quantize(x, fmt, axis) for float32 x of ``shape`` (for tests, benchmarks)."""
+    from onnx import TensorProto
+    from onnx import helper as h
+    if isinstance(fmt, str):
+        fmt = formats.get(fmt)
+    rank = len(shape)
+    nodes, inits = quantizer_nodes("x", "y", axis, shape[axis % rank], rank, fmt, "q", nonnegative)
+    dims = ["n" if i == 0 else d for i, d in enumerate(shape)]
+    graph = h.make_graph(nodes, "quantizer", [h.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)

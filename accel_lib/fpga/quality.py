@@ -1,0 +1,65 @@
+"""Measurements of a device graph in a narrow format against its fp32 original (no plotting here)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import formats
+
+LOG2_BINS = np.arange(-24, 17, 1.0)
+
+
+def _session(model, extra_outputs=()):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in extra_outputs:
+        m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _percentiles(a):
+    v = np.abs(a[np.isfinite(a)])
+    v = v[v > 0]
+    if not v.size:
+        return None
+    return [float(x) for x in np.percentile(np.log2(v), [0, 25, 50, 75, 100])]
+
+
+def quantization_report(fp32_model, device_model, layers, fmt_name, x, classify):
+    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on inputs ``x``."""
+    from onnx import numpy_helper
+    outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    ref_sess, dev_sess = _session(fp32_model, outs), _session(device_model, outs)
+    feed = {ref_sess.get_inputs()[0].name: x}
+    ref = dict(zip([o.name for o in ref_sess.get_outputs()], ref_sess.run(None, feed)))
+    dev = dict(zip([o.name for o in dev_sess.get_outputs()], dev_sess.run(None, feed)))
+    f32_w = {i.name: numpy_helper.to_array(i) for i in fp32_model.graph.initializer}
+    dev_w = {i.name: numpy_helper.to_array(i) for i in device_model.graph.initializer}
+    nodes = {n.output[0]: n for n in fp32_model.graph.node}
+    rows = []
+    for out, layer in zip(outs, layers):
+        w = nodes[out].input[1]
+        rows.append({"name": _short(nodes[out].name or out), "op": layer["op"], "channels": layer["channels"],
+                     "weight_sqnr_db": formats.sqnr_db(f32_w[w], dev_w[w]),
+                     "output_sqnr_db": formats.sqnr_db(ref[out], dev[out]),
+                     "weights_fp32_log2": _percentiles(f32_w[w]), "weights_device_log2": _percentiles(dev_w[w]),
+                     "outputs_fp32_log2": _percentiles(ref[out]), "outputs_device_log2": _percentiles(dev[out])})
+    feat_name = ref_sess.get_outputs()[0].name
+    p_ref, p_dev = classify(ref[feat_name]), classify(dev[feat_name])
+    top5 = [len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(p_ref, p_dev)]
+    return {"numeric_format": fmt_name, "images": int(len(x)),
+            "top1_agreement": float(np.mean(p_ref.argmax(1) == p_dev.argmax(1))), "top5_overlap": float(np.mean(top5)),
+            "feature_sqnr_db": formats.sqnr_db(ref[feat_name], dev[feat_name]), "layers": rows,
+            "measured": "device graph in the format vs the fp32 device graph, ONNX Runtime, generated images"}
+
+
+def _short(name):
+    parts = [p for p in name.replace(":", "/").split("/") if p]
+    for p in parts:
+        if p.startswith(("conv", "block", "res", "fc", "predictions")) or "_conv" in p:
+            return p.replace("_1", "") if p.endswith("_1") else p
+    return parts[-2] if len(parts) > 1 else name
