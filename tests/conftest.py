@@ -72,6 +72,16 @@ def converted(tmp_path_factory, small_model):
 
 
 @pytest.fixture(scope="session")
+def converted_q(converted, small_model):
+    """The small model converted again, in ms-fp9 with blocks of 64, in the same workspace."""
+    from accel_lib import AccelOnnxConverter
+    ws, src, _ = converted
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format="ms-fp9", block_size=64)
+    assert op.wait_for_completion(timeout=600), op.get_log()
+    return ws, src, op
+
+
+@pytest.fixture(scope="session")
 def built_image(converted):
     """An image of the small converted model (session-wide; images start no process)."""
     from accel_lib import AccelContainerImage, Image
