@@ -15,7 +15,7 @@ def __getattr__(name):  # heavy parts load on first use
     where = {"AccelOnnxConverter": "conversion", "ModelConvertOperation": "conversion",
              "AccelContainerImage": "image", "Image": "image", "PredictionClient": "client",
              "client_from_service": "client", "AksCompute": "compute", "ComputeTarget": "compute",
-             "AksWebservice": "webservice", "Webservice": "webservice"}
+             "EdgeCompute": "compute", "AksWebservice": "webservice", "Webservice": "webservice"}
     if name in where:
         return getattr(importlib.import_module(f".{where[name]}", __name__), name)
     raise AttributeError(name)
@@ -23,4 +23,4 @@ def __getattr__(name):  # heavy parts load on first use
 
 __all__ = ["Workspace", "Model", "UserError", "OperationTimeout", "AccelOnnxConverter", "ModelConvertOperation",
            "AccelContainerImage", "Image", "PredictionClient", "client_from_service", "AksCompute", "ComputeTarget",
-           "AksWebservice", "Webservice"]
+           "EdgeCompute", "AksWebservice", "Webservice"]

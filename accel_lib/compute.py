@@ -9,6 +9,11 @@ from .model import check_name
 from .workspace import LOCATIONS, _now
 
 FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
+EDGE_DEVICE = {"vcpus": 0, "fpgas": 1}          # Azure Stack Edge / Data Box Edge: one FPGA, outside the quota
+
+
+def _fpgas(vm_size):
+    return (FPGA_VM_SIZES.get(vm_size) or EDGE_DEVICE)["fpgas"]
 QUOTA_NAME = "Standard PBS Family vCPUs"
 
 
@@ -31,6 +36,25 @@ class AksProvisioningConfiguration:
         return FPGA_VM_SIZES[self.vm_size]["vcpus"] * self.agent_count
 
 
+class EdgeProvisioningConfiguration:
+    """An edge device (Data Box Edge style) with one FPGA that runs one model at a time."""
+
+    def __init__(self, device_name, location):
+        if location not in LOCATIONS:
+            raise UserError(f"location {location!r}: choose one of {', '.join(LOCATIONS)}.")
+        self.vm_size, self.agent_count, self.location = f"DataBoxEdge:{device_name}", 1, location
+        self.vcpus = 0
+
+
+class EdgeCompute:
+    """The edge compute type: a device on your premises with one FPGA."""
+
+    @staticmethod
+    def provisioning_configuration(device_name="databox-edge", location="eastus"):
+        """An edge device configuration."""
+        return EdgeProvisioningConfiguration(device_name, location)
+
+
 class AksCompute:
     """The AKS compute type."""
 
@@ -43,7 +67,8 @@ class AksCompute:
 def list_usage(workspace, location=None):
     """Quota use like ``az vm list-usage``: one row for "Standard PBS Family vCPUs" per location."""
     with workspace.connect() as db:
-        rows = db.execute("SELECT location, vm_size, agent_count FROM computes WHERE kind='aks'").fetchall()
+        rows = db.execute("SELECT location, vm_size, agent_count FROM computes WHERE kind='aks' "
+                          "AND provisioning_state='Succeeded'").fetchall()
     out = []
     for loc in ([location] if location else LOCATIONS):
         used = sum(FPGA_VM_SIZES[r["vm_size"]]["vcpus"] * r["agent_count"] for r in rows if r["location"] == loc)
@@ -75,25 +100,27 @@ class ComputeTarget:
 
     @property
     def fpgas(self):
-        """How many FPGAs the cluster has (one per node)."""
-        return FPGA_VM_SIZES[self.vm_size]["fpgas"] * self.agent_count
+        """How many FPGAs the target has (one per node; one on an edge device)."""
+        return _fpgas(self.vm_size) * self.agent_count
 
     @staticmethod
     def create(workspace, name, provisioning_configuration):
         """Provision a cluster (modeled); fails clearly when the FPGA quota is short."""
         check_name(name, "compute")
         cfg = provisioning_configuration
-        if not isinstance(cfg, AksProvisioningConfiguration):
-            raise UserError("provisioning_configuration must come from AksCompute.provisioning_configuration(...).")
+        if not isinstance(cfg, (AksProvisioningConfiguration, EdgeProvisioningConfiguration)):
+            raise UserError("provisioning_configuration must come from AksCompute.provisioning_configuration(...) or "
+                            "EdgeCompute.provisioning_configuration(...).")
+        kind = "edge" if isinstance(cfg, EdgeProvisioningConfiguration) else "aks"
         with workspace.connect(immediate=True) as db:
             if db.execute("SELECT 1 FROM computes WHERE name=?", (name,)).fetchone():
                 raise UserError(f"a compute target named {name!r} exists; reuse it with ComputeTarget(ws, {name!r}) "
                                 "or delete it first.")
             used = sum(FPGA_VM_SIZES[r[0]]["vcpus"] * r[1] for r in db.execute(
-                "SELECT vm_size, agent_count FROM computes WHERE location=? AND provisioning_state='Succeeded'",
-                (cfg.location,)))
+                "SELECT vm_size, agent_count FROM computes WHERE location=? AND provisioning_state='Succeeded' "
+                "AND kind='aks'", (cfg.location,)))
             limit = workspace.fpga_quota_vcpus
-            if used + cfg.vcpus > limit:
+            if kind == "aks" and used + cfg.vcpus > limit:
                 state = "Failed"
                 errors = (f"QuotaExceeded: {cfg.agent_count} x {cfg.vm_size} needs {cfg.vcpus} '{QUOTA_NAME}' in "
                           f"{cfg.location}; {used} of {limit} are in use. Delete a cluster, lower agent_count, or raise "
@@ -101,14 +128,14 @@ class ComputeTarget:
             else:
                 state, errors = "Succeeded", None
             db.execute("INSERT INTO computes VALUES (?,?,?,?,?,?,?,?)",
-                       (name, cfg.vm_size, cfg.agent_count, cfg.location, "aks", state, errors, _now()))
+                       (name, cfg.vm_size, cfg.agent_count, cfg.location, kind, state, errors, _now()))
         return ComputeTarget(workspace, name)
 
     def wait_for_completion(self, show_output=False):
         """Wait for provisioning (modeled: done at once); show_output prints the state."""
         if show_output:
-            print(f"Provisioning of {self.name} ({self.agent_count} x {self.vm_size}, {self.location}; modeled): "
-                  f"{self.provisioning_state}")
+            what = self.vm_size if self.type == "edge" else f"{self.agent_count} x {self.vm_size}"
+            print(f"Provisioning of {self.name} ({what}, {self.location}; modeled): {self.provisioning_state}")
         return self.provisioning_state == "Succeeded"
 
     @staticmethod

@@ -125,6 +125,17 @@ class Webservice:
                 raise UserError(f"a service named {name!r} exists; delete it (Webservice(ws, {name!r}).delete()) or "
                                 "choose another name.")
             held = {r[0]: r[1] for r in db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,))}
+            replaced = []
+            if target.type == "edge":
+                if cfg.num_replicas != 1:
+                    raise UserError(f"an edge device has one FPGA: deploy with num_replicas=1, not {cfg.num_replicas}.")
+                # one model per FPGA: a new deployment replaces the model that runs there
+                replaced = [dict(r) for r in db.execute("SELECT * FROM replicas WHERE compute=?", (target.name,))]
+                for old in sorted({r["service"] for r in replaced}):
+                    db.execute("UPDATE services SET state='Replaced', error=? WHERE name=?",
+                               (f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})", old))
+                db.execute("DELETE FROM replicas WHERE compute=?", (target.name,))
+                held = {}
             free = [i for i in range(target.fpgas) if i not in held]
             if len(free) < cfg.num_replicas:
                 n = target.fpgas
@@ -142,6 +153,13 @@ class Webservice:
                 db.execute("INSERT INTO replicas (service, idx, compute, fpga) VALUES (?,?,?,?)",
                            (name, idx, target.name, fpga))
         svc = Webservice(workspace, name)
+        for old in sorted({r["service"] for r in replaced}):
+            note = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
+                    "one model runs on the FPGA at a time")
+            _stop_replicas([r for r in replaced if r["service"] == old], workspace.path / "services" / old, note)
+            svc.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(svc.run_dir / "replica-0.log", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
         try:
             for r in svc._replicas():
                 svc._start_replica(r, image)
@@ -211,8 +229,8 @@ class Webservice:
         row = self._row()
         if row is None:
             return "Deleted"
-        if row["state"] == "Failed":
-            return "Failed"
+        if row["state"] in ("Failed", "Replaced"):
+            return row["state"]
         states = self._replica_states()
         if "Dead" in states:
             return "Unhealthy"
@@ -285,26 +303,34 @@ class Webservice:
 
     def delete(self):
         """Stop the replicas, free their FPGAs and remove the service."""
-        import psutil
-        procs = []
-        for r in self._replicas():
-            lease = self.run_dir / f"replica-{r['idx']}.lease"
-            alive = r["pid"] is not None and _pid_alive(r["pid"], lease)
-            lease.unlink(missing_ok=True)
-            if alive:
-                try:
-                    p = psutil.Process(r["pid"])
-                    p.send_signal(signal.SIGTERM)
-                    procs.append(p)
-                except psutil.NoSuchProcess:
-                    pass
-        _, still = psutil.wait_procs(procs, timeout=10)
-        for p in still:
-            p.kill()
-        psutil.wait_procs(still, timeout=5)
+        _stop_replicas(self._replicas(), self.run_dir)
         with self.workspace.connect(immediate=True) as db:
             db.execute("DELETE FROM replicas WHERE service=?", (self.name,))
             db.execute("DELETE FROM services WHERE name=?", (self.name,))
+
+
+def _stop_replicas(rows, run_dir, note=None):
+    """Remove the replicas' leases, SIGTERM them, and kill what has not stopped after 10 s."""
+    import psutil
+    procs = []
+    for r in rows:
+        lease = run_dir / f"replica-{r['idx']}.lease"
+        alive = r["pid"] is not None and _pid_alive(r["pid"], lease)
+        if note:
+            with open(run_dir / f"replica-{r['idx']}.log", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
+        lease.unlink(missing_ok=True)
+        if alive:
+            try:
+                p = psutil.Process(r["pid"])
+                p.send_signal(signal.SIGTERM)
+                procs.append(p)
+            except psutil.NoSuchProcess:
+                pass
+    _, still = psutil.wait_procs(procs, timeout=10)
+    for p in still:
+        p.kill()
+    psutil.wait_procs(still, timeout=5)
 
 
 def stop_all(workspace_path):

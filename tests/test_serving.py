@@ -229,3 +229,31 @@ def test_client_address_forms():
     assert _parse("myservice.eastus.cloudapp.azure.com", None, True) == "myservice.eastus.cloudapp.azure.com:443"
     assert _parse("host", None, False) == "host:80"
     assert _parse("127.0.0.1:1,127.0.0.1:2", None, False) == "ipv4:127.0.0.1:1,127.0.0.1:2"
+
+
+def test_edge_device_runs_one_model_and_a_new_deployment_replaces_it(built_image, converted_q):
+    from accel_lib import EdgeCompute
+    ws = built_image.workspace
+    before = list_usage(ws)
+    edge = ComputeTarget.create(ws, "edge-box", EdgeCompute.provisioning_configuration(device_name="dbe-1"))
+    try:
+        assert edge.type == "edge" and edge.fpgas == 1
+        assert list_usage(ws) == before          # an edge device uses no "Standard PBS Family vCPUs"
+        with pytest.raises(UserError, match="one FPGA"):
+            Webservice.deploy_from_image(ws, "e2", built_image, AksWebservice.deploy_configuration(num_replicas=2), edge)
+        first = _deploy(built_image, edge, "edge-a")
+        img_q = Image.create("small-q-edge", [converted_q[2].result], AccelContainerImage.image_configuration(), ws)
+        second = _deploy(img_q, edge, "edge-b")
+        assert first.state == "Replaced" and second.state == "Healthy"
+        assert "service 'edge-a' replaced by 'edge-b'" in (first.run_dir / "replica-0.log").read_text()
+        assert "service 'edge-a' replaced by 'edge-b'" in second.get_logs()
+        with client_from_service(second) as c:
+            assert c.get_model_metadata()["numeric_format"] == "ms-fp9"
+        first.delete()
+        second.delete()
+        img_q.delete()
+    finally:
+        for s in Webservice.list(ws):
+            if s.compute_name == "edge-box":
+                s.delete()
+        edge.delete()
