@@ -24,7 +24,7 @@ from .workspace import _now
 class AksServiceDeploymentConfiguration:
     """Deployment settings: replicas, auth, flashing time, message size."""
 
-    def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=0.0,
+    def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
                  max_message_mb=64, description=None, tags=None):
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
@@ -49,7 +49,7 @@ class AksWebservice:
     """The AKS web service type."""
 
     @staticmethod
-    def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=0.0,
+    def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
                              max_message_mb=64, description=None, tags=None):
         """A deployment configuration (validated at once)."""
         return AksServiceDeploymentConfiguration(autoscale_enabled, num_replicas, auth_enabled, flash_seconds,

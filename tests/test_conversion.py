@@ -49,7 +49,7 @@ def test_unknown_names_fail_at_once_with_the_valid_list(converted):
         AccelOnnxConverter.convert_tf_model(ws, src, "pixels", "output_alias")
     with pytest.raises(UserError, match="outputs_nodes is empty"):
         AccelOnnxConverter.convert_tf_model(ws, src, "images", " , ")
-    with pytest.raises(UserError, match="unknown numeric_format"):
+    with pytest.raises(UserError, match="unknown numeric format .int3.; choose one of"):
         AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format="int3")
     with ws.connect() as db:
         assert db.execute("SELECT COUNT(*) FROM operations").fetchone()[0] == 1   # nothing half-started

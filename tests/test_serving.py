@@ -163,7 +163,7 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
     with pytest.raises(UserError, match="runs service svc-a"):
         cluster.delete()
     with pytest.raises(UserError, match="used by image small-image"):
-        Model(ws, "small.1.accelonnx").delete()
+        Model(ws, "small.1.accelonnx", version=1).delete()
 
     svc.delete()
     assert svc.state == "Deleted" and [s.name for s in Webservice.list(ws)] == []
