@@ -123,7 +123,8 @@ class ComputeTarget:
             if kind == "aks" and used + cfg.vcpus > limit:
                 state = "Failed"
                 errors = (f"QuotaExceeded: {cfg.agent_count} x {cfg.vm_size} needs {cfg.vcpus} '{QUOTA_NAME}' in "
-                          f"{cfg.location}; {used} of {limit} are in use. Delete a cluster, lower agent_count, or raise "
+                          f"{cfg.location}; {used} of {limit} are in use. Delete a cluster, lower agent_count, or "
+                          "raise "
                           "the workspace's quota (Workspace.create(..., fpga_quota_vcpus=N)).")
             else:
                 state, errors = "Succeeded", None

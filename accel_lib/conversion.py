@@ -238,7 +238,8 @@ def parity_check(saved_model_dir, package_dir, device_file=None, n=PARITY_IMAGES
     top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
     top5 = float(np.mean([len(set(np.argsort(-r)[:5]) & set(np.argsort(-g)[:5])) / 5 for r, g in zip(ref, got)]))
     return {"images": n, "max_abs_diff": float(np.abs(ref - got).max()), "top1_agreement": top1,
-            "top5_overlap": top5, "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime)"}
+            "top5_overlap": top5,
+            "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime)"}
 
 
 def device_check(package_dir, fp32_model, fmt, n=4) -> dict:
@@ -328,7 +329,8 @@ def _work(ws: Workspace, op_id: str):
     _log("stage 4/4: checks on generated images")
     parity = parity_check(saved, pkg_dir, device_file=fp32_path)
     _log(f"  parity (fp32): top-1 agreement {parity['top1_agreement']:.0%}, top-5 overlap "
-         f"{parity['top5_overlap']:.0%}, max abs difference {parity['max_abs_diff']:.3g} over {parity['images']} images "
+         f"{parity['top5_overlap']:.0%}, max abs difference {parity['max_abs_diff']:.3g} over "
+         f"{parity['images']} images "
          "(source TensorFlow model vs fp32 package)")
     if parity["max_abs_diff"] > 1e-3:
         raise RuntimeError(f"fp32 package disagrees with the source model (max abs diff "

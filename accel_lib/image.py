@@ -120,8 +120,9 @@ class Image:
             bar.update(1)
             _smoke_test(ctx)
             bar.update(1)
-            if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and shutil.which("docker"):
-                _docker_build(ctx, f"{name}:{version}")
+            engine = shutil.which("docker") or shutil.which("podman")
+            if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and engine:
+                _docker_build(engine, ctx, f"{name}:{version}")
             bar.update(1)
             state = "Succeeded"
         except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
@@ -208,9 +209,10 @@ def _smoke_test(ctx: Path):
         raise RuntimeError("the context's server could not score a test image")
 
 
-def _docker_build(ctx: Path, tag):
-    r = subprocess.run(["docker", "build", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=3600)
+def _docker_build(engine, ctx: Path, tag):
+    """Opt-in (ACCEL_LIB_DOCKER_BUILD=1): build the context with docker or podman."""
+    r = subprocess.run([engine, "build", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=3600)
     with open(ctx / "build.log", "a") as log:
-        log.write(f"docker build -t {tag}: exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
+        log.write(f"{Path(engine).name} build -t {tag}: exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
     if r.returncode:
-        raise RuntimeError("docker build failed")
+        raise RuntimeError(f"{Path(engine).name} build failed")

@@ -124,7 +124,7 @@ class Webservice:
             if db.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
                 raise UserError(f"a service named {name!r} exists; delete it (Webservice(ws, {name!r}).delete()) or "
                                 "choose another name.")
-            held = {r[0]: r[1] for r in db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,))}
+            held = dict(db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,)).fetchall())
             replaced = []
             if target.type == "edge":
                 if cfg.num_replicas != 1:

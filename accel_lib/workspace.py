@@ -107,6 +107,11 @@ class Workspace:
                     cfg = json.loads(cand.read_text())
                     if {"name", "subscription_id", "resource_group"} <= cfg.keys():
                         folder = cand.parent.parent if cand.parent.name == ".azureml" else cand.parent
+                        if "workspace_path" in cfg:        # a config written elsewhere by write_config()
+                            folder = Path(cfg["workspace_path"])
+                            if not (folder / STATE_FILE).exists():
+                                raise UserError(f"{cand} points to the workspace {folder}, which no longer exists; "
+                                                "create it again or remove the stale config.")
                         cfg.setdefault("location", "eastus")
                         return cls(folder, _config=cfg)
         raise UserError(f"no workspace config.json found in {start} or its parents; "

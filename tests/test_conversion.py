@@ -73,5 +73,5 @@ def test_a_failing_conversion_reports_failure_and_registers_nothing(ws, small_mo
     assert op.wait_for_completion(timeout=300) is False
     assert op.status == "Failed" and op.error
     with pytest.raises(UserError, match="is Failed"):
-        op.result
+        _ = op.result
     assert [m.name for m in Model.list(ws)] == ["broken"]

@@ -22,7 +22,7 @@ def test_register_folder_versions_and_latest(ws, folder, tmp_path):
     assert (m1.version, m2.version) == (1, 2)
     assert Model(ws, "resnet50").version == 2 and Model(ws, name="resnet50", version=1).description == "first"
     assert Model(ws, id="resnet50:1").tags == {"stage": "a"}
-    out = Model(ws, "resnet50", 1).download(tmp_path / "dl")
+    Model(ws, "resnet50", 1).download(tmp_path / "dl")
     assert sorted(p.name for p in (tmp_path / "dl" / "resnet50").rglob("*") if p.is_file()) == ["saved_model.pb",
                                                                                                "v.data"]
     assert (tmp_path / "dl" / "resnet50" / "variables" / "v.data").read_bytes() == b"\x00\x01" * 100

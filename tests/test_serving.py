@@ -1,5 +1,4 @@
 """Containerize, deploy, consume, clean up: real replica processes answering gRPC on loopback."""
-import json
 import os
 import shutil
 import subprocess
@@ -190,6 +189,11 @@ def test_bad_requests_get_invalid_argument_and_the_replica_keeps_serving(built_i
         assert c.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX).shape == (1, 1000)
     assert svc.state == "Healthy"
     assert svc.get_logs().count("INVALID_ARGUMENT") == len(cases)      # never retried
+    big = samples.encode(samples.synthetic_image(4, 600, 800), "PNG")  # > 16 KiB
+    with client_from_service(svc, max_message_mb=0.016) as small:
+        with pytest.raises(grpc.RpcError) as e:
+            small.score_numpy_arrays({"images": [big]}, outputs=SOFTMAX)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_client_rides_through_flashing_and_a_dead_replica_shows(built_image, cluster):
@@ -201,7 +205,6 @@ def test_client_rides_through_flashing_and_a_dead_replica_shows(built_image, clu
         time.sleep(0.05)
     assert svc.state == "Transitioning"
     with client_from_service(svc) as c:          # UNAVAILABLE while flashing, then an answer
-        t0 = time.monotonic()
         assert c.score_numpy_arrays({"images": samples.sample_images(1)}, outputs=SOFTMAX).shape == (1, 1000)
     assert "is being flashed" not in svc.get_logs()   # the refusals are not errors in the log
     svc.wait_for_deployment()

@@ -26,7 +26,8 @@ def test_from_config_searches_parents_and_azureml_folder(tmp_path, monkeypatch):
     other = tmp_path / "project"
     ws.write_config(other / ".azureml")
     found = Workspace.from_config(other)
-    assert found.name == "a"
+    assert found.name == "a" and found.path == ws.path        # the config points back to the workspace
+    assert not (other / "state.sqlite").exists()
 
 
 def test_from_config_without_config_says_how_to_fix(tmp_path):

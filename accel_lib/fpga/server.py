@@ -87,7 +87,6 @@ class Replica:
 
     # -- PredictionService --------------------------------------------------------------------
     def Predict(self, request, context):
-        import grpc
         from tensorflow_serving.apis import predict_pb2
 
         from . import tensors
@@ -110,9 +109,9 @@ class Replica:
             elif proto.dtype == tensors.DT_FLOAT and value.ndim == 4:
                 result = pkg.run_arrays(value, outputs)
             else:
+                got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
                 raise RequestError(f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or DT_FLOAT "
-                                   f"[N, H, W, 3] (preprocessed), got {tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)}"
-                                   f" of shape {[d.size for d in proto.tensor_shape.dim]}.")
+                                   f"[N, H, W, 3] (preprocessed), got {got} of shape {list(value.shape)}.")
         except (RequestError, ValueError) as e:
             self._bad(context, str(e))
         resp = predict_pb2.PredictResponse()
@@ -125,7 +124,6 @@ class Replica:
         return resp
 
     def GetModelMetadata(self, request, context):
-        import grpc
         from google.protobuf import wrappers_pb2
         from tensorflow.core.protobuf import meta_graph_pb2
         from tensorflow_serving.apis import get_model_metadata_pb2

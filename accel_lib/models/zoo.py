@@ -25,8 +25,8 @@ def offline() -> bool:
 
 def _warn_random(reason):
     bar = "!" * 78
-    print(f"{bar}\n!! RANDOM WEIGHTS: {reason}\n!! The featurizer and classifier use seeded random weights: every stage "
-          f"runs,\n!! but the predictions and labels mean nothing.\n{bar}", file=sys.stdout, flush=True)
+    print(f"{bar}\n!! RANDOM WEIGHTS: {reason}\n!! The featurizer and classifier use seeded random weights: "
+          f"every stage runs,\n!! but the predictions and labels mean nothing.\n{bar}", file=sys.stdout, flush=True)
 
 
 class AcceleratedModel:
