@@ -43,7 +43,7 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, x, classify)
     rows = []
     for out, layer in zip(outs, layers):
         w = nodes[out].input[1]
-        rows.append({"name": _short(nodes[out].name or out), "op": layer["op"], "channels": layer["channels"],
+        rows.append({"name": layer_name(w, nodes[out].name or out), "op": layer["op"], "channels": layer["channels"],
                      "weight_sqnr_db": formats.sqnr_db(f32_w[w], dev_w[w]),
                      "output_sqnr_db": formats.sqnr_db(ref[out], dev[out]),
                      "weights_fp32_log2": _percentiles(f32_w[w]), "weights_device_log2": _percentiles(dev_w[w]),
@@ -57,9 +57,9 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, x, classify)
             "measured": "device graph in the format vs the fp32 device graph, ONNX Runtime, generated images"}
 
 
-def _short(name):
-    parts = [p for p in name.replace(":", "/").split("/") if p]
-    for p in parts:
-        if p.startswith(("conv", "block", "res", "fc", "predictions")) or "_conv" in p:
-            return p.replace("_1", "") if p.endswith("_1") else p
-    return parts[-2] if len(parts) > 1 else name
+def layer_name(weight, fallback):
+    """The Keras layer a weight came from ('.../conv2_block1_1_conv_1/convolution/...' -> 'conv2_block1_1_conv')."""
+    for part in weight.split("/"):
+        if "conv" in part or part.startswith(("fc", "dense", "predictions")):
+            return part[:-2] if part.endswith("_1") else part
+    return fallback
