@@ -159,7 +159,7 @@ class ModelConvertOperation:
         """Wait until the conversion ends; True if it succeeded. show_output streams the log."""
         from . import progress
         start, shown = time.monotonic(), 0
-        bar = progress.bar(desc=f"converting ({self.id})", unit="s", enabled=not show_output)
+        bar = progress.bar(desc=f"converting ({self.id})", unit="s", show=not show_output)
         try:
             while True:
                 row = self._row()

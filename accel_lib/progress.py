@@ -7,8 +7,7 @@ def enabled() -> bool:
     return os.environ.get("ACCEL_LIB_PROGRESS", "1").lower() not in ("0", "false", "no")
 
 
-def bar(total=None, desc="", unit="step", enabled=True):
-    """A tqdm progress bar (disabled in batch runs, or when ``enabled`` is False)."""
+def bar(total=None, desc="", unit="step", show=True):
+    """A tqdm progress bar (off in batch runs, or when ``show`` is False)."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and globals()["enabled"]()), leave=False,
-                mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (show and enabled()), leave=False, mininterval=0.5)

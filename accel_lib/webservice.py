@@ -241,7 +241,7 @@ class Webservice:
         from . import progress
         start = time.monotonic()
         bar = progress.bar(total=len(self._replicas()), desc=f"deploying {self.name}", unit="replica",
-                           enabled=not show_output)
+                           show=not show_output)
         last = None
         try:
             while True:

@@ -81,7 +81,8 @@ class AcceleratorPackage:
     def run(self, images, outputs=None):
         """Score encoded images; returns {output name: array} for the requested names (default: all)."""
         wanted = self.default_outputs if outputs is None else list(outputs)
-        [self.resolve(n) for n in wanted]          # reject unknown names before any work
+        for n in wanted:                           # reject unknown names before any work
+            self.resolve(n)
         return self.run_arrays(self.preprocess(images), wanted)
 
     def run_arrays(self, x, outputs=None):
