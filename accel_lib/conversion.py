@@ -242,14 +242,12 @@ def parity_check(saved_model_dir, package_dir, device_file=None, n=PARITY_IMAGES
             "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime)"}
 
 
-def device_check(package_dir, fp32_model, fmt, n=4) -> dict:
+def device_check(pkg, fp32_model, fmt, n=4) -> dict:
     """The package's device stage (ONNX Runtime, in-graph format) vs the numpy reference device."""
     import numpy as np
 
-    from .fpga.package import AcceleratorPackage
     from .fpga.reference import reference_device
     from .samples import sample_images
-    pkg = AcceleratorPackage(package_dir)
     x = pkg.preprocess(sample_images(n, seed=31))
     dev = pkg.featurize(x)
     ref = reference_device(fp32_model, fmt)(x)
@@ -337,17 +335,17 @@ def _work(ws: Workspace, op_id: str):
                            f"{parity['max_abs_diff']:.3g} > 1e-3): a conversion bug, please report it.")
     manifest["parity"] = parity
     if fmt is not None:
-        check = device_check(pkg_dir, fp32_model, fmt)
+        from .fpga.package import AcceleratorPackage
+        from .fpga.quality import quantization_report
+        from .samples import sample_images
+        pkg = AcceleratorPackage(pkg_dir)
+        check = device_check(pkg, fp32_model, fmt)
         _log(f"  device check ({fmt.name}): max relative difference {check['max_rel_diff']:.3g}, top-1 agreement "
              f"{check['top1_agreement']:.0%} (ONNX Runtime device vs numpy reference device)")
         if check["max_rel_diff"] > 1e-3:
             raise RuntimeError(f"the {fmt.name} device graph disagrees with the reference device "
                                f"({check['max_rel_diff']:.3g}): a simulator bug, please report it.")
         manifest["device_check"] = check
-        from .fpga.package import AcceleratorPackage
-        from .fpga.quality import quantization_report
-        from .samples import sample_images
-        pkg = AcceleratorPackage(pkg_dir)
         x = pkg.preprocess(sample_images(REPORT_IMAGES, seed=51))
         report = quantization_report(fp32_model, device_model, layers, fmt.name, x, pkg.classify)
         report["weights"] = meta["weights"]

@@ -13,7 +13,7 @@ from . import formats
 DOMAIN_NOTE = "accel_lib device format"
 
 
-def _const(nodes, inits, name, value, dtype=np.float32):
+def _const(inits, name, value, dtype=np.float32):
     from onnx import numpy_helper
     inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
     return name
@@ -37,7 +37,7 @@ def quantizer_nodes(x, y, axis, channels, rank, fmt, prefix, nonnegative=False):
         n.append(h.make_node(op, ins, outs, name=outs[0], **kw))
         return outs[0]
 
-    c = lambda name, v, dt=np.float32: _const(n, inits, f"{P}/{name}", v, dt)  # noqa: E731
+    c = lambda name, v, dt=np.float32: _const(inits, f"{P}/{name}", v, dt)  # noqa: E731
     src = x
     if pad:
         pads = [0] * (2 * rank)

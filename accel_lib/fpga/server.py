@@ -35,7 +35,6 @@ class Replica:
         self.health = health
         self.pkg = None
         self.error = None
-        self.requests = 0
 
     # -- loading the FPGA ---------------------------------------------------------------------
     def load(self):
@@ -118,7 +117,6 @@ class Replica:
         resp.model_spec.name = request.model_spec.name or self.service
         for k, v in result.items():
             resp.outputs[k].CopyFrom(tensors.to_proto(v))
-        self.requests += 1
         n = len(value)
         _log(f"Predict ok: {n} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)")
         return resp
