@@ -101,9 +101,10 @@ class Image:
                             f"{len(models) if isinstance(models, (list, tuple)) else models!r}. Create one image "
                             "per converted model.")
         model = models[0]
-        if not isinstance(model, Model) or "manifest.json" not in model.files:
-            raise UserError(f"{model!r} is not a converted model; convert it first with "
+        if not isinstance(model, Model):
+            raise UserError(f"{model!r} is not a registered model; convert one with "
                             "AccelOnnxConverter.convert_tf_model(...) and pass convert_request.result.")
+        model.manifest               # UserError unless a converted model of this package format
         if not isinstance(image_config, ImageConfiguration):
             raise UserError("image_config must come from AccelContainerImage.image_configuration(...).")
         with workspace.connect(immediate=True) as db:

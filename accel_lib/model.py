@@ -156,6 +156,26 @@ class Model:
             os.replace(tmp, out)
         return str(dest)
 
+    @property
+    def manifest(self):
+        """The typed manifest of a converted model (fpga.manifest.PackageManifest); UserError for other models."""
+        return self._contract("PackageManifest", "convert it first with AccelOnnxConverter.convert_tf_model(...)")
+
+    @property
+    def source_metadata(self):
+        """The typed accel_model.json of a saved model (fpga.manifest.SavedModelMetadata); UserError otherwise."""
+        return self._contract("SavedModelMetadata", "register a folder saved with model_graph.save(...)")
+
+    def _contract(self, kind, remedy):
+        from .fpga import manifest
+        cls = getattr(manifest, kind)
+        if cls.FILE not in self.files:
+            raise UserError(f"model {self.id} has no {cls.FILE}: {remedy}.")
+        try:
+            return manifest.loads(cls, self.read_file(cls.FILE).decode(), f"{self.id}/{cls.FILE}")
+        except manifest.ManifestError as e:
+            raise UserError(str(e)) from None
+
     def read_file(self, rel: str) -> bytes:
         """The bytes of one file of the model."""
         if rel not in self.files:

@@ -5,8 +5,9 @@ import json
 
 
 def load_report(converted_model):
-    """The report.json a narrow-format conversion wrote (None for fp32 packages)."""
-    return json.loads(converted_model.read_file("report.json")) if "report.json" in converted_model.files else None
+    """The report a narrow-format conversion wrote (None for fp32 packages)."""
+    name = converted_model.manifest.report
+    return json.loads(converted_model.read_file(name)) if name else None
 
 
 def show_report(converted_model, plot=True):

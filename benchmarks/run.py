@@ -14,18 +14,11 @@ import time
 
 def device_graph(image_size):
     """A ResNet-50 featurizer (seeded random weights) converted to ONNX, as the converter does."""
-    import onnx
-    import tensorflow as tf
-
-    from accel_lib.conversion import _convert_stage
+    from accel_lib.conversion.worker import convert_stage, load_saved_model
     from accel_lib.models import Resnet50
     d = tempfile.mkdtemp(prefix="accel-bench-")
     info = Resnet50(d, weights="random", image_size=image_size).save(os.path.join(d, "m"))
-    loaded = tf.saved_model.load(info.path)
-    path = os.path.join(d, "device_fp32.onnx")
-    _convert_stage(loaded, "featurize", tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
-                                                      name="image_tensors"), path)
-    return onnx.load(path)
+    return convert_stage(load_saved_model(info.path), info.metadata, "featurize")
 
 
 def p50_ms(sess, x, runs, warmup=5):

@@ -1,6 +1,4 @@
 """A narrow-format conversion end to end: manifest, checks, report, and a deployed service vs the reference device."""
-import json
-
 import numpy as np
 import pytest
 
@@ -13,11 +11,10 @@ def test_ms_fp9_conversion_records_format_checks_and_report(converted_q, capsys)
     ws, src, op = converted_q
     conv = op.result
     assert conv.name == "small.1.accelonnx" and conv.version == 2 and conv.tags["numeric_format"] == "ms-fp9"
-    m = json.loads(conv.read_file("manifest.json"))
-    dev = m["stages"][1]
-    assert (m["numeric_format"], dev["block_size"], dev["quantized_layers"]) == ("ms-fp9", 64, 53)
-    assert m["parity"]["top1_agreement"] == 1.0 and m["parity"]["max_abs_diff"] < 1e-3     # fp32 conversion
-    assert m["device_check"]["max_rel_diff"] < 1e-4 and m["device_check"]["top1_agreement"] == 1.0
+    m = conv.manifest
+    assert (m.numeric_format, m.device.block_size, m.device.quantized_layers) == ("ms-fp9", 64, 53)
+    assert m.parity["top1_agreement"] == 1.0 and m.parity["max_relative_error"] < 1e-3     # fp32 conversion
+    assert m.device_check["max_rel_diff"] < 1e-4 and m.device_check["top1_agreement"] == 1.0
     rep = load_report(conv)
     assert rep["random_weights"] and len(rep["layers"]) == 53 and rep["images"] == 8
     assert all(15 < r["weight_sqnr_db"] < 30 for r in rep["layers"])    # 3 mantissa bits: ~20 dB on weights
@@ -35,11 +32,9 @@ def test_bad_format_arguments_fail_at_once(converted):
 
 
 def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, small_model, cluster, tmp_path):
-    import onnx
-    import tensorflow as tf
-
-    from accel_lib.conversion import _convert_stage
+    from accel_lib.conversion.worker import convert_stage, load_saved_model
     from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.models import read_metadata
     from accel_lib.fpga.reference import reference_device
     ws, src, op = converted_q
     img = Image.create("small-q", [op.result], AccelContainerImage.image_configuration(), ws)
@@ -50,13 +45,12 @@ def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, s
         served = c.score_numpy_arrays({"images": data}, outputs="output_alias")
         assert c.get_model_metadata()["numeric_format"] == "ms-fp9"
     # the reference device: the fp32 featurizer (converted afresh) run by numpy with formats.quantize
-    loaded = tf.saved_model.load(small_model[1].path)
-    fp32_path = tmp_path / "device_fp32.onnx"
-    _convert_stage(loaded, "featurize", tf.TensorSpec([None, 64, 64, 3], tf.float32, name="image_tensors"), fp32_path)
+    path = small_model[1].path
+    fp32 = convert_stage(load_saved_model(path), read_metadata(path), "featurize")
     x = host.preprocess(data, order="BGR", output_height=64, output_width=64)
-    feats = reference_device(onnx.load(str(fp32_path)), formats.get("ms-fp9", 64))(x)
+    feats = reference_device(fp32, formats.get("ms-fp9", 64))(x)
     pkg = AcceleratorPackage(img.context / "package")
-    expected = pkg.classify(feats)
+    expected = pkg.run_heads(feats)["output_alias"]
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert (served.argmax(1) == expected.argmax(1)).all()
     svc.delete()

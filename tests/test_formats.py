@@ -113,8 +113,8 @@ def test_apply_format_quantizes_weights_once_and_every_layer():
     import onnxruntime as ort
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     got = ort.InferenceSession(dev.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    ref = reference_device(model, fmt)(x)
+    [ref] = reference_device(model, fmt)(x).values()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    plain = reference_device(model, None)(x)
+    [plain] = reference_device(model, None)(x).values()
     assert not np.allclose(ref, plain, rtol=1e-3)        # the format really changes the result
     assert device.apply_format(model, "fp32")[1] == []

@@ -57,7 +57,7 @@ def test_image_takes_one_converted_model(converted):
     cfg = AccelContainerImage.image_configuration()
     with pytest.raises(UserError, match="exactly one model"):
         Image.create("two", [op.result, op.result], cfg, ws)
-    with pytest.raises(UserError, match="not a converted model"):
+    with pytest.raises(UserError, match="no manifest.json: convert it first"):
         Image.create("raw", [src], cfg, ws)
     with pytest.raises(UserError, match="invalid image name"):
         Image.create("Upper", [op.result], cfg, ws)

@@ -66,9 +66,9 @@ def test_saved_model_signatures_and_metadata(small_model):
     meta = read_metadata(info.path)
     assert info.input_tensors == "images"
     assert info.output_tensors == "classifier/resnet_v1_50/predictions/Softmax:0"
-    assert meta["preprocessing"]["output_height"] == 64 and meta["weights"] == "random(seed=0)"
+    assert meta.preprocessing["output_height"] == 64 and meta.weights == "random(seed=0)"
     loaded = tf.saved_model.load(info.path)
-    assert set(loaded.signatures) == {"serving_default", "featurize", "classify"}
+    assert set(loaded.signatures) == {"serving_default", "featurize", "heads"}
     imgs = samples.sample_images(3)
     out = loaded.signatures["serving_default"](images=tf.constant(imgs))["output_alias"].numpy()
     assert out.shape == (3, 1000)

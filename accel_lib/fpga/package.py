@@ -1,19 +1,16 @@
-"""The accelerator package: host preprocessing -> device stage (featurizer) -> host classifier.
+"""The accelerator package runtime: host preprocessing -> device featurizer -> host heads.
 
-A package is a folder with ``manifest.json``, ``device.onnx`` and ``classifier.onnx``. ``AcceleratorPackage``
-runs it in-process; the gRPC server runs the same object behind each replica.
+A package is a folder described by its manifest (``manifest.PackageManifest``): the device graph, the heads graph
+and the outputs it answers. ``AcceleratorPackage`` runs it in-process; the gRPC server runs the same object behind
+each replica.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from . import host
-
-MANIFEST = "manifest.json"
-PACKAGE_FORMAT = "accel_lib.accelonnx/1"
+from . import host, manifest
 
 
 class RequestError(ValueError):
@@ -34,26 +31,22 @@ class AcceleratorPackage:
 
     def __init__(self, path, threads=0, device_file=None):
         self.path = Path(path)
-        self.manifest = json.loads((self.path / MANIFEST).read_text())
-        if self.manifest.get("format") != PACKAGE_FORMAT:
-            raise ValueError(f"{self.path} is not an accelerator package ({PACKAGE_FORMAT}).")
-        st = {s["name"]: s for s in self.manifest["stages"]}
-        self.prep = st["preprocess"]["params"]
-        self.device = _session(device_file or self.path / st["featurizer"]["file"], threads)
-        self.classifier = _session(self.path / st["classifier"]["file"], threads)
-        self.numeric_format = st["featurizer"]["numeric_format"]
-        self.input_name = self.manifest["input"]["name"]
-        self._names = {}
-        for out in self.manifest["outputs"]:
-            for n in [out["name"], *out.get("aliases", [])]:
-                self._names[n] = out
-        self.default_outputs = [o["name"] for o in self.manifest["outputs"]]
+        self.manifest = manifest.read(manifest.PackageManifest, self.path)
+        m = self.manifest
+        self.prep = m.stage("preprocess").params
+        self.device = _session(device_file or self.path / m.device.file, threads)
+        heads = m.stage("heads")
+        self.heads = _session(self.path / heads.file, threads) if heads else None
+        self.numeric_format = m.numeric_format
+        self.input_name = m.input.name
+        self._names = {n: out for out in m.served() for n in out.names}
+        self.default_outputs = list(m.outputs)
 
     def input_names(self):
         """The names the input may be given by."""
-        return [self.input_name, *self.manifest["input"].get("aliases", [])]
+        return self.manifest.input.names
 
-    def resolve(self, name):
+    def resolve(self, name) -> manifest.Tensor:
         """The manifest entry of an output name or alias (RequestError lists the valid ones)."""
         if name not in self._names:
             raise RequestError(f"unknown output {name!r}; this model answers {sorted(self._names)}.")
@@ -66,17 +59,19 @@ class AcceleratorPackage:
         except host.BadImage as e:
             raise RequestError(str(e)) from None
 
-    def featurize(self, x):
-        """Device stage: preprocessed images -> features."""
+    def featurize(self, x) -> dict:
+        """Device stage: preprocessed images -> {feature key: array}."""
         h, w = self.prep["output_height"], self.prep["output_width"]
         x = np.asarray(x)
         if x.dtype != np.float32 or x.ndim != 4 or x.shape[1:] != (h, w, 3):
             raise RequestError(f"device input must be float32 [N, {h}, {w}, 3], got {x.dtype} {list(x.shape)}.")
-        return self.device.run(None, {self.device.get_inputs()[0].name: x})[0]
+        keys = self.manifest.device.outputs
+        return dict(zip(keys, self.device.run(keys, {self.device.get_inputs()[0].name: x})))
 
-    def classify(self, features):
-        """Host classifier: features -> class probabilities."""
-        return self.classifier.run(None, {self.classifier.get_inputs()[0].name: features})[0]
+    def run_heads(self, features: dict) -> dict:
+        """Host heads: {feature key: array} -> {head output key: array}."""
+        st = self.manifest.stage("heads")
+        return dict(zip(st.outputs, self.heads.run(st.outputs, {k: features[k] for k in st.inputs})))
 
     def run(self, images, outputs=None):
         """Score encoded images; returns {output name: array} for the requested names (default: all)."""
@@ -89,6 +84,8 @@ class AcceleratorPackage:
         """Score preprocessed images (float32 [N, H, W, 3]); same result form as run()."""
         wanted = self.default_outputs if outputs is None else list(outputs)
         entries = [self.resolve(n) for n in wanted]
-        feats = self.featurize(x)
-        probs = self.classify(feats) if any(e["stage"] == "classifier" for e in entries) else None
-        return {n: (probs if e["stage"] == "classifier" else feats) for n, e in zip(wanted, entries)}
+        values = {("featurizer", k): v for k, v in self.featurize(x).items()}
+        if any(e.stage == "heads" for e in entries):
+            feats = {k: v for (_, k), v in values.items()}
+            values.update({("heads", k): v for k, v in self.run_heads(feats).items()})
+        return {n: values[(e.stage, e.key)] for n, e in zip(wanted, entries)}

@@ -29,8 +29,11 @@ def _percentiles(a):
     return [float(x) for x in np.percentile(np.log2(v), [0, 25, 50, 75, 100])]
 
 
-def quantization_report(fp32_model, device_model, layers, fmt_name, x, classify):
-    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on inputs ``x``."""
+def quantization_report(fp32_model, device_model, layers, fmt_name, x, heads):
+    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on inputs ``x``.
+
+    ``heads`` maps the device outputs ({name: array}) to class scores [..., classes], on which agreement is
+    counted (per image for a classifier, per anchor for a detector)."""
     from onnx import numpy_helper
     outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
     ref_sess, dev_sess = _session(fp32_model, outs), _session(device_model, outs)
@@ -48,12 +51,15 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, x, classify)
                      "output_sqnr_db": formats.sqnr_db(ref[out], dev[out]),
                      "weights_fp32_log2": _percentiles(f32_w[w]), "weights_device_log2": _percentiles(dev_w[w]),
                      "outputs_fp32_log2": _percentiles(ref[out]), "outputs_device_log2": _percentiles(dev[out])})
-    feat_name = ref_sess.get_outputs()[0].name
-    p_ref, p_dev = classify(ref[feat_name]), classify(dev[feat_name])
+    feats = [o.name for o in fp32_model.graph.output]
+    p_ref = heads({k: ref[k] for k in feats})
+    p_dev = heads({k: dev[k] for k in feats})
+    p_ref, p_dev = (p.reshape(-1, p.shape[-1]) for p in (p_ref, p_dev))
     top5 = [len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(p_ref, p_dev)]
+    flat = lambda d: np.concatenate([d[k].ravel() for k in feats])  # noqa: E731
     return {"numeric_format": fmt_name, "images": int(len(x)),
             "top1_agreement": float(np.mean(p_ref.argmax(1) == p_dev.argmax(1))), "top5_overlap": float(np.mean(top5)),
-            "feature_sqnr_db": formats.sqnr_db(ref[feat_name], dev[feat_name]), "layers": rows,
+            "feature_sqnr_db": formats.sqnr_db(flat(ref), flat(dev)), "layers": rows,
             "measured": "device graph in the format vs the fp32 device graph, ONNX Runtime, generated images"}
 
 

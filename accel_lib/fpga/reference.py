@@ -9,7 +9,7 @@ from . import formats
 
 
 def reference_device(fp32_model, fmt):
-    """A callable x -> features computing the device stage with numpy only."""
+    """A callable x -> {output name: array} computing the device stage with numpy only."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.ops.op_conv import Conv as _Conv
     from onnx.reference.ops.op_gemm import Gemm_7 as _Gemm
@@ -38,6 +38,8 @@ def reference_device(fp32_model, fmt):
     ev = ReferenceEvaluator(fp32_model, new_ops=[Conv, MatMul, Gemm])
     name = fp32_model.graph.input[0].name
 
+    outputs = [o.name for o in fp32_model.graph.output]
+
     def run(x):
-        return ev.run(None, {name: np.asarray(x, np.float32)})[0]
+        return dict(zip(outputs, ev.run(None, {name: np.asarray(x, np.float32)})))
     return run

@@ -52,8 +52,8 @@ class Replica:
                 time.sleep(rest)
             self.pkg = pkg
             m = pkg.manifest
-            _log(f"loaded {m['source_model']['name']}:{m['source_model']['version']} on {self.fpga}: featurizer "
-                 f"{m['featurizer']} in {pkg.numeric_format}; ready in {time.monotonic() - t0:.1f} s (measured)")
+            _log(f"loaded {m.source_model['name']}:{m.source_model['version']} on {self.fpga}: featurizer "
+                 f"{m.model_class} in {pkg.numeric_format}; ready in {time.monotonic() - t0:.1f} s (measured)")
             for s in HEALTH_SERVICES:
                 self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
         except Exception as e:  # noqa: BLE001 - reported through health and the log
@@ -132,21 +132,22 @@ class Replica:
             self._bad(context, "only metadata_field 'signature_def' is available.")
         m = self.pkg.manifest
         sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-        sig.inputs[m["input"]["name"]].name = m["input"]["name"]
-        sig.inputs[m["input"]["name"]].dtype = tensors.DT_STRING
-        for o in m["outputs"]:
-            info = sig.outputs[o["name"]]
-            info.name = o["name"]
+        sig.inputs[m.input.name].name = m.input.name
+        sig.inputs[m.input.name].dtype = tensors.DT_STRING
+        for o in m.served():
+            info = sig.outputs[o.name]
+            info.name = o.name
             info.dtype = tensors.DT_FLOAT
-            for d in o["shape"]:
+            for d in o.shape:
                 info.tensor_shape.dim.add(size=d)
         sigmap = get_model_metadata_pb2.SignatureDefMap()
         sigmap.signature_def["serving_default"].CopyFrom(sig)
         resp = get_model_metadata_pb2.GetModelMetadataResponse()
         resp.model_spec.name = request.model_spec.name or self.service
         resp.metadata["signature_def"].Pack(sigmap)
-        about = {"numeric_format": self.pkg.numeric_format, "featurizer": m["featurizer"], "fpga": self.fpga,
-                 "source_model": m["source_model"], "weights": m.get("weights")}
+        about = {"numeric_format": self.pkg.numeric_format, "featurizer": m.model_class, "fpga": self.fpga,
+                 "source_model": m.source_model, "weights": m.weights, "labels": m.labels,
+                 "postprocess": m.postprocess}
         resp.metadata["accel_lib"].Pack(wrappers_pb2.StringValue(value=json.dumps(about)))
         return resp
 

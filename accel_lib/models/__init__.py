@@ -1,7 +1,11 @@
-"""The model zoo: featurizers that run on the FPGA and their default classifiers."""
+"""The model zoo: featurizers that run on the FPGA and their default heads (classifiers, SSD's box heads)."""
 from . import utils
-from .zoo import (AcceleratedModel, QuantizedResnet50, Resnet50, SavedModelInfo, read_metadata,
-                  tensor_names)
+from .ssd import QuantizedSsdVgg, SsdVgg
+from .zoo import (AcceleratedModel, Densenet121, QuantizedDensenet121, QuantizedResnet50, QuantizedResnet152,
+                  QuantizedVgg16, Resnet50, Resnet152, SavedModelInfo, Vgg16, read_metadata, tensor_names)
 
-__all__ = ["utils", "AcceleratedModel", "Resnet50", "QuantizedResnet50", "SavedModelInfo", "read_metadata",
+ZOO = (Resnet50, QuantizedResnet50, Resnet152, QuantizedResnet152, Vgg16, QuantizedVgg16, Densenet121,
+       QuantizedDensenet121, SsdVgg, QuantizedSsdVgg)
+
+__all__ = ["utils", "AcceleratedModel", *(c.__name__ for c in ZOO), "ZOO", "SavedModelInfo", "read_metadata",
            "tensor_names"]

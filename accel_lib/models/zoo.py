@@ -6,15 +6,14 @@ calibrated on generated images, and ``"auto"`` uses imagenet when it can be had 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..fpga import manifest
 
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
-METADATA_FILE = "accel_model.json"
 RANDOM_SEED = 0
 
 
@@ -23,14 +22,19 @@ def offline() -> bool:
     return os.environ.get("ACCEL_LIB_OFFLINE", "0").lower() not in ("0", "false", "no", "")
 
 
-def _warn_random(reason):
+def warn_random(reason):
+    """Say loudly, on stdout, that the model uses seeded random weights and why."""
     bar = "!" * 78
     print(f"{bar}\n!! RANDOM WEIGHTS: {reason}\n!! The featurizer and classifier use seeded random weights: "
           f"every stage runs,\n!! but the predictions and labels mean nothing.\n{bar}", file=sys.stdout, flush=True)
 
 
 class AcceleratedModel:
-    """Base of the zoo: one featurizer that runs on the FPGA, plus its default classifier on the host."""
+    """Base of the zoo: a featurizer that runs on the FPGA, plus its default heads on the host.
+
+    Subclasses say which Keras application they build, the seed's tensor names, and the input their weights expect
+    (``input_order``; channel means are always subtracted by the preprocessing, as in the seed).
+    """
 
     family = ""                 # short name, e.g. "resnet50"
     keras_app = ""              # keras.applications constructor
@@ -40,12 +44,17 @@ class AcceleratedModel:
     feature_dim = 0
     num_classes = 1000
     quantized = False
-    input_order = "BGR"         # Keras ImageNet weights expect caffe-style BGR, mean-subtracted
+    input_order = "BGR"         # Keras ImageNet weights (caffe style) expect BGR, mean-subtracted
+    default_image_size = 224
+    labels = "imagenet"         # the label set the default heads predict
+    feature_layer = "pool5"     # seed-style name of the feature tensor
+    head_tensor = "predictions/Softmax"
+    output_aliases = ()         # other names the seed prints for the default output
 
-    def __init__(self, model_base_path, is_frozen=True, weights="auto", image_size=224, seed=RANDOM_SEED):
+    def __init__(self, model_base_path, is_frozen=True, weights="auto", image_size=None, seed=RANDOM_SEED):
         self.model_base_path = Path(os.path.expanduser(str(model_base_path)))
         self.is_frozen = bool(is_frozen)
-        self.image_size = int(image_size)
+        self.image_size = int(self.default_image_size if image_size is None else image_size)
         self.seed = int(seed)
         if not 32 <= self.image_size <= 1024:
             raise UserError(f"image_size must be from 32 to 1024, got {image_size}.")
@@ -68,30 +77,45 @@ class AcceleratedModel:
         """The device format the converter uses by default: ms-fp9 for Quantized models, else fp32."""
         return "ms-fp9" if self.quantized else "fp32"
 
-    feature_name = property(lambda self: f"{self.scope}/pool5:0", doc="name of the feature tensor")
-    classifier_output = property(lambda self: f"classifier/{self.scope}/predictions/Softmax:0",
+    feature_name = property(lambda self: f"{self.scope}/{self.feature_layer}:0", doc="name of the feature tensor")
+    classifier_output = property(lambda self: f"classifier/{self.scope}/{self.head_tensor}:0",
                                  doc="seed's default classifier output tensor name")
-    output_aliases = property(lambda self: [f"classifier_1/{self.scope}/predictions/Softmax:0"])
+    output_tensors = property(lambda self: self.classifier_output,
+                              doc="the seed's default output name(s) to convert and score with")
     input_shape = property(lambda self: (None, self.image_size, self.image_size, 3))
     feature_shape = property(lambda self: (None, self.feature_dim))
     output_shape = property(lambda self: (None, self.num_classes))
+    postprocess_spec = None     # what the client applies after the heads (SSD: decoding and suppression)
 
     def __repr__(self):
         return f"{type(self).__name__}(version={self.version!r}, weights={self.weights_source!r})"
 
+    # -- the stages' tensors ---------------------------------------------------------------------
+    def feature_tensors(self):
+        """The device stage's outputs: (key, seed-style name, shape) each."""
+        return [("features", self.feature_name, [-1, self.feature_dim])]
+
+    def output_specs(self, head=None, head_name=None):
+        """The heads' outputs: (key, name, aliases, shape, kind) each; ``head`` is a custom classifier, if any."""
+        if head is None:
+            return [("output_alias", self.classifier_output, ["output_alias", *self.output_aliases],
+                     [-1, self.num_classes], "probabilities")]
+        return [("output_alias", f"{head_name or 'classifier'}/Softmax:0", ["output_alias"],
+                 [-1, int(head.output_shape[-1])], "probabilities")]
+
     # -- graph ----------------------------------------------------------------------------------
     @property
     def featurizer(self):
-        """The Keras featurizer: float images [N, H, W, 3] -> features [N, D]."""
+        """The Keras featurizer: float images [N, H, W, 3] -> features (one tensor, or a list of maps)."""
         self._build()
         return self._featurizer
 
     def import_graph_def(self, image_tensors):
-        """Run the featurizer on preprocessed images; returns the feature tensor."""
+        """Run the featurizer on preprocessed images; returns the feature tensor(s)."""
         return self.featurizer(image_tensors, training=False)
 
     def get_default_classifier(self, feature_tensor=None):
-        """The default ImageNet head; with a feature tensor, returns the class probabilities for it."""
+        """The default heads; with feature tensor(s), returns their output (class probabilities)."""
         self._build()
         return self._classifier if feature_tensor is None else self._classifier(feature_tensor, training=False)
 
@@ -99,18 +123,23 @@ class AcceleratedModel:
         """Load the weights (TF2: done on first use; kept for the seed's call)."""
         self._build()
 
+    def _make_featurizer(self, keras):
+        full = getattr(keras.applications, self.keras_app)(include_top=False, weights=None, pooling="avg",
+                                                           input_shape=(self.image_size, self.image_size, 3))
+        return keras.Model(full.input, full.output, name=self.scope)
+
+    def _make_head(self, keras):
+        inp = keras.Input((self.feature_dim,), name="features")
+        out = keras.layers.Dense(self.num_classes, activation="softmax", name="predictions")(inp)
+        return keras.Model(inp, out, name="classifier")
+
     def _build(self):
         if self._featurizer is not None:
             return
         import keras
         keras.utils.set_random_seed(self.seed)
-        ctor = getattr(keras.applications, self.keras_app)
-        full = ctor(include_top=False, weights=None, pooling="avg",
-                    input_shape=(self.image_size, self.image_size, 3))
-        self._featurizer = keras.Model(full.input, full.output, name=self.scope)
-        inp = keras.Input((self.feature_dim,), name="features")
-        out = keras.layers.Dense(self.num_classes, activation="softmax", name="predictions")(inp)
-        self._classifier = keras.Model(inp, out, name="classifier")
+        self._featurizer = self._make_featurizer(keras)
+        self._classifier = self._make_head(keras)
         path = self._resolve_weights()
         if path is None:
             self._calibrate_random()
@@ -134,7 +163,7 @@ class AcceleratedModel:
             if req == "imagenet":
                 raise UserError(f"weights='imagenet' needs {self.weights_file} in {cached.parent}, and "
                                 "ACCEL_LIB_OFFLINE is set; unset it to download, or copy the file there.")
-            _warn_random("ACCEL_LIB_OFFLINE is set and no cached ImageNet weights were found "
+            warn_random("ACCEL_LIB_OFFLINE is set and no cached ImageNet weights were found "
                          f"in {cached.parent}.")
             self.weights_source = f"random(seed={self.seed})"
             return None
@@ -146,7 +175,7 @@ class AcceleratedModel:
             if req == "imagenet":
                 raise UserError(f"could not download the ImageNet weights ({e}); check the network, or use "
                                 "weights='random' / a local weights file.") from None
-            _warn_random(f"the ImageNet weights could not be downloaded: {str(e).splitlines()[0][:120]}")
+            warn_random(f"the ImageNet weights could not be downloaded: {str(e).splitlines()[0][:120]}")
             self.weights_source = f"random(seed={self.seed})"
             return None
         self.weights_source = "imagenet"
@@ -187,20 +216,25 @@ class AcceleratedModel:
         self._featurizer(x, training=True)
         for l, m in zip(bns, saved):
             l.momentum = m
-        # a head with a readable spread of probabilities on these features
-        feats = self._featurizer(x, training=False).numpy()
+        feats = self._featurizer(x, training=False)
+        self._calibrate_head([np.asarray(f) for f in feats] if isinstance(feats, (list, tuple)) else np.asarray(feats))
+
+    def _calibrate_head(self, feats):
+        """A random head with a readable spread of probabilities on these features."""
+        import numpy as np
         rng = np.random.default_rng(self.seed)
         w = rng.standard_normal((self.feature_dim, self.num_classes)).astype(np.float32)
         w *= 4.0 / (np.sqrt(self.feature_dim) * max(float(feats.std()), 1e-6))
         self._classifier.get_layer("predictions").set_weights([w, np.zeros(self.num_classes, np.float32)])
 
     # -- save -----------------------------------------------------------------------------------
-    def save(self, model_save_path, classifier=None, classifier_name=None, labels="imagenet", order=None,
-             scaling_factor=1.0, preserve_aspect_ratio=True):
-        """Save images (string) -> preprocessing -> featurizer -> classifier as a SavedModel.
+    def save(self, model_save_path, classifier=None, classifier_name=None, labels=None, class_names=None,
+             order=None, scaling_factor=1.0, preserve_aspect_ratio=True):
+        """Save images (string) -> preprocessing -> featurizer -> heads as a SavedModel, with its metadata.
 
-        Signatures: ``serving_default`` (input ``images``, output ``output_alias``), ``featurize`` and
-        ``classify`` (the stages the converter splits). Metadata goes to accel_model.json beside it.
+        Signatures: ``serving_default`` (input ``images``; output ``output_alias`` for a classifier), ``featurize``
+        and ``heads`` (the stages the converter splits). ``classifier``: your own Keras head on the features (then
+        give ``class_names``, or a label set name in ``labels``).
         """
         import tensorflow as tf
 
@@ -208,86 +242,85 @@ class AcceleratedModel:
         tf.get_logger().setLevel("ERROR")
         self._build()
         head = self._classifier if classifier is None else classifier
-        n_out = int(head.output_shape[-1])
+        feats = self.feature_tensors()
+        outs = self.output_specs(classifier, classifier_name)
         prep = dict(order=order or self.input_order, scaling_factor=float(scaling_factor),
                     output_height=self.image_size, output_width=self.image_size,
                     preserve_aspect_ratio=bool(preserve_aspect_ratio))
-        scope = f"classifier/{self.scope}/predictions" if classifier is None else (classifier_name or "classifier")
-        feat, size, dim = self._featurizer, self.image_size, self.feature_dim
+        fkeys, okeys, featurizer = [f[0] for f in feats], [o[0] for o in outs], self._featurizer
 
-        class Served(tf.Module):
-            def __init__(self):
-                super().__init__()
-                self.featurizer, self.classifier = feat, head
+        def as_list(y):
+            return list(y) if isinstance(y, (list, tuple)) else [y]
 
-            @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="image_tensors")])
-            def featurize(self, image_tensors):
-                return {"features": self.featurizer(image_tensors, training=False)}
+        def featurize(image_tensors):
+            return dict(zip(fkeys, as_list(featurizer(image_tensors, training=False))))
 
-            @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name="features")])
-            def classify(self, features):
-                with tf.name_scope(scope):
-                    probs = tf.identity(self.classifier(features, training=False), name="Softmax")
-                return {"output_alias": probs}
+        def heads(*features):
+            return dict(zip(okeys, as_list(head(features[0] if len(features) == 1 else list(features),
+                                                training=False))))
 
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-            def serve(self, images):
-                x = utils.preprocess_array(images, **prep)
-                return self.classify(self.featurize(x)["features"])
+        def serve(images):
+            f = featurize(utils.preprocess_array(images, **prep))
+            return heads(*[f[k] for k in fkeys])
 
-        served = Served()
+        size = self.image_size
+        module = tf.Module()
+        module.featurizer, module.head = featurizer, head
+        module.featurize = tf.function(featurize, input_signature=[
+            tf.TensorSpec([None, size, size, 3], tf.float32, name="image_tensors")])
+        module.heads = tf.function(heads, input_signature=[
+            tf.TensorSpec([None, *shape[1:]], tf.float32, name=key) for key, _, shape in feats])
+        module.serve = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         out_dir = Path(model_save_path)
         if out_dir.exists():
             import shutil
             shutil.rmtree(out_dir)
-        tf.saved_model.save(served, str(out_dir), signatures={
-            "serving_default": served.serve, "featurize": served.featurize, "classify": served.classify})
-        out_name = f"{scope}/Softmax:0"
-        meta = {
-            "format": "accel_lib.saved_model/1",
-            "featurizer": type(self).__name__, "family": self.family, "version": self.version,
-            "weights": self.weights_source, "quantized": self.quantized,
-            "default_numeric_format": self.default_numeric_format,
-            "input": {"name": "images", "aliases": ["images:0", "Placeholder:0"], "dtype": "string",
-                      "shape": [-1]},
-            "preprocessing": prep,
-            "feature": {"name": self.feature_name, "shape": [-1, dim], "signature": "featurize"},
-            "outputs": [{"name": out_name, "alias": "output_alias",
-                         "aliases": self.output_aliases if classifier is None else [],
-                         "shape": [-1, n_out], "dtype": "float32"}],
-            "labels": labels if classifier is None or labels != "imagenet" else None,
-            "signatures": {"serving": "serving_default", "featurize": "featurize", "classify": "classify"},
-        }
-        (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        tf.saved_model.save(module, str(out_dir), signatures={
+            "serving_default": module.serve, "featurize": module.featurize, "heads": module.heads})
+        meta = manifest.SavedModelMetadata(
+            model_class=type(self).__name__, family=self.family, version=self.version,
+            weights=str(self.weights_source), quantized=self.quantized,
+            default_numeric_format=self.default_numeric_format,
+            input=manifest.Tensor("images", "images", [-1], "string", ["images:0", "Placeholder:0"]),
+            preprocessing=prep,
+            features=[manifest.Tensor(name, key, shape, stage="featurizer", kind="features") for key, name, shape in feats],
+            outputs=[manifest.Tensor(name, key, shape, aliases=list(al), stage="heads", kind=kind)
+                     for key, name, al, shape, kind in outs],
+            signatures={"serving": "serving_default", "featurize": "featurize", "heads": "heads"},
+            labels=self.labels if classifier is None else labels,
+            class_names=list(class_names or []),
+            postprocess=self.postprocess_spec if classifier is None else None)
+        manifest.write(meta, out_dir)
         return SavedModelInfo(str(out_dir), meta)
 
 
 class SavedModelInfo:
-    """What save() wrote: the path, the input name and the output names (carry these to conversion)."""
+    """What save() wrote: the path, the input name and the output name(s) (carry these to conversion)."""
 
     def __init__(self, path, meta):
         self.path = path
         self.metadata = meta
-        self.input_tensors = meta["input"]["name"]
-        self.output_tensors = meta["outputs"][0]["name"]
+        self.input_tensors = meta.input.name
+        names = meta.default_output_names()
+        self.output_tensors = names[0] if len(names) == 1 else names
 
     def __repr__(self):
         return f"SavedModelInfo(path={self.path!r}, input={self.input_tensors!r}, output={self.output_tensors!r})"
 
 
-def read_metadata(model_dir) -> dict:
-    """The accel_model.json of a saved model folder (UserError if it is not one of ours)."""
-    p = Path(model_dir) / METADATA_FILE
-    if not p.is_file():
-        raise UserError(f"{model_dir} has no {METADATA_FILE}: save the model with model_graph.save(...) from "
-                        "accel_lib.models so the converter knows its stages.")
-    return json.loads(p.read_text())
+def read_metadata(model_dir) -> manifest.SavedModelMetadata:
+    """The typed accel_model.json of a saved model folder (UserError if it is not one of ours)."""
+    try:
+        return manifest.read(manifest.SavedModelMetadata, model_dir)
+    except manifest.ManifestError as e:
+        raise UserError(str(e)) from None
 
 
 class Resnet50(AcceleratedModel):
-    """ResNet-50 v1 featurizer (2048 pooled features) in fp32 on the device."""
+    """ResNet-50 v1 featurizer (2048 pooled features) in fp32 on the device; input BGR, means subtracted."""
     family, keras_app, scope, feature_dim = "resnet50", "ResNet50", "resnet_v1_50", 2048
     weights_dir, weights_file = "resnet/", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    output_aliases = ("classifier_1/resnet_v1_50/predictions/Softmax:0",)
 
 
 class QuantizedResnet50(Resnet50):
@@ -295,11 +328,81 @@ class QuantizedResnet50(Resnet50):
     quantized = True
 
 
+class Resnet152(AcceleratedModel):
+    """ResNet-152 v1 featurizer (2048 pooled features) in fp32 on the device; input BGR, means subtracted."""
+    family, keras_app, scope, feature_dim = "resnet152", "ResNet152", "resnet_v1_152", 2048
+    weights_dir, weights_file = "resnet/", "resnet152_weights_tf_dim_ordering_tf_kernels.h5"
+
+
+class QuantizedResnet152(Resnet152):
+    """ResNet-152 v1 featurizer run in ms-fp9 on the device."""
+    quantized = True
+
+
+class Vgg16(AcceleratedModel):
+    """VGG-16 featurizer: the convolutions and fc6/fc7 (4096 features) on the device; input BGR, means subtracted.
+
+    Its fully connected layers fix the input size: ImageNet weights need image_size=224.
+    """
+    family, keras_app, scope, feature_dim = "vgg16", "VGG16", "vgg_16", 4096
+    weights_dir, weights_file = "vgg16/", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    feature_layer, head_tensor = "fc7", "fc8/squeezed"
+
+    def _make_featurizer(self, keras):
+        full = keras.applications.VGG16(include_top=True, weights=None,
+                                        input_shape=(self.image_size, self.image_size, 3))
+        return keras.Model(full.input, full.get_layer("fc2").output, name=self.scope)
+
+    def _resolve_weights(self):
+        path = super()._resolve_weights()
+        if path is not None and self.image_size != 224:
+            raise UserError(f"VGG-16's fc6 layer was trained on 224x224 inputs: with weights from {path.name}, use "
+                            f"image_size=224 (not {self.image_size}), or weights='random'.")
+        return path
+
+
+class QuantizedVgg16(Vgg16):
+    """VGG-16 featurizer run in ms-fp9 on the device."""
+    quantized = True
+
+
+# torch-style statistics the Keras DenseNet weights expect: (rgb / 255 - mean) / std
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+class Densenet121(AcceleratedModel):
+    """DenseNet-121 featurizer (1024 features) in fp32 on the device; input RGB, means subtracted.
+
+    The Keras weights expect torch-style inputs, (rgb / 255 - mean) / std per channel: the featurizer's first layer
+    turns the seed's mean-subtracted RGB into exactly that (on the device, before the first convolution).
+    """
+    family, keras_app, scope, feature_dim = "densenet121", "DenseNet121", "densenet121", 1024
+    weights_dir, weights_file = "densenet/", "densenet121_weights_tf_dim_ordering_tf_kernels.h5"
+    input_order = "RGB"
+
+    def _make_featurizer(self, keras):
+        import numpy as np
+
+        from ..fpga.host import MEANS_RGB
+        inp = keras.Input((self.image_size, self.image_size, 3), name="image_tensors")
+        mean = 255.0 * np.asarray(_TORCH_MEAN) - np.asarray(MEANS_RGB)
+        x = keras.layers.Normalization(mean=mean, variance=(255.0 * np.asarray(_TORCH_STD)) ** 2,
+                                       name="torch_normalization")(inp)
+        full = keras.applications.DenseNet121(include_top=False, weights=None, pooling="avg", input_tensor=x)
+        return keras.Model(inp, full.output, name=self.scope)
+
+
+class QuantizedDensenet121(Densenet121):
+    """DenseNet-121 featurizer run in ms-fp9 on the device."""
+    quantized = True
+
+
 def tensor_names(model):
-    """(input name, output names) recorded in a registered model's metadata, for conversion and scoring."""
-    meta = json.loads(model.read_file(METADATA_FILE)) if METADATA_FILE in model.files else None
-    if meta is None and "manifest.json" in model.files:
-        meta = json.loads(model.read_file("manifest.json"))
-    if meta is None:
-        raise UserError(f"model {model.id} carries no accel_lib metadata; save it with model_graph.save(...).")
-    return meta["input"]["name"], [o["name"] for o in meta["outputs"]]
+    """(input name, output names) recorded in a registered or converted model's metadata, for conversion and
+    scoring."""
+    if manifest.MANIFEST_FILE in model.files:
+        m = model.manifest
+        return m.input.name, list(m.outputs)
+    meta = model.source_metadata
+    return meta.input.name, meta.default_output_names()

@@ -1,0 +1,108 @@
+"""What every conversion measures, on images the project generates.
+
+1. **Parity**: the package with an fp32 device against the source TensorFlow model. Each converted stage is fed
+   the same input in both and its outputs compared as a relative error ``||got - ref|| / ||ref||`` (L2 over the
+   whole output). They differ only by the order of fp32 sums (TensorFlow/oneDNN and ONNX Runtime pick different
+   kernels, and other kernels on other CPUs): noise relative to the values' scale. Comparing end-to-end
+   probabilities instead would not bound it: softmax turns an absolute logit error into a relative probability
+   error, and random heads give logits of +-70. Measured here (2 cores, AVX2, random weights, 64-300 px): at most
+   MEASURED_NOISE; ``PARITY_TOLERANCE`` sits 20x above that, and orders of magnitude under any real conversion
+   error (a wrong layer, layout or weight gives ~1). End to end, top-1 agreement and the largest absolute
+   difference are reported.
+2. **Device check**: the device stage as ONNX Runtime runs it (the format inside the graph) against the numpy
+   reference device (formats.py applied to every matrix operation), as the largest difference relative to the
+   largest value.
+3. **Quantization effect**: the format against fp32 (per-layer SQNR, top-1 / top-5 agreement); a report, no bar.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..fpga import manifest
+
+PARITY_IMAGES = 6
+DEVICE_CHECK_IMAGES = 4
+REPORT_IMAGES = 8
+PARITY_TOLERANCE = 1e-3         # relative L2 error of any output, fp32 package vs TensorFlow (see above)
+DEVICE_TOLERANCE = 1e-3         # largest difference / largest value, ONNX Runtime device vs reference device
+
+
+def relative_error(ref, got) -> float:
+    """||got - ref|| / ||ref|| in float64 (0 when both are zero)."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    scale = np.linalg.norm(ref)
+    diff = np.linalg.norm(got - ref)
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def top1_agreement(ref, got) -> float:
+    """The share of rows (images, or anchors) whose argmax over the last axis agrees."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    return float(np.mean(ref.argmax(-1) == got.argmax(-1)))
+
+
+def class_scores(tensors):
+    """Keys of the tensors that hold class scores (their argmax is a class)."""
+    return [t.key for t in tensors if t.kind in manifest.CLASS_SCORES]
+
+
+def parity_check(loaded, meta, pkg, n=PARITY_IMAGES) -> dict:
+    """The source SavedModel (``loaded``) vs the package with an fp32 device, on ``n`` generated images.
+
+    Each converted stage is compared on the same input (the featurizer on the same preprocessed images, the heads
+    on the same features), so that its own fp32 noise is measured and not what the network downstream makes of
+    it; end to end, the top-1 agreement and the largest absolute difference are reported."""
+    import tensorflow as tf
+
+    from ..samples import sample_images
+    imgs = sample_images(n, seed=11)
+    sig = loaded.signatures
+    x = pkg.preprocess(imgs)
+    tf_feat = {k: v.numpy() for k, v in sig[meta.signatures["featurize"]](image_tensors=tf.constant(x)).items()}
+    tf_heads = {k: v.numpy() for k, v in sig[meta.signatures["heads"]](
+        **{k: tf.constant(v) for k, v in tf_feat.items()}).items()}
+    errors = {t.name: relative_error(tf_feat[t.key], v) for t, v in
+              zip(meta.features, (pkg.featurize(x)[t.key] for t in meta.features))}
+    ort_heads = pkg.run_heads(tf_feat)
+    errors.update({t.name: relative_error(tf_heads[t.key], ort_heads[t.key]) for t in meta.outputs})
+    ref = {k: v.numpy() for k, v in sig[meta.signatures["serving"]](images=tf.constant(imgs)).items()}
+    got = pkg.run_heads(pkg.featurize(x))
+    scores = class_scores(meta.outputs)
+    return {"images": n, "relative_error": errors, "max_relative_error": max(errors.values()),
+            "max_abs_diff": max(float(np.abs(ref[t.key] - got[t.key]).max()) for t in meta.outputs),
+            "top1_agreement": min((top1_agreement(ref[k], got[k]) for k in scores), default=1.0),
+            "tolerance": PARITY_TOLERANCE,
+            "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime): relative L2 "
+                        "error of each stage's outputs on the same inputs; end to end, top-1 and max abs diff"}
+
+
+def device_check(pkg, fp32_model, fmt, n=DEVICE_CHECK_IMAGES) -> dict:
+    """The package's device stage (ONNX Runtime, in-graph format) vs the numpy reference device."""
+    from ..fpga.reference import reference_device
+    from ..samples import sample_images
+    x = pkg.preprocess(sample_images(n, seed=31))
+    dev = pkg.featurize(x)
+    ref = reference_device(fp32_model, fmt)(x)
+    rel = max(float(np.abs(dev[k] - ref[k]).max() / max(float(np.abs(ref[k]).max()), 1e-30)) for k in ref)
+    h_dev, h_ref = pkg.run_heads(dev), pkg.run_heads(ref)
+    scores = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
+    return {"images": n, "max_rel_diff": rel,
+            "top1_agreement": min(top1_agreement(h_ref[k], h_dev[k]) for k in scores),
+            "tolerance": DEVICE_TOLERANCE,
+            "measured": "device stage: ONNX Runtime (format in the graph) vs numpy reference device (formats.py)"}
+
+
+def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=REPORT_IMAGES) -> dict:
+    """The format against fp32 on the same package: per-layer SQNR and agreement (the report)."""
+    from ..fpga.quality import quantization_report
+    from ..samples import sample_images
+    x = pkg.preprocess(sample_images(n, seed=51))
+    keys = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
+
+    def scores(features):
+        out = pkg.run_heads(features)
+        return np.concatenate([out[k].reshape(-1, out[k].shape[-1]) for k in keys])
+    report = quantization_report(fp32_model, device_model, layers, fmt.name, x, scores)
+    report["weights"] = weights
+    report["random_weights"] = str(weights).startswith("random")
+    return report

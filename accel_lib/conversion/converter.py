@@ -1,0 +1,174 @@
+"""AccelOnnxConverter: start a conversion (validated at once) and follow it through its operation record."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import OperationTimeout, UserError
+from ..model import Model
+from ..workspace import _now
+
+
+def split_names(outputs_nodes):
+    """Output names given as a list or as one comma-joined string -> a list (UserError if none)."""
+    if isinstance(outputs_nodes, str):
+        names = [n.strip() for n in outputs_nodes.split(",")]
+    elif isinstance(outputs_nodes, (list, tuple)):
+        names = [str(n).strip() for n in outputs_nodes]
+    else:
+        raise UserError(f"outputs_nodes must be a list of tensor names or one comma-joined string, "
+                        f"got {type(outputs_nodes).__name__}.")
+    names = [n for n in names if n]
+    if not names:
+        raise UserError("outputs_nodes is empty; give at least one output tensor name.")
+    return names
+
+
+class AccelOnnxConverter:
+    """Converts TensorFlow models registered in a workspace to accelerator packages."""
+
+    @staticmethod
+    def convert_tf_model(workspace, source_model, input_node, outputs_nodes, numeric_format=None, block_size=None):
+        """Start converting ``source_model``; returns a ModelConvertOperation to wait on.
+
+        ``numeric_format``: the device format (fp32, ms-fp8, ms-fp9, msfp12, msfp16); default ms-fp9 for the
+        Quantized models, else fp32. ``block_size``: values sharing one exponent (default: the format's).
+        """
+        from ..fpga import formats
+        from . import worker
+        if not isinstance(source_model, Model):
+            raise UserError("source_model must be a registered Model (Model.register(...) or Model(ws, name)).")
+        meta = source_model.source_metadata
+        if input_node not in meta.input.names:
+            raise UserError(f"unknown input tensor {input_node!r}; the model's input is one of {meta.input.names}.")
+        valid = meta.by_name()
+        names = split_names(outputs_nodes)
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise UserError(f"unknown output tensor(s) {unknown}; valid names are {sorted(valid)}.")
+        fmt = numeric_format or meta.default_numeric_format
+        try:
+            spec = formats.get(fmt, block_size)
+        except ValueError as e:
+            raise UserError(f"{e}.") from None
+        request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
+                   "block_size": spec.block if spec else None}
+        op_id = uuid.uuid4().hex[:12]
+        log = workspace.scratch("operations", op_id) / "log.txt"
+        with workspace.connect(immediate=True) as db:
+            db.execute("INSERT INTO operations (id, kind, status, log, request, created_time) VALUES (?,?,?,?,?,?)",
+                       (op_id, "convert", "Queued", str(log.relative_to(workspace.path)), json.dumps(request),
+                        _now()))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(worker.command(workspace.path, op_id), stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        with workspace.connect(immediate=True) as db:
+            db.execute("UPDATE operations SET pid=? WHERE id=?", (proc.pid, op_id))
+        return ModelConvertOperation(workspace, op_id, _proc=proc)
+
+
+class ModelConvertOperation:
+    """A conversion under way: ``status``, ``wait_for_completion()``, ``result``."""
+
+    LOST = "the conversion process ended without reporting; see the log"
+
+    def __init__(self, workspace, operation_id, _proc=None):
+        self.workspace = workspace
+        self.id = operation_id
+        self._proc = _proc
+        self._row()
+
+    def _row(self) -> dict:
+        """The operation's record; one whose process is gone without reporting reads as Failed (not written)."""
+        with self.workspace.connect() as db:
+            row = db.execute("SELECT * FROM operations WHERE id=?", (self.id,)).fetchone()
+        if row is None:
+            raise UserError(f"no operation {self.id!r} in this workspace.")
+        row = dict(row)
+        if row["status"] in ("Queued", "Running") and not self._alive(row["pid"]):
+            with self.workspace.connect() as db:      # it may have reported just before it exited
+                row = dict(db.execute("SELECT * FROM operations WHERE id=?", (self.id,)).fetchone())
+            if row["status"] in ("Queued", "Running"):
+                row.update(status="Failed", error=self.LOST)
+        return row
+
+    def _alive(self, pid):
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if pid is None:
+            return True          # not yet started
+        import psutil
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    @property
+    def status(self):
+        """Queued, Running, Succeeded or Failed."""
+        return self._row()["status"]
+
+    @property
+    def error(self):
+        """Why the operation failed (None otherwise)."""
+        return self._row()["error"]
+
+    @property
+    def log_path(self) -> Path:
+        """The operation's log file."""
+        return self.workspace.path / self._row()["log"]
+
+    def get_log(self) -> str:
+        """The whole log so far."""
+        p = self.log_path
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def wait_for_completion(self, show_output=False, timeout=None) -> bool:
+        """Wait until the conversion ends; True if it succeeded. show_output streams the log."""
+        from .. import progress
+        start, shown = time.monotonic(), 0
+        bar = progress.bar(desc=f"converting ({self.id})", unit="s", show=not show_output)
+        try:
+            while True:
+                row = self._row()
+                if show_output:
+                    text = self.get_log()
+                    if len(text) > shown:
+                        print(text[shown:], end="", flush=True)
+                        shown = len(text)
+                if row["status"] in ("Succeeded", "Failed"):
+                    break
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise OperationTimeout(f"conversion {self.id} still {row['status']} after {timeout} s; call "
+                                           "wait_for_completion() again, it keeps running.")
+                bar.update(0.5)
+                time.sleep(0.5)
+        finally:
+            bar.close()
+            if self._proc is not None and self._proc.poll() is not None:
+                self._proc.wait()
+        if row["error"] == self.LOST:          # record what the wait found
+            with self.workspace.connect(immediate=True) as db:
+                db.execute("UPDATE operations SET status='Failed', error=? WHERE id=? AND status IN "
+                           "('Queued', 'Running')", (self.LOST, self.id))
+        if show_output:
+            print(f"\nconversion {self.id}: {row['status']}")
+        if row["status"] == "Failed":
+            print(f"conversion {self.id} failed: {row['error']}\n(run wait_for_completion(show_output=True) "
+                  "to see the log)", file=sys.stderr)
+        return row["status"] == "Succeeded"
+
+    @property
+    def result(self) -> Model:
+        """The converted model (UserError while not succeeded)."""
+        row = self._row()
+        if row["status"] != "Succeeded":
+            raise UserError(f"conversion {self.id} is {row['status']}"
+                            + (f": {row['error']}" if row["error"] else "; wait_for_completion() first."))
+        return Model(self.workspace, id=row["result"])

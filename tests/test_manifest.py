@@ -1,0 +1,50 @@
+"""The package contracts have one owner: typed, validated on read, with errors that name the bad field."""
+import json
+
+import pytest
+
+from accel_lib.fpga import manifest
+from accel_lib.fpga.manifest import ManifestError, PackageManifest, SavedModelMetadata
+
+
+def _package_dict(converted, tmp_path):
+    ws, src, op = converted
+    folder = op.result.download(tmp_path)
+    return json.loads((tmp_path / op.result.name / "manifest.json").read_text()), folder
+
+
+def test_round_trip_and_typed_access(converted, tmp_path):
+    data, folder = _package_dict(converted, tmp_path)
+    m = manifest.read(PackageManifest, folder)
+    assert m.format == "accel_lib.accelonnx/2" and m.device.where == "device" and m.stage("heads").where == "host"
+    assert [t.name for t in m.served()] == m.outputs
+    assert json.loads(manifest.dumps(m)) == data
+    meta = converted[1].source_metadata
+    assert isinstance(meta, SavedModelMetadata) and meta.signatures["heads"] == "heads"
+    assert meta.by_name()["output_alias"].name == "classifier/resnet_v1_50/predictions/Softmax:0"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("stages"), "required field 'stages' is missing"),
+    (lambda d: d["tensors"][0].update(shape="224"), "field 'tensors[0].shape' must be a list"),
+    (lambda d: d["tensors"][1].update(shape=[-1, "x"]), r"field 'tensors\[1\].shape\[1\]' must be int"),
+    (lambda d: d["stages"][1].update(where="gpu"), r"field 'stages\[1\].where' must be one of"),
+    (lambda d: d["tensors"][1].update(key="nope"), r"field 'tensors\[1\]' .* names key 'nope'"),
+    (lambda d: d.update(outputs=["missing:0"]), r"field 'outputs\[0\]' is 'missing:0'"),
+    (lambda d: d.update(colour="blue"), "unknown field 'colour'"),
+    (lambda d: d["tensors"][1].update(kind="pixels"), r"field 'tensors\[1\].kind' must be one of"),
+])
+def test_a_bad_field_is_named(converted, tmp_path, change, message):
+    data, _ = _package_dict(converted, tmp_path)
+    change(data)
+    with pytest.raises(ManifestError, match=message):
+        manifest.loads(PackageManifest, json.dumps(data))
+
+
+def test_not_json_and_other_versions(tmp_path):
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        manifest.loads(SavedModelMetadata, "{")
+    with pytest.raises(ManifestError, match=r"format 'accel_lib.saved_model/1'; .* save the model again"):
+        manifest.loads(SavedModelMetadata, json.dumps({"format": "accel_lib.saved_model/1"}))
+    with pytest.raises(ManifestError, match="has no manifest.json: convert the source model again"):
+        manifest.read(PackageManifest, tmp_path)

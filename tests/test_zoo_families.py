@@ -1,0 +1,96 @@
+"""Every class of the zoo: saved, registered, converted (fp32 parity, device check, report) and served.
+
+Small inputs and random weights keep this within CI's time; the tutorial runs the real sizes.
+"""
+import numpy as np
+import pytest
+
+from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, ComputeTarget, Image, Model, UserError,
+                       Webservice, AksWebservice, Workspace, client_from_service, models, samples)
+from accel_lib.conversion import checks
+
+FAMILIES = {  # class: (image size for the test, feature dim, the seed's default output name, input order)
+    "Resnet152": (32, 2048, "classifier/resnet_v1_152/predictions/Softmax:0", "BGR"),
+    "Vgg16": (32, 4096, "classifier/vgg_16/fc8/squeezed:0", "BGR"),
+    "Densenet121": (32, 1024, "classifier/densenet121/predictions/Softmax:0", "RGB"),
+}
+
+
+def _convert(ws, graph, path, name, **kw):
+    info = graph.save(path)
+    src = Model.register(ws, info.path, name)
+    return info, AccelOnnxConverter.convert_tf_model(ws, src, info.input_tensors, info.output_tensors, **kw)
+
+
+def _deploy_and_score(ws, converted, name):
+    """Serve a converted model on a one-node cluster; the service's answer and the same package in-process."""
+    from accel_lib.fpga.package import AcceleratorPackage
+    img = Image.create(f"{name}-image", [converted], AccelContainerImage.image_configuration(), ws)
+    assert img.creation_state == "Succeeded", (img.context / "build.log").read_text()
+    target = ComputeTarget.create(ws, f"{name}-aks", AksCompute.provisioning_configuration(agent_count=1))
+    svc = Webservice.deploy_from_image(ws, f"{name}-svc", img, AksWebservice.deploy_configuration(flash_seconds=0),
+                                       target)
+    try:
+        svc.wait_for_deployment(timeout=180)
+        data = samples.sample_images(2, seed=5)
+        with client_from_service(svc) as client:
+            served = client.score_numpy_arrays({"images": data})
+        local = AcceleratorPackage(img.context / "package").run(data)
+    finally:
+        svc.delete()
+        target.delete()
+    return served, local
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_classifier_family_saves_converts_and_serves(family, tmp_path):
+    size, dim, seed_name, order = FAMILIES[family]
+    ws = Workspace.create("zoo", path=tmp_path / "ws")
+    plain = getattr(models, family)(tmp_path, weights="random", image_size=size)
+    quant = getattr(models, "Quantized" + family)(tmp_path, weights="random", image_size=size)
+    assert plain.output_tensors == seed_name and plain.feature_dim == dim and plain.input_order == order
+    assert quant.version == plain.version + "-q" and quant.default_numeric_format == "ms-fp9"
+    info, op = _convert(ws, plain, tmp_path / "plain", family.lower())
+    qinfo, qop = _convert(ws, quant, tmp_path / "quant", "q" + family.lower())      # the two run side by side
+    assert op.wait_for_completion(timeout=900), op.get_log()
+    assert qop.wait_for_completion(timeout=900), qop.get_log()
+    assert info.metadata.features[0].shape == [-1, dim] and info.metadata.preprocessing["order"] == order
+    for o in (op, qop):
+        m = o.result.manifest
+        assert m.parity["top1_agreement"] == 1.0 and m.parity["max_relative_error"] < checks.PARITY_TOLERANCE, m.parity
+        assert "parity (fp32): top-1 agreement 100%" in o.get_log()
+        assert m.outputs == [seed_name] and m.labels == "imagenet"
+    qm = qop.result.manifest
+    assert qm.numeric_format == "ms-fp9" and qm.device.quantized_layers > 0
+    assert qm.device_check["max_rel_diff"] < checks.DEVICE_TOLERANCE
+    assert "quantization effect (ms-fp9 vs fp32)" in qop.get_log()
+    served, local = _deploy_and_score(ws, op.result, family.lower())
+    assert list(served) == [seed_name] and served[seed_name].shape == (2, 1000)
+    np.testing.assert_allclose(served[seed_name], local[seed_name], rtol=1e-6, atol=1e-7)
+
+
+def test_vgg16_imagenet_weights_need_224_pixels(tmp_path):
+    import h5py
+    path = tmp_path / "vgg16.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = []
+    with pytest.raises(UserError, match="image_size=224"):
+        models.Vgg16(tmp_path, weights=str(path), image_size=64).restore_weights()
+
+
+def test_ssd_has_no_download_and_a_fixed_size(tmp_path):
+    with pytest.raises(UserError, match="no public SSD-VGG weights"):
+        models.SsdVgg(tmp_path, weights="imagenet")
+    with pytest.raises(UserError, match="image_size must be 300"):
+        models.QuantizedSsdVgg(tmp_path, weights="random", image_size=224)
+
+
+def test_an_old_package_format_gets_a_clear_error(tmp_path):
+    import json
+
+    from accel_lib.fpga.manifest import ManifestError
+    from accel_lib.fpga.package import AcceleratorPackage
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "accel_lib.accelonnx/1", "stages": []}))
+    with pytest.raises(ManifestError, match=r"format 'accel_lib.accelonnx/1'; this accel_lib reads "
+                                            r"'accel_lib.accelonnx/2': convert the source model again"):
+        AcceleratorPackage(tmp_path)
