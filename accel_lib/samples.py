@@ -55,3 +55,84 @@ def write_sample_image(path, seed=7, height=360, width=480) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(encode(synthetic_image(seed, height, width)))
     return str(path)
+
+
+SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night")
+
+
+def shape_image(kind, seed=0, height=240, width=320) -> np.ndarray:
+    """A seeded RGB uint8 picture of one kind: ``discs`` (round blobs), ``stripes`` (parallel bars) or ``checks``
+    (a chequerboard), in random sizes and in a colour that stands out from the random gradient behind it; or a
+    ``day`` sky (bright, a sun) or a ``night`` sky (dark, stars and a moon) over the ground."""
+    if kind not in SHAPE_CLASSES:
+        raise ValueError(f"unknown kind {kind!r}; choose from {SHAPE_CLASSES}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = (yy / max(height - 1, 1))[..., None]
+    if kind in ("day", "night"):
+        return _sky(kind == "day", rng, yy, xx, height, width)
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    img = top * (1 - t) + bottom * t
+    colour = np.clip(255 - (top + bottom) / 2 + rng.uniform(-30, 30, 3), 0, 255)     # contrasting
+    if kind == "discs":
+        for _ in range(rng.integers(2, 6)):
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+            r = rng.uniform(0.08, 0.25) * min(height, width)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = colour
+    elif kind == "stripes":
+        period = rng.uniform(0.05, 0.12) * min(height, width)
+        along = yy if rng.random() < 0.5 else xx
+        img[(along % period) < period / 2] = colour
+    else:
+        cell = rng.uniform(0.05, 0.12) * min(height, width)
+        img[((yy // cell) + (xx // cell)) % 2 == 0] = colour
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _sky(day, rng, yy, xx, height, width):
+    horizon = rng.uniform(0.55, 0.8) * height
+    t = (yy / horizon)[..., None]
+    if day:
+        sky = rng.uniform([60, 120, 180], [170, 210, 255]) * (1 - t) + rng.uniform([170, 190, 200], 255) * t
+        ground = rng.uniform([40, 90, 20], [140, 180, 90])
+    else:
+        sky = rng.uniform(0, [20, 20, 50]) * (1 - t) + rng.uniform(0, [40, 40, 80]) * t
+        ground = rng.uniform(0, 35, 3)
+    img = np.where((yy < horizon)[..., None], sky, ground)
+    cy, cx = rng.uniform(0.1, 0.4) * height, rng.uniform(0.1, 0.9) * width
+    r = rng.uniform(0.05, 0.1) * min(height, width)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (255, 235, 120) if day else (230, 230, 210)
+    if not day:
+        for _ in range(int(rng.integers(30, 90))):
+            y, x = int(rng.uniform(0, horizon - 2)), int(rng.uniform(0, width - 2))
+            img[y:y + 2, x:x + 2] = rng.uniform(180, 255)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def labelled_images(classes=("day", "night"), per_class=64, seed=0):
+    """A labelled image set the project generates: (encoded JPEGs, integer labels), classes interleaved."""
+    rng = np.random.default_rng(seed + 5000)
+    images, labels = [], []
+    for i in range(per_class):
+        for label, kind in enumerate(classes):
+            h, w = int(rng.integers(180, 360)), int(rng.integers(180, 360))
+            images.append(encode(shape_image(kind, seed * 100003 + i * 31 + label, h, w)))
+            labels.append(label)
+    return images, np.asarray(labels, np.int64)
+
+
+def image_folder(path):
+    """A folder with one subfolder per class of JPEG/PNG files -> (encoded images, labels, class names)."""
+    from pathlib import Path
+    root = Path(path)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if len(classes) < 2:
+        raise ValueError(f"{path} must hold one subfolder per class (at least two), each with JPEG/PNG images.")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        images += [f.read_bytes() for f in files]
+        labels += [label] * len(files)
+    return images, np.asarray(labels, np.int64), classes

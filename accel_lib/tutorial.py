@@ -6,7 +6,8 @@ from pathlib import Path
 def summary(out_dir):
     """Print the lines a reader of `make tutorial` wants to see from the executed notebooks."""
     import nbformat
-    keys = ("parity", "device check", "confidence:", "service vs in-process", "RANDOM WEIGHTS")
+    keys = ("parity", "device check", "confidence:", "service vs in-process", "RANDOM WEIGHTS", "score ",
+            "held-out accuracy")
     for nb_path in sorted(Path(out_dir, "notebooks").glob("0*.ipynb")):
         nb = nbformat.read(nb_path, as_version=4)
         lines = [line for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

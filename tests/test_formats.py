@@ -118,3 +118,22 @@ def test_apply_format_quantizes_weights_once_and_every_layer():
     [plain] = reference_device(model, None)(x).values()
     assert not np.allclose(ref, plain, rtol=1e-3)        # the format really changes the result
     assert device.apply_format(model, "fp32")[1] == []
+
+
+@pytest.mark.parametrize("x_shape, w_shape, strides, pads, dilations", [
+    ((2, 8, 11, 13), (5, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 6, 19, 19), (4, 6, 3, 3), (1, 1), (6, 6, 6, 6), (6, 6)),        # SSD's dilated fc6
+    ((2, 3, 15, 16), (4, 3, 7, 7), (2, 2), (3, 2, 3, 2), (1, 1)),        # uneven padding, stride 2
+    ((1, 4, 8, 8), (3, 4, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+])
+def test_reference_device_convolution_matches_onnx_reference(x_shape, w_shape, strides, pads, dilations):
+    from onnx.reference.ops.op_conv import _conv_implementation
+
+    from accel_lib.fpga.reference import conv2d
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    want = _conv_implementation(x, w, b, "NOTSET", list(dilations), 1, list(w_shape[2:]), list(pads), list(strides))
+    got = conv2d(x, w, b, strides, pads, dilations)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)     # float32 sums in another order

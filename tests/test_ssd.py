@@ -23,9 +23,10 @@ def test_anchor_boxes_follow_the_ssd300_layout():
     start7 = 38 * 38 * 4                                    # the 19x19 map: six anchors, ratios 3 and 1/3 too
     np.testing.assert_allclose(a[start7 + 4], [8 / 300, 8 / 300, 45 / np.sqrt(3) / 300, 45 * np.sqrt(3) / 300],
                                rtol=1e-6)
-    np.testing.assert_allclose(a[-4:], [[0.5, 0.5, 261 / 300, 261 / 300]] + [[0.5, 0.5] + [np.sqrt(261 * 315) / 300] * 2]
-                               + [[0.5, 0.5, 261 / np.sqrt(2) / 300, 261 * np.sqrt(2) / 300],
-                                  [0.5, 0.5, 261 * np.sqrt(2) / 300, 261 / np.sqrt(2) / 300]], rtol=1e-6)
+    big = np.sqrt(261 * 315) / 300                          # the 1x1 map: one location at the centre
+    np.testing.assert_allclose(a[-4:], [[0.5, 0.5, 261 / 300, 261 / 300], [0.5, 0.5, big, big],
+                                        [0.5, 0.5, 261 / np.sqrt(2) / 300, 261 * np.sqrt(2) / 300],
+                                        [0.5, 0.5, 261 * np.sqrt(2) / 300, 261 / np.sqrt(2) / 300]], rtol=1e-6)
 
 
 def _by_hand(box, anchor):

@@ -8,6 +8,25 @@ import numpy as np
 from . import formats
 
 
+def conv2d(x, w, b, strides, pads, dilations):
+    """A 2-D convolution (NCHW, one group) as one matrix product per kernel tap: plain numpy, and fast for the
+    dilated kernels (SSD's fc6) that onnx's reference Conv expands into large zero-filled kernels."""
+    (sh, sw), (dh, dw) = strides, dilations
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    m, _, kh, kw = w.shape
+    oh = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
+    out = np.zeros((m, x.shape[0], oh, ow), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            out += np.tensordot(w[:, :, i, j], patch, axes=([1], [1]))
+    out = out.transpose(1, 0, 2, 3)
+    if b is not None:
+        out = out + b.reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def reference_device(fp32_model, fmt):
     """A callable x -> {output name: array} computing the device stage with numpy only."""
     from onnx.reference import ReferenceEvaluator
@@ -19,8 +38,16 @@ def reference_device(fp32_model, fmt):
     q = (lambda a, axis: a) if fmt is None else (lambda a, axis: formats.quantize(a, fmt, axis))  # noqa: E731
 
     class Conv(_Conv):
-        def _run(self, X, W, B=None, **kw):
-            return super()._run(q(X, 1), q(W, 1), B, **kw)
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None,
+                 strides=None):
+            X, W = q(X, 1), q(W, 1)
+            auto_pad = auto_pad or getattr(self, "auto_pad", "NOTSET")
+            group = group or getattr(self, "group", 1)
+            if X.ndim == 4 and group == 1 and auto_pad in ("NOTSET", b"NOTSET"):
+                pads = pads or getattr(self, "pads", None) or [0, 0, 0, 0]
+                return (conv2d(X, W, B, strides or getattr(self, "strides", None) or [1, 1], pads,
+                               dilations or getattr(self, "dilations", None) or [1, 1]),)
+            return super()._run(X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides)
 
     class MatMul(_MatMul):
         def _run(self, a, b):

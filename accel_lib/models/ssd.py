@@ -164,11 +164,13 @@ def draw_boxes(image, classes, scores, boxes, labels=VOC_CLASSES, ax=None, title
 class SsdVgg(AcceleratedModel):
     """SSD300 on VGG-16: six feature maps from the device, twelve outputs (class scores, box offsets) from the host.
 
-    Input 300x300 RGB, channel means subtracted, no scaling (as SSD-TensorFlow). Weights: a local Keras .h5 file
+    Input: the whole image resized to 300x300 (no crop), RGB, channel means subtracted, no scaling (as
+    SSD-TensorFlow), so the boxes are fractions of the whole picture. Weights: a local Keras .h5 file
     (layer names as built here) or seeded ``random``; no public Keras weights exist, so nothing is downloaded.
     """
     family, scope, feature_dim, num_classes, input_order = "ssd_vgg", "ssd_300_vgg", 0, NUM_CLASSES, "RGB"
     default_image_size = IMAGE_SIZE
+    preserve_aspect_ratio = False   # the whole image squashed to 300x300, so boxes are fractions of the whole image
     labels = "voc"
     output_tensors = list(OUTPUT_NAMES)
 

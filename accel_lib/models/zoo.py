@@ -46,6 +46,7 @@ class AcceleratedModel:
     quantized = False
     input_order = "BGR"         # Keras ImageNet weights (caffe style) expect BGR, mean-subtracted
     default_image_size = 224
+    preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the seed's); False: squash to size
     labels = "imagenet"         # the label set the default heads predict
     feature_layer = "pool5"     # seed-style name of the feature tensor
     head_tensor = "predictions/Softmax"
@@ -229,7 +230,7 @@ class AcceleratedModel:
 
     # -- save -----------------------------------------------------------------------------------
     def save(self, model_save_path, classifier=None, classifier_name=None, labels=None, class_names=None,
-             order=None, scaling_factor=1.0, preserve_aspect_ratio=True):
+             order=None, scaling_factor=1.0, preserve_aspect_ratio=None):
         """Save images (string) -> preprocessing -> featurizer -> heads as a SavedModel, with its metadata.
 
         Signatures: ``serving_default`` (input ``images``; output ``output_alias`` for a classifier), ``featurize``
@@ -246,7 +247,8 @@ class AcceleratedModel:
         outs = self.output_specs(classifier, classifier_name)
         prep = dict(order=order or self.input_order, scaling_factor=float(scaling_factor),
                     output_height=self.image_size, output_width=self.image_size,
-                    preserve_aspect_ratio=bool(preserve_aspect_ratio))
+                    preserve_aspect_ratio=bool(self.preserve_aspect_ratio if preserve_aspect_ratio is None
+                                               else preserve_aspect_ratio))
         fkeys, okeys, featurizer = [f[0] for f in feats], [o[0] for o in outs], self._featurizer
 
         def as_list(y):
@@ -283,7 +285,8 @@ class AcceleratedModel:
             default_numeric_format=self.default_numeric_format,
             input=manifest.Tensor("images", "images", [-1], "string", ["images:0", "Placeholder:0"]),
             preprocessing=prep,
-            features=[manifest.Tensor(name, key, shape, stage="featurizer", kind="features") for key, name, shape in feats],
+            features=[manifest.Tensor(name, key, shape, stage="featurizer", kind="features")
+                      for key, name, shape in feats],
             outputs=[manifest.Tensor(name, key, shape, aliases=list(al), stage="heads", kind=kind)
                      for key, name, al, shape, kind in outs],
             signatures={"serving": "serving_default", "featurize": "featurize", "heads": "heads"},
@@ -386,9 +389,10 @@ class Densenet121(AcceleratedModel):
 
         from ..fpga.host import MEANS_RGB
         inp = keras.Input((self.image_size, self.image_size, 3), name="image_tensors")
-        mean = 255.0 * np.asarray(_TORCH_MEAN) - np.asarray(MEANS_RGB)
-        x = keras.layers.Normalization(mean=mean, variance=(255.0 * np.asarray(_TORCH_STD)) ** 2,
-                                       name="torch_normalization")(inp)
+        std = 255.0 * np.asarray(_TORCH_STD)                 # constants in the graph (Rescaling, not variables)
+        x = keras.layers.Rescaling(scale=(1.0 / std).tolist(),
+                                   offset=((np.asarray(MEANS_RGB) - 255.0 * np.asarray(_TORCH_MEAN)) / std).tolist(),
+                                   name="torch_normalization")(inp)
         full = keras.applications.DenseNet121(include_top=False, weights=None, pooling="avg", input_tensor=x)
         return keras.Model(inp, full.output, name=self.scope)
 

@@ -1,0 +1,88 @@
+"""Transfer learning, the seed's other use: a frozen (Quantized) featurizer computes features as the FPGA would, in
+its numeric format, and a small Keras head (Dropout, Dense 1024, Dense N) is trained on them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+
+class DeviceFeaturizer:
+    """The featurizer of a zoo model as the simulated device runs it: converted to ONNX, in the device format.
+
+    ``DeviceFeaturizer(model_graph, work_dir)`` saves the model under ``work_dir`` and converts its featurizer
+    in-process (the same stages as AccelOnnxConverter); calling it on encoded images returns features [N, D].
+    """
+
+    def __init__(self, model_graph, work_dir, numeric_format=None, block_size=None):
+        import onnxruntime as ort
+
+        from ..conversion.worker import convert_stage, load_saved_model
+        from ..fpga import formats
+        from ..fpga.device import apply_format
+        info = model_graph.save(work_dir)
+        meta = info.metadata
+        if len(meta.features) != 1:
+            raise UserError(f"{meta.model_class} has {len(meta.features)} feature maps; transfer learning takes "
+                            "a classifier featurizer (Resnet50/152, Vgg16, Densenet121 or their Quantized twins).")
+        self.numeric_format = numeric_format or meta.default_numeric_format
+        self.format = formats.get(self.numeric_format, block_size)
+        device, _ = apply_format(convert_stage(load_saved_model(info.path), meta, "featurize"), self.format)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(device.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.preprocessing = meta.preprocessing
+        self.feature_dim = meta.features[0].shape[-1]
+
+    def __call__(self, images, batch_size=16):
+        """Encoded JPEG/PNG images -> float32 features [N, D], computed in the device's format."""
+        from .. import progress
+        from ..fpga import host
+        out = []
+        bar = progress.bar(total=len(images), desc=f"features ({self.numeric_format})", unit="image",
+                           show=len(images) > batch_size)
+        for i in range(0, len(images), batch_size):
+            x = host.preprocess(list(images[i:i + batch_size]), **self.preprocessing)
+            out.append(self._session.run(None, {self._session.get_inputs()[0].name: x})[0])
+            bar.update(len(x))
+        bar.close()
+        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+
+def train_head(features, labels, num_classes, epochs=30, seed=0):
+    """Train the seed's head on features: normalisation, Dropout 0.2, Dense 1024 (ReLU), Dropout 0.5, Dense N
+    (softmax). Returns the Keras model (features [N, D] -> probabilities [N, num_classes])."""
+    import keras
+    features, labels = np.asarray(features, np.float32), np.asarray(labels)
+    if len(features) != len(labels) or len(features) == 0:
+        raise UserError(f"need as many labels as feature rows (got {len(features)} rows, {len(labels)} labels).")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"labels must be 0..{num_classes - 1}, got {labels.min()}..{labels.max()}.")
+    keras.utils.set_random_seed(seed)
+    mean, std = features.mean(0), features.std(0) + 1e-6     # standardise, as constants of the graph
+    norm = keras.layers.Rescaling(scale=(1.0 / std).tolist(), offset=(-mean / std).tolist(),
+                                  name="feature_normalization")
+    inp = keras.Input((features.shape[1],), name="features")
+    x = keras.layers.Dropout(0.2)(norm(inp))
+    x = keras.layers.Dense(1024, activation="relu", name="dense_1024")(x)
+    x = keras.layers.Dropout(0.5)(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    head = keras.Model(inp, out, name="transfer_head")
+    head.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
+                 metrics=["accuracy"])
+    head.fit(features, labels, epochs=epochs, batch_size=16, verbose=0, shuffle=True)
+    return head
+
+
+def split(images, labels, test_per_class, seed=0):
+    """Hold out ``test_per_class`` images of each class: (train images, train labels, test images, test labels)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= test_per_class:
+            raise UserError(f"class {c} has {len(idx)} images; keep more than test_per_class={test_per_class}.")
+        test[rng.choice(idx, test_per_class, replace=False)] = True
+    pick = lambda mask: [images[i] for i in np.flatnonzero(mask)]  # noqa: E731
+    return pick(~test), labels[~test], pick(test), labels[test]

@@ -1,0 +1,58 @@
+"""SSD-VGG end to end: both classes converted with the seed's twelve outputs, served over gRPC, post-processed."""
+import numpy as np
+
+from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
+                       Model, Webservice, Workspace, client_from_service, models, samples)
+from accel_lib.conversion import checks
+from accel_lib.models import ssd
+
+
+def test_ssd_converts_serves_twelve_outputs_and_detects_like_in_process(tmp_path):
+    from accel_lib.fpga.package import AcceleratorPackage
+    ws = Workspace.create("ssd", path=tmp_path / "ws")
+    ops = {}
+    for cls in (models.SsdVgg, models.QuantizedSsdVgg):          # both conversions run side by side
+        info = cls(tmp_path, weights="random").save(tmp_path / cls.__name__)
+        assert info.output_tensors == list(ssd.OUTPUT_NAMES)
+        assert info.metadata.preprocessing["preserve_aspect_ratio"] is False
+        src = Model.register(ws, info.path, cls.__name__.lower())
+        ops[cls.__name__] = AccelOnnxConverter.convert_tf_model(ws, src, "images", ",".join(info.output_tensors))
+    for op in ops.values():
+        assert op.wait_for_completion(timeout=1200), op.get_log()
+        m = op.result.manifest
+        assert m.outputs == list(ssd.OUTPUT_NAMES) and m.labels == "voc"
+        assert m.parity["top1_agreement"] == 1.0 and m.parity["max_relative_error"] < checks.PARITY_TOLERANCE
+        assert [s.where for s in m.stages] == ["host", "device", "host"] and len(m.device.outputs) == 6
+    q = ops["QuantizedSsdVgg"].result
+    assert q.manifest.numeric_format == "ms-fp9" and q.manifest.device_check["max_rel_diff"] < checks.DEVICE_TOLERANCE
+
+    img = Image.create("ssd-image", [q], AccelContainerImage.image_configuration(), ws)
+    target = ComputeTarget.create(ws, "ssd-aks", AksCompute.provisioning_configuration(agent_count=1))
+    svc = Webservice.deploy_from_image(ws, "ssd-svc", img, AksWebservice.deploy_configuration(flash_seconds=0), target)
+    try:
+        svc.wait_for_deployment(timeout=300)
+        data = [samples.encode(samples.synthetic_image(21, 375, 500))]
+        with client_from_service(svc) as client:
+            every = client.score_numpy_arrays({"images": data}, timeout=120)
+            subset = client.score_numpy_arrays({"images": data}, outputs=[ssd.LOC_NAMES[2], ssd.CLS_NAMES[5]],
+                                               timeout=120)
+            metadata = client.get_model_metadata()
+        local = AcceleratorPackage(img.context / "package").run(data)
+    finally:
+        svc.delete()
+        target.delete()
+    assert list(every) == list(ssd.OUTPUT_NAMES)
+    anchors = ssd.anchors_per_location()
+    for name, size, a in zip(ssd.CLS_NAMES, ssd.MAP_SIZES, anchors):
+        assert every[name].shape == (1, size, size, a, 21)
+    for name, size, a in zip(ssd.LOC_NAMES, ssd.MAP_SIZES, anchors):
+        assert every[name].shape == (1, size, size, a, 4)
+    assert [a.shape for a in subset] == [(1, 10, 10, 6, 4), (1, 1, 1, 4, 21)]
+    assert metadata["outputs"] == list(ssd.OUTPUT_NAMES) and metadata["labels"] == "voc"
+    assert metadata["postprocess"]["function"] == "accel_lib.models.ssd.postprocess"
+    (c1, s1, b1), = ssd.postprocess(every)
+    (c2, s2, b2), = ssd.postprocess(local)
+    assert len(c1) > 0                                # the random heads are set to give a few detections
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)
+    np.testing.assert_allclose(b1, b2, atol=1e-6)
