@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from accel_lib import AccelOnnxConverter, Model, UserError, samples

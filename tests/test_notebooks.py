@@ -40,6 +40,7 @@ def _env():
 
 
 @pytest.mark.notebooks
+@pytest.mark.timeout(3600)          # the whole series, 01 -> 08, at the tutorial's sizes
 def test_series_runs_under_nbval(tmp_path):
     copies = []
     for p in NOTEBOOKS:
@@ -72,6 +73,7 @@ def _stdout(nb_path):
 
 
 @pytest.mark.notebooks
+@pytest.mark.timeout(3600)
 def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     params = {"workspace_dir": "other-ws", "model_name": "tiny-net", "featurizer": "Resnet50",
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",

@@ -65,7 +65,6 @@ def test_hand_encoded_boxes_come_back_exactly():
     assert np.all(np.diff(scores) <= 0) and scores.dtype == np.float32
     np.testing.assert_allclose(got, [boxes[i] for i in order], atol=2e-6)
     # decode_boxes is the inverse of encode_boxes on every anchor
-    anchors = ssd.anchor_boxes()
     want = np.tile(np.asarray(boxes[0], np.float32), (8732, 1))
     np.testing.assert_allclose(ssd.decode_boxes(ssd.encode_boxes(want)), want, atol=2e-6)
 

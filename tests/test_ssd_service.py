@@ -1,5 +1,6 @@
 """SSD-VGG end to end: both classes converted with the seed's twelve outputs, served over gRPC, post-processed."""
 import numpy as np
+import pytest
 
 from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
                        Model, Webservice, Workspace, client_from_service, models, samples)
@@ -7,6 +8,7 @@ from accel_lib.conversion import checks
 from accel_lib.models import ssd
 
 
+@pytest.mark.timeout(1800)
 def test_ssd_converts_serves_twelve_outputs_and_detects_like_in_process(tmp_path):
     from accel_lib.fpga.package import AcceleratorPackage
     ws = Workspace.create("ssd", path=tmp_path / "ws")

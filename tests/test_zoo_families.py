@@ -42,6 +42,7 @@ def _deploy_and_score(ws, converted, name):
     return served, local
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_classifier_family_saves_converts_and_serves(family, tmp_path):
     size, dim, seed_name, order = FAMILIES[family]
