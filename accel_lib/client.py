@@ -148,8 +148,11 @@ def client_from_service(service, **kwargs):
 
 
 def load_labels(name="imagenet"):
-    """Class names shipped with accel_lib (ImageNet-1k, in class-index order)."""
+    """Class names shipped with accel_lib, in class-index order: 'imagenet' (1000) or 'voc' (background + 20)."""
+    if name == "voc":
+        from .models.ssd import VOC_CLASSES
+        return list(VOC_CLASSES)
     if name != "imagenet":
-        raise UserError(f"no label set {name!r}; accel_lib ships 'imagenet'.")
+        raise UserError(f"no label set {name!r}; accel_lib ships 'imagenet' and 'voc'.")
     p = Path(__file__).parent / "data" / "imagenet_classes.txt"
     return [line.split(" ", 1)[1].strip() for line in p.read_text().splitlines()]

@@ -26,7 +26,7 @@ def test_round_trip_and_typed_access(converted, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.pop("stages"), "required field 'stages' is missing"),
-    (lambda d: d["tensors"][0].update(shape="224"), "field 'tensors[0].shape' must be a list"),
+    (lambda d: d["tensors"][0].update(shape="224"), r"field 'tensors\[0\].shape' must be a list"),
     (lambda d: d["tensors"][1].update(shape=[-1, "x"]), r"field 'tensors\[1\].shape\[1\]' must be int"),
     (lambda d: d["stages"][1].update(where="gpu"), r"field 'stages\[1\].where' must be one of"),
     (lambda d: d["tensors"][1].update(key="nope"), r"field 'tensors\[1\]' .* names key 'nope'"),

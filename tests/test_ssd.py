@@ -111,3 +111,11 @@ def test_boxes_are_drawn_with_labels():
     ax = ssd.draw_boxes(img, [7, 15], [0.9, 0.6], [(0.1, 0.1, 0.5, 0.5), (0.5, 0.5, 0.9, 0.9)])
     assert len(ax.patches) == 2
     assert [t.get_text() for t in ax.texts] == ["car 0.90", "person 0.60"]
+
+
+def test_the_label_sets_ship_with_accel_lib():
+    from accel_lib.client import load_labels
+    voc, imagenet = load_labels("voc"), load_labels("imagenet")
+    assert len(voc) == 21 and voc[0] == "background" and voc[15] == "person" and len(imagenet) == 1000
+    with pytest.raises(UserError, match="'imagenet' and 'voc'"):
+        load_labels("coco")

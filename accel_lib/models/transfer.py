@@ -70,7 +70,11 @@ def train_head(features, labels, num_classes, epochs=30, seed=0):
     head = keras.Model(inp, out, name="transfer_head")
     head.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
                  metrics=["accuracy"])
-    head.fit(features, labels, epochs=epochs, batch_size=16, verbose=0, shuffle=True)
+    from .. import progress
+    bar = progress.bar(total=epochs, desc="training the head", unit="epoch")
+    tick = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: bar.update(1))
+    head.fit(features, labels, epochs=epochs, batch_size=16, verbose=0, shuffle=True, callbacks=[tick])
+    bar.close()
     return head
 
 

@@ -240,8 +240,11 @@ class AcceleratedModel:
         import tensorflow as tf
 
         from . import utils
+        from .. import progress
         tf.get_logger().setLevel("ERROR")
+        bar = progress.bar(total=3, desc=f"saving {type(self).__name__}")
         self._build()
+        bar.update(1)
         head = self._classifier if classifier is None else classifier
         feats = self.feature_tensors()
         outs = self.output_specs(classifier, classifier_name)
@@ -277,8 +280,11 @@ class AcceleratedModel:
         if out_dir.exists():
             import shutil
             shutil.rmtree(out_dir)
+        bar.update(1)
         tf.saved_model.save(module, str(out_dir), signatures={
             "serving_default": module.serve, "featurize": module.featurize, "heads": module.heads})
+        bar.update(1)
+        bar.close()
         meta = manifest.SavedModelMetadata(
             model_class=type(self).__name__, family=self.family, version=self.version,
             weights=str(self.weights_source), quantized=self.quantized,
