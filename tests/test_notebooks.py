@@ -92,5 +92,5 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     ws = Workspace.from_config(tmp_path / "other-ws")
     assert Model.list(ws) == []
     import papermill as pm                          # cleaning up twice is harmless
-    pm.execute_notebook(str(NOTEBOOKS[-1]), str(tmp_path / "06-again.ipynb"), parameters=params, cwd=str(tmp_path),
+    pm.execute_notebook(str(NOTEBOOKS[5]), str(tmp_path / "06-again.ipynb"), parameters=params, cwd=str(tmp_path),
                         kernel_name="python3", progress_bar=False, log_output=False)
