@@ -8,19 +8,19 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _parse(address, port, use_ssl):
-    """'host', 'host:port', 'grpc://host:port', or several 'host:port' joined by commas -> grpc target."""
-    addr = address.split("://", 1)[-1].strip("/")
-    hosts = [h.strip() for h in addr.split(",") if h.strip()]
-    if not hosts:
-        raise UserError(f"address {address!r} names no host.")
-    out = []
-    for h in hosts:
-        if h.count(":") == 1:
-            out.append(h if port is None else f"{h.split(':')[0]}:{port}")
-        else:
-            out.append(f"{h}:{port if port is not None else (443 if use_ssl else 80)}")
-    return out[0] if len(out) == 1 else "ipv4:" + ",".join(out)
+def parse_address(address, port=None, use_ssl=False):
+    """'host', 'host:port' or 'scheme://host:port/' -> 'host:port'. A port in the address wins (our local
+    services carry one, so the seed's code that passes port=80 or 443 works unchanged); else ``port``; else 443
+    with SSL, 80 without."""
+    addr = address.split("://", 1)[-1].strip().strip("/")
+    if not addr or "," in addr or "/" in addr:
+        raise UserError(f"address {address!r} is not 'host' or 'host:port'; pass service.scoring_uri.")
+    host, _, given = addr.partition(":")
+    if given:
+        if not given.isdigit():
+            raise UserError(f"address {address!r} has a port that is not a number.")
+        return addr
+    return f"{host}:{port if port is not None else (443 if use_ssl else 80)}"
 
 
 class PredictionClient:
@@ -29,14 +29,12 @@ class PredictionClient:
     def __init__(self, address, port=None, use_ssl=False, access_token="", service_name="", max_message_mb=64,
                  retry_seconds=30.0, root_certificates=None):
         import grpc
-        self.target = _parse(address, port, use_ssl)
+        self.target = parse_address(address, port, use_ssl)
         self.service_name = service_name
         self.access_token = access_token
         self.retry_seconds = retry_seconds
         max_bytes = int(max_message_mb * 1024 * 1024)
         opts = [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
-        if self.target.startswith("ipv4:"):
-            opts.append(("grpc.lb_policy_name", "round_robin"))
         if use_ssl:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(self.target, creds, options=opts)
@@ -96,8 +94,11 @@ class PredictionClient:
     def score_numpy_arrays(self, input_map, outputs=None, timeout=10.0):
         """Send {name: array or list of bytes}; one output name -> one array, a list -> arrays in order,
         None -> {name: array} for every output."""
+        from tensorflow.core.framework import tensor_pb2
+
         from .fpga import tensors
-        got = self.score_tensors({k: tensors.to_proto(v) for k, v in input_map.items()}, outputs, timeout)
+        got = self.score_tensors({k: tensors.to_proto(v, tensor_pb2.TensorProto) for k, v in input_map.items()},
+                                 outputs, timeout)
         arrays = {k: tensors.from_proto(v) for k, v in got.items()}
         if outputs is None:
             return arrays
@@ -136,15 +137,19 @@ class PredictionClient:
 
 
 def client_from_service(service, **kwargs):
-    """A PredictionClient for a deployed Webservice (its replicas, its key, its route)."""
+    """A PredictionClient for a deployed Webservice: its cluster's address, its key, its route, and the cluster's
+    certificate as the root to trust when it serves TLS."""
     uri = service.scoring_uri
     if uri is None:
-        raise UserError(f"service {service.name!r} has no replica listening; wait_for_deployment() first.")
+        raise UserError(f"the cluster of service {service.name!r} is not running; "
+                        f"ComputeTarget(ws, {service.compute_name!r}).restart() starts it again.")
     token = ""
     if service.deployment_config.get("auth_enabled"):
         token = service.get_keys()[0]
-    return PredictionClient(uri, use_ssl=uri.startswith("https"), access_token=token, service_name=service.name,
-                            **kwargs)
+    ssl = uri.startswith("https")
+    if ssl:
+        kwargs.setdefault("root_certificates", service.compute.ssl_certificate_pem)
+    return PredictionClient(uri, use_ssl=ssl, access_token=token, service_name=service.name, **kwargs)
 
 
 def load_labels(name="imagenet"):

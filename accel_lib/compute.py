@@ -1,20 +1,83 @@
 """Compute targets: a simulated AKS cluster of Standard_PB6s nodes (6 vCPUs, one Arria 10 FPGA each).
 
 Provisioning is modeled (no VMs exist); the quota in "Standard PBS Family vCPUs" is enforced per workspace.
+What runs is real: each cluster has one process on this machine (``fpga.frontend``: the front end that routes
+calls, and the supervisor that runs the replicas), started when the cluster is created and stopped when it is
+deleted. The cluster's files (its spec, status, endpoints, TLS certificate) are named in ``fpga.cluster``.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from .errors import UserError
+from .fpga import cluster, frontend
 from .model import check_name
 from .workspace import LOCATIONS, _now
 
 FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
 EDGE_DEVICE = {"vcpus": 0, "fpgas": 1}          # Azure Stack Edge / Data Box Edge: one FPGA, outside the quota
+EDGE_HOST_VCPUS = 6                             # the edge device's host cores given to its replica (modeled)
+QUOTA_NAME = "Standard PBS Family vCPUs"
+START_TIMEOUT = 60
 
 
 def _fpgas(vm_size):
     return (FPGA_VM_SIZES.get(vm_size) or EDGE_DEVICE)["fpgas"]
-QUOTA_NAME = "Standard PBS Family vCPUs"
+
+
+def _ssl_settings(ssl_cert_pem_file, ssl_key_pem_file, ssl_cname, leaf_domain_label):
+    own = ssl_cert_pem_file or ssl_key_pem_file
+    if own and leaf_domain_label:
+        raise UserError("enable_ssl takes either your own certificate (ssl_cert_pem_file, ssl_key_pem_file, "
+                        "ssl_cname) or leaf_domain_label for a generated one, not both.")
+    if own:
+        if not (ssl_cert_pem_file and ssl_key_pem_file and ssl_cname):
+            raise UserError("with your own certificate, give all of ssl_cert_pem_file, ssl_key_pem_file and "
+                            "ssl_cname (the name the certificate is for).")
+        for f in (ssl_cert_pem_file, ssl_key_pem_file):
+            if not Path(f).is_file():
+                raise UserError(f"no file {str(f)!r}: give the path of a PEM file.")
+        return {"cert": str(Path(ssl_cert_pem_file).resolve()), "key": str(Path(ssl_key_pem_file).resolve()),
+                "cname": ssl_cname}
+    if not leaf_domain_label:
+        raise UserError("enable_ssl needs leaf_domain_label (a certificate is generated for the cluster) or your "
+                        "own ssl_cert_pem_file, ssl_key_pem_file and ssl_cname.")
+    import re
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", leaf_domain_label):
+        raise UserError(f"leaf_domain_label {leaf_domain_label!r}: use lowercase letters, digits and '-', "
+                        "starting with a letter.")
+    return {"leaf_domain_label": leaf_domain_label}
+
+
+def generate_certificate(common_name, days=365):
+    """A self-signed certificate and key (PEM bytes) for ``common_name``, also valid for localhost and 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "accel_lib simulated AKS cluster")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name), x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 class AksProvisioningConfiguration:
@@ -29,6 +92,13 @@ class AksProvisioningConfiguration:
         if location not in LOCATIONS:
             raise UserError(f"location {location!r} has no {vm_size} VMs; choose one of {', '.join(LOCATIONS)}.")
         self.vm_size, self.agent_count, self.location = vm_size, agent_count, location
+        self.ssl = None
+
+    def enable_ssl(self, ssl_cert_pem_file=None, ssl_key_pem_file=None, ssl_cname=None, leaf_domain_label=None):
+        """Serve the cluster over TLS: your own certificate and key for ``ssl_cname``, or, with
+        ``leaf_domain_label``, a certificate generated for the cluster (valid for 127.0.0.1 and localhost too)."""
+        self.ssl = _ssl_settings(ssl_cert_pem_file, ssl_key_pem_file, ssl_cname, leaf_domain_label)
+        return self
 
     @property
     def vcpus(self):
@@ -44,6 +114,7 @@ class EdgeProvisioningConfiguration:
             raise UserError(f"location {location!r}: choose one of {', '.join(LOCATIONS)}.")
         self.vm_size, self.agent_count, self.location = f"DataBoxEdge:{device_name}", 1, location
         self.vcpus = 0
+        self.ssl = None
 
 
 class EdgeCompute:
@@ -103,6 +174,87 @@ class ComputeTarget:
         """How many FPGAs the target has (one per node; one on an edge device)."""
         return _fpgas(self.vm_size) * self.agent_count
 
+    @property
+    def run_dir(self) -> Path:
+        """The cluster's folder: its spec, status, endpoints, certificate and the front end's log."""
+        return self.workspace.path / "computes" / self.name
+
+    @property
+    def ssl_enabled(self):
+        return (self.run_dir / cluster.TLS_CERT_FILE).is_file()
+
+    @property
+    def ssl_certificate_pem(self):
+        """The cluster's TLS certificate (PEM bytes) for clients to trust, or None without TLS."""
+        p = self.run_dir / cluster.TLS_CERT_FILE
+        return p.read_bytes() if p.is_file() else None
+
+    def endpoints(self, wait=0.0) -> cluster.Endpoints:
+        """Where the cluster's front end listens (waits up to ``wait`` s for it to start); UserError if it is down."""
+        deadline = time.monotonic() + wait
+        while True:
+            ep = cluster.read_optional(cluster.Endpoints, self.run_dir)
+            if ep is not None and _alive(ep.pid, self.run_dir):
+                return ep
+            if time.monotonic() >= deadline:
+                raise UserError(f"the front end of cluster {self.name!r} is not running; ComputeTarget(ws, "
+                                f"{self.name!r}).restart() starts it again (log: {self.run_dir / cluster.LOG_FILE}).")
+            time.sleep(0.05)
+
+    def running(self):
+        """Whether the cluster's process runs."""
+        ep = cluster.read_optional(cluster.Endpoints, self.run_dir)
+        return ep is not None and _alive(ep.pid, self.run_dir)
+
+    def spec(self) -> cluster.ClusterSpec:
+        """The cluster's desired state (what services run where)."""
+        return cluster.read(cluster.ClusterSpec, self.run_dir)
+
+    def apply(self, services, timeout=30):
+        """Declare the services (``cluster.ServiceSpec``) the cluster runs; if its process runs, wait until its
+        supervisor has taken the change (replicas of new services started, of removed ones stopped)."""
+        vcpus = FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == "aks" else EDGE_HOST_VCPUS
+        revision = time.time_ns()
+        cluster.write(cluster.ClusterSpec(name=self.name, nodes=self.fpgas, vcpus_per_node=vcpus,
+                                          services=list(services), tls=self.ssl_enabled, revision=revision),
+                      self.run_dir)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            st = cluster.read_optional(cluster.ClusterStatus, self.run_dir)
+            if st is not None and st.revision >= revision:
+                return
+            time.sleep(0.02)
+
+    def restart(self):
+        """Start the cluster's process if it is not running (idempotent): after a reboot, or if it was killed."""
+        if self.provisioning_state != "Succeeded":
+            raise UserError(f"compute {self.name!r} is {self.provisioning_state}: {self.provisioning_errors}")
+        if self.running():
+            return self
+        if not (self.run_dir / cluster.SPEC_FILE).is_file():
+            self.apply([])
+        (self.run_dir / cluster.ENDPOINTS_FILE).unlink(missing_ok=True)
+        with open(self.run_dir / cluster.LOG_FILE, "ab") as log:
+            subprocess.Popen(frontend.command(sys.executable, self.run_dir), stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.endpoints(wait=START_TIMEOUT)
+        return self
+
+    def stop(self, timeout=20):
+        """Stop the cluster's process and its replicas (the services stay recorded; restart() brings them back)."""
+        import psutil
+        ep = cluster.read_optional(cluster.Endpoints, self.run_dir)
+        if ep is None or not _alive(ep.pid, self.run_dir):
+            return
+        p = psutil.Process(ep.pid)
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except psutil.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
     @staticmethod
     def create(workspace, name, provisioning_configuration):
         """Provision a cluster (modeled); fails clearly when the FPGA quota is short."""
@@ -130,13 +282,44 @@ class ComputeTarget:
                 state, errors = "Succeeded", None
             db.execute("INSERT INTO computes VALUES (?,?,?,?,?,?,?,?)",
                        (name, cfg.vm_size, cfg.agent_count, cfg.location, kind, state, errors, _now()))
-        return ComputeTarget(workspace, name)
+        target = ComputeTarget(workspace, name)
+        if state == "Succeeded":
+            try:
+                target._provision(cfg)
+            except BaseException:
+                target.delete()
+                raise
+        return target
+
+    def _provision(self, cfg):
+        """Write the cluster's folder (and certificate) and start its front end and supervisor."""
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        tls = self.run_dir / "tls"
+        if cfg.ssl:
+            tls.mkdir(parents=True)
+            if "leaf_domain_label" in cfg.ssl:
+                import secrets
+                cn = f"{cfg.ssl['leaf_domain_label']}{secrets.token_hex(3)}.{cfg.location}.cloudapp.azure.com"
+                cert, key = generate_certificate(cn)
+            else:
+                cert, key = Path(cfg.ssl["cert"]).read_bytes(), Path(cfg.ssl["key"]).read_bytes()
+            (self.run_dir / cluster.TLS_CERT_FILE).write_bytes(cert)
+            key_file = self.run_dir / cluster.TLS_KEY_FILE
+            key_file.write_bytes(key)
+            os.chmod(key_file, 0o600)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.apply([])
+        self.restart()
 
     def wait_for_completion(self, show_output=False):
-        """Wait for provisioning (modeled: done at once); show_output prints the state."""
+        """Wait for provisioning (modeled: done at once); show_output prints the state and the front end."""
         if show_output:
             what = self.vm_size if self.type == "edge" else f"{self.agent_count} x {self.vm_size}"
             print(f"Provisioning of {self.name} ({what}, {self.location}; modeled): {self.provisioning_state}")
+            if self.provisioning_state == "Succeeded":
+                print(f"Front end: one address for every service on the cluster, "
+                      f"{'TLS' if self.ssl_enabled else 'plain text'} (gRPC and REST).")
         return self.provisioning_state == "Succeeded"
 
     @staticmethod
@@ -147,10 +330,29 @@ class ComputeTarget:
         return [ComputeTarget(workspace, n) for n in names]
 
     def delete(self):
-        """Delete the cluster; refused while a service is deployed to it."""
+        """Delete the cluster and stop its process; refused while a service is deployed to it."""
         with self.workspace.connect(immediate=True) as db:
             users = [r[0] for r in db.execute("SELECT name FROM services WHERE compute=?", (self.name,))]
             if users:
                 raise UserError(f"compute {self.name!r} runs service {', '.join(users)}; delete the service first "
                                 "(service.delete()).")
             db.execute("DELETE FROM computes WHERE name=?", (self.name,))
+        (self.run_dir / cluster.SPEC_FILE).unlink(missing_ok=True)       # the process stops when its spec is gone
+        self.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _alive(pid, run_dir):
+    """Whether ``pid`` is the cluster process of ``run_dir``."""
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and str(run_dir) in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def stop_all(workspace):
+    """Stop every cluster process of a workspace (records stay; ``restart()`` brings a cluster back)."""
+    for target in ComputeTarget.list(workspace):
+        target.stop()

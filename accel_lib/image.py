@@ -14,11 +14,11 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import UserError
+from .fpga import server
 from .model import Model, check_name
 from .workspace import _now
 
-SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking",
-                       "tensorflow-serving-api", "protobuf")
+SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\
 # Build context written by accel_lib for image {name}:{version}.
 # The FPGA is simulated: the featurizer stage runs in ONNX Runtime with the device's numeric format.
@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY fpga/ fpga/
 COPY package/ package/
 EXPOSE 50051
-CMD ["python", "-m", "fpga.server", "--package", "package", "--host", "0.0.0.0", "--port", "50051"]
+CMD {cmd}
 """
 
 
@@ -192,7 +192,8 @@ def _write_context(ctx: Path, model: Model, name, version):
         except metadata.PackageNotFoundError:
             raise UserError(f"{dist} is not installed; reinstall accel_lib (make venv).") from None
     (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version))
+    cmd = server.command("python", host="0.0.0.0", port=50051)
+    (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version, cmd=json.dumps(cmd)))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()
 
@@ -200,8 +201,8 @@ def _write_context(ctx: Path, model: Model, name, version):
 def _smoke_test(ctx: Path):
     """Load the package from the context alone and score a generated image."""
     env = {**os.environ, "PYTHONPATH": str(ctx), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run([sys.executable, "-m", "fpga.server", "--package", "package", "--check"], cwd=ctx, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(server.command(sys.executable, check=True), cwd=ctx, env=env, capture_output=True, text=True,
+                       timeout=300)
     with open(ctx / "build.log", "a") as log:
         log.write(f"smoke test (python -m fpga.server --check): exit {r.returncode} {r.stdout.strip()}\n")
         if r.returncode:

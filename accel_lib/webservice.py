@@ -1,21 +1,21 @@
-"""Web services: replicas as detached gRPC server processes on 127.0.0.1, each holding one FPGA of the cluster.
+"""Web services: records and lifecycle. A deployment is declared in the cluster's spec; the cluster's process
+(``fpga.frontend``) runs the replicas, each a gRPC server holding one FPGA, and routes calls to them.
 
 A service outlives the kernel that deployed it; ``Webservice(ws, name)`` re-attaches from any process.
-Every replica has a lease file; deleting the service removes it and the replica exits.
+Scheduling is the pure function ``schedule()``; supervision lives in ``fpga.supervisor``.
 """
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
 from .compute import ComputeTarget
 from .errors import OperationTimeout, UserError
+from .fpga.host import MAX_PIXELS
+from .fpga.server import MAX_IMAGES
 from .image import Image
 from .model import check_name
 from .workspace import _now
@@ -25,7 +25,7 @@ class AksServiceDeploymentConfiguration:
     """Deployment settings: replicas, auth, flashing time, message size."""
 
     def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
-                 max_message_mb=64, description=None, tags=None):
+                 max_message_mb=64, description=None, tags=None, max_images=MAX_IMAGES, max_pixels=MAX_PIXELS):
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
                             "num_replicas instead.")
@@ -33,6 +33,8 @@ class AksServiceDeploymentConfiguration:
             raise UserError(f"num_replicas must be a whole number of at least 1, got {num_replicas!r}.")
         if flash_seconds < 0 or max_message_mb <= 0:
             raise UserError("flash_seconds must be >= 0 and max_message_mb > 0.")
+        if not isinstance(max_images, int) or max_images < 1 or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise UserError("max_images and max_pixels must be whole numbers of at least 1.")
         self.autoscale_enabled = False
         self.num_replicas = num_replicas
         self.auth_enabled = bool(auth_enabled)
@@ -40,6 +42,8 @@ class AksServiceDeploymentConfiguration:
         self.max_message_mb = float(max_message_mb)
         self.description = description
         self.tags = dict(tags or {})
+        self.max_images = max_images
+        self.max_pixels = max_pixels
 
     def to_dict(self):
         return dict(vars(self))
@@ -50,19 +54,59 @@ class AksWebservice:
 
     @staticmethod
     def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
-                             max_message_mb=64, description=None, tags=None):
-        """A deployment configuration (validated at once)."""
+                             max_message_mb=64, description=None, tags=None, max_images=MAX_IMAGES,
+                             max_pixels=MAX_PIXELS):
+        """A deployment configuration (validated at once). Limits per request: ``max_message_mb``, ``max_images``;
+        per image: ``max_pixels`` (checked before decoding)."""
         return AksServiceDeploymentConfiguration(autoscale_enabled, num_replicas, auth_enabled, flash_seconds,
-                                                 max_message_mb, description, tags)
+                                                 max_message_mb, description, tags, max_images, max_pixels)
 
 
-def _pid_alive(pid, lease):
-    import psutil
-    try:
-        p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE and any(str(lease) in a for a in p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+def schedule(nodes, held, num_replicas, edge=False):
+    """Pick FPGAs for a new service: ``held`` maps node -> the service holding its FPGA. Returns (nodes chosen,
+    services replaced). An edge device runs one model at a time, so a new service replaces whatever ran there;
+    an AKS cluster schedules only on free FPGAs and refuses like Kubernetes when there are too few."""
+    if edge:
+        if num_replicas != 1:
+            raise UserError(f"an edge device has one FPGA: deploy with num_replicas=1, not {num_replicas}.")
+        return [0], sorted(set(held.values()))
+    free = [n for n in range(nodes) if n not in held]
+    if len(free) < num_replicas:
+        holders = sorted(set(held.values()))
+        raise UserError(
+            f"0/{nodes} nodes are available: {nodes - len(free)} Insufficient microsoft.com/fpga "
+            f"({num_replicas} replica(s) need {num_replicas} free FPGA(s); {len(free)} of {nodes} free). Remedy: "
+            f"delete the service that holds them ({', '.join(holders) or 'none'}), lower num_replicas, or create a "
+            "cluster with a larger agent_count.")
+    return free[:num_replicas], []
+
+
+def _service_specs(workspace, target):
+    """The services a cluster runs, as its spec declares them (built from the workspace's records)."""
+    from .fpga import cluster
+    with workspace.connect() as db:
+        rows = db.execute("SELECT * FROM services WHERE compute=? AND state != 'Replaced' ORDER BY name",
+                          (target.name,)).fetchall()
+        reps = db.execute("SELECT service, idx, fpga FROM replicas WHERE compute=? ORDER BY service, idx",
+                          (target.name,)).fetchall()
+    out = []
+    for row in rows:
+        cfg = json.loads(row["config"])
+        img = Image(workspace, row["image_name"], row["image_version"])
+        out.append(cluster.ServiceSpec(
+            name=row["name"], context=str(img.context), log_dir=str(workspace.path / "services" / row["name"]),
+            replicas=[cluster.ReplicaSpec(idx=r["idx"], node=r["fpga"]) for r in reps if r["service"] == row["name"]],
+            keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg["flash_seconds"],
+            max_message_mb=cfg["max_message_mb"], max_images=cfg["max_images"], max_pixels=cfg["max_pixels"],
+            generation=cfg["generation"]))
+    return out
+
+
+def _note(log_dir, idx, note):
+    from .fpga import cluster
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(cluster.replica_log(log_dir, idx), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
 
 
 class Webservice:
@@ -88,10 +132,6 @@ class Webservice:
         with self.workspace.connect() as db:
             return db.execute("SELECT * FROM services WHERE name=?", (self.name,)).fetchone()
 
-    def _replicas(self):
-        with self.workspace.connect() as db:
-            return db.execute("SELECT * FROM replicas WHERE service=? ORDER BY idx", (self.name,)).fetchall()
-
     @property
     def image(self) -> Image:
         """The image this service runs."""
@@ -99,13 +139,20 @@ class Webservice:
         return Image(self.workspace, name, int(version))
 
     @property
+    def compute(self) -> ComputeTarget:
+        """The cluster (or edge device) the service runs on."""
+        return ComputeTarget(self.workspace, self.compute_name)
+
+    @property
     def run_dir(self) -> Path:
+        """Where the replicas' logs are."""
         return self.workspace.path / "services" / self.name
 
     # -- deployment ---------------------------------------------------------------------------
     @staticmethod
     def deploy_from_image(workspace, name, image, deployment_config, deployment_target):
-        """Start ``num_replicas`` replicas of ``image`` on free FPGAs of ``deployment_target``."""
+        """Declare ``num_replicas`` replicas of ``image`` on free FPGAs of ``deployment_target``; the cluster's
+        supervisor starts them and its front end routes to them."""
         check_name(name, "service")
         if not isinstance(image, Image):
             raise UserError("image must be an Image (Image.create(...) or Image(ws, name)).")
@@ -118,151 +165,111 @@ class Webservice:
         target = ComputeTarget(workspace, deployment_target.name)
         if target.provisioning_state != "Succeeded":
             raise UserError(f"compute {target.name!r} is {target.provisioning_state}: {target.provisioning_errors}")
-        cfg = deployment_config
-        keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg.auth_enabled else None
+        cfg = {**deployment_config.to_dict(), "generation": time.time_ns() // 1000}
+        keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg["auth_enabled"] else None
         with workspace.connect(immediate=True) as db:
             if db.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
                 raise UserError(f"a service named {name!r} exists; delete it (Webservice(ws, {name!r}).delete()) or "
                                 "choose another name.")
             held = dict(db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,)).fetchall())
-            replaced = []
-            if target.type == "edge":
-                if cfg.num_replicas != 1:
-                    raise UserError(f"an edge device has one FPGA: deploy with num_replicas=1, not {cfg.num_replicas}.")
-                # one model per FPGA: a new deployment replaces the model that runs there
-                replaced = [dict(r) for r in db.execute("SELECT * FROM replicas WHERE compute=?", (target.name,))]
-                for old in sorted({r["service"] for r in replaced}):
-                    db.execute("UPDATE services SET state='Replaced', error=? WHERE name=?",
-                               (f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})", old))
-                db.execute("DELETE FROM replicas WHERE compute=?", (target.name,))
-                held = {}
-            free = [i for i in range(target.fpgas) if i not in held]
-            if len(free) < cfg.num_replicas:
-                n = target.fpgas
-                holders = sorted(set(held.values()))
-                raise UserError(
-                    f"deployment of {name!r} failed: 0/{n} nodes are available: {n - len(free)} Insufficient "
-                    f"microsoft.com/fpga ({cfg.num_replicas} replica(s) need {cfg.num_replicas} free FPGA(s); "
-                    f"{len(free)} of {n} free on {target.name!r}). Remedy: delete the service that holds them "
-                    f"({', '.join(holders) or 'none'}), lower num_replicas, or create a cluster with a larger "
-                    "agent_count.")
+            try:
+                nodes, replaced = schedule(target.fpgas, held, cfg["num_replicas"], edge=target.type == "edge")
+            except UserError as e:
+                raise UserError(f"deployment of {name!r} to {target.name!r} failed: {e}") from None
+            for old in replaced:
+                db.execute("UPDATE services SET state='Replaced', error=? WHERE name=?",
+                           (f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})", old))
+                db.execute("DELETE FROM replicas WHERE service=?", (old,))
             db.execute("INSERT INTO services VALUES (?,?,?,?,?,?,?,?,?)",
-                       (name, image.name, image.version, target.name, json.dumps(cfg.to_dict()), "Transitioning",
+                       (name, image.name, image.version, target.name, json.dumps(cfg), "Transitioning",
                         json.dumps(keys) if keys else None, None, _now()))
-            for idx, fpga in enumerate(free[:cfg.num_replicas]):
+            for idx, node in enumerate(nodes):
                 db.execute("INSERT INTO replicas (service, idx, compute, fpga) VALUES (?,?,?,?)",
-                           (name, idx, target.name, fpga))
+                           (name, idx, target.name, node))
         svc = Webservice(workspace, name)
-        for old in sorted({r["service"] for r in replaced}):
+        shutil.rmtree(svc.run_dir, ignore_errors=True)           # a new service: logs of an earlier one go
+        for old in replaced:
             note = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
                     "one model runs on the FPGA at a time")
-            _stop_replicas([r for r in replaced if r["service"] == old], workspace.path / "services" / old, note)
-            svc.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(svc.run_dir / "replica-0.log", "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
+            _note(workspace.path / "services" / old, 0, note)
+            _note(svc.run_dir, 0, note)
+        svc.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for r in svc._replicas():
-                svc._start_replica(r, image)
+            target.apply(_service_specs(workspace, target))
+            target.restart()
         except Exception:
             svc.delete()
             raise
         return svc
 
-    def _start_replica(self, r, image):
-        run = self.run_dir
-        run.mkdir(parents=True, exist_ok=True)
-        i = r["idx"]
-        lease, port_file, log = run / f"replica-{i}.lease", run / f"replica-{i}.port", run / f"replica-{i}.log"
-        lease.write_text(f"{self.name} replica {i}\n")
-        port_file.unlink(missing_ok=True)
-        cfg = self.deployment_config
-        cmd = [sys.executable, "-m", "fpga.server", "--package", "package", "--port-file", str(port_file),
-               "--lease", str(lease), "--service", self.name,
-               "--fpga", f"{r['compute']}/node-{r['fpga']}/fpga-0",
-               "--flash-seconds", str(cfg["flash_seconds"]), "--max-message-mb", str(cfg["max_message_mb"])]
-        row = self._row()
-        if row["keys"]:
-            kf = run / "keys"
-            kf.write_text("\n".join(json.loads(row["keys"])) + "\n")
-            os.chmod(kf, 0o600)
-            cmd += ["--keys-file", str(kf)]
-        env = {**os.environ, "PYTHONPATH": str(image.context), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-        with open(log, "ab") as f:
-            proc = subprocess.Popen(cmd, cwd=image.context, env=env, stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        with self.workspace.connect(immediate=True) as db:
-            db.execute("UPDATE replicas SET pid=?, log=? WHERE service=? AND idx=?",
-                       (proc.pid, str(log.relative_to(self.workspace.path)), self.name, i))
+    # -- state --------------------------------------------------------------------------------
+    def replica_status(self):
+        """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet."""
+        from .fpga import cluster
+        target = self.compute
+        st = cluster.read_optional(cluster.ClusterStatus, target.run_dir) if target.running() else None
+        mine = st.service(self.name) if st else None
+        if mine is None or mine.generation != self.deployment_config["generation"]:
+            return []
+        return mine.replicas
 
-    def _ports(self):
-        out = []
-        for r in self._replicas():
-            pf = self.run_dir / f"replica-{r['idx']}.port"
-            out.append(int(pf.read_text()) if pf.exists() else None)
-        return out
-
-    def _replica_states(self, timeout=1.0):
-        """Per replica: 'Dead', 'Starting', 'Loading' (NOT_SERVING) or 'Healthy'."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-        states = []
-        for r, port in zip(self._replicas(), self._ports()):
-            lease = self.run_dir / f"replica-{r['idx']}.lease"
-            if r["pid"] is None or not _pid_alive(r["pid"], lease):
-                states.append("Dead")
-                continue
-            if port is None:
-                states.append("Starting")
-                continue
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                try:
-                    resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                timeout=timeout)
-                    states.append("Healthy" if resp.status == health_pb2.HealthCheckResponse.SERVING else "Loading")
-                except grpc.RpcError:
-                    states.append("Starting")
-        return states
+    @property
+    def restart_count(self):
+        """How many times the service's replicas were restarted after they exited or were killed."""
+        return sum(r.restarts for r in self.replica_status())
 
     @property
     def state(self):
-        """Healthy (all replicas serve), Transitioning (starting or flashing), Unhealthy (a replica died), Failed."""
+        """Healthy (every replica serves), Transitioning (starting, flashing, restarting), Unhealthy (a replica in
+        CrashLoopBackOff, or the cluster's process is down), Failed (a replica cannot load), Replaced, Deleted."""
+        from .fpga import cluster
         row = self._row()
         if row is None:
             return "Deleted"
-        if row["state"] in ("Failed", "Replaced"):
-            return row["state"]
-        states = self._replica_states()
-        if "Dead" in states:
+        if row["state"] == "Replaced":
+            return "Replaced"
+        if not self.compute.running():
             return "Unhealthy"
-        return "Healthy" if all(s == "Healthy" for s in states) else "Transitioning"
+        states = [r.state for r in self.replica_status()]
+        if cluster.FAILED in states:
+            return "Failed"
+        if states and all(s == cluster.HEALTHY for s in states):
+            return "Healthy"
+        if cluster.BACKOFF in states:
+            return "Unhealthy"
+        return "Transitioning"
 
     def wait_for_deployment(self, show_output=False, timeout=600):
-        """Wait until every replica serves; raises UserError (with the log) if one dies."""
+        """Wait until every replica serves; UserError (with the log) if a replica fails or keeps crashing."""
         from . import progress
+        from .fpga import cluster
         start = time.monotonic()
-        bar = progress.bar(total=len(self._replicas()), desc=f"deploying {self.name}", unit="replica",
-                           show=not show_output)
+        n = self.deployment_config["num_replicas"]
+        bar = progress.bar(total=n, desc=f"deploying {self.name}", unit="replica", show=not show_output)
         last = None
         try:
             while True:
-                states = self._replica_states()
-                bar.n = states.count("Healthy")
+                reps = self.replica_status()
+                states = [r.state for r in reps]
+                bar.n = states.count(cluster.HEALTHY)
                 bar.refresh()
                 if show_output and states != last:
-                    print(f"{self.name}: replicas {states}", flush=True)
+                    print(f"{self.name}: replicas {states or ['Scheduled'] * n}", flush=True)
                     last = states
-                if "Dead" in states:
-                    with self.workspace.connect(immediate=True) as db:
-                        db.execute("UPDATE services SET state='Failed', error=? WHERE name=?",
-                                   ("a replica exited while starting", self.name))
-                    raise UserError(f"service {self.name!r} failed: a replica exited while starting. Its log:\n"
+                crashing = [r for r in reps if r.state == cluster.BACKOFF and r.restarts >= 3]
+                if cluster.FAILED in states or crashing:
+                    why = "cannot load its model" if cluster.FAILED in states else "keeps crashing (CrashLoopBackOff)"
+                    raise UserError(f"service {self.name!r} failed: a replica {why}. Its log:\n"
                                     + self.get_logs(num_lines=30))
-                if all(s == "Healthy" for s in states):
+                if states and all(s == cluster.HEALTHY for s in states):
                     break
+                if not self.compute.running():
+                    raise UserError(f"the cluster {self.compute_name!r} is not running; "
+                                    f"ComputeTarget(ws, {self.compute_name!r}).restart() starts it again.")
                 if time.monotonic() - start > timeout:
                     raise OperationTimeout(f"service {self.name!r} not ready after {timeout} s (replicas {states}); "
                                            "call wait_for_deployment() again or look at get_logs().")
-                time.sleep(0.2)
+                time.sleep(0.1)
         finally:
             bar.close()
         with self.workspace.connect(immediate=True) as db:
@@ -273,9 +280,21 @@ class Webservice:
 
     @property
     def scoring_uri(self):
-        """grpc://127.0.0.1:PORT (comma-separated host:port per replica; clients balance across them)."""
-        ports = [p for p in self._ports() if p]
-        return "grpc://" + ",".join(f"127.0.0.1:{p}" for p in ports) if ports else None
+        """The cluster front end's gRPC address: http://127.0.0.1:PORT (https:// with TLS); None if it is down."""
+        target = self.compute
+        if not target.running():
+            return None
+        ep = target.endpoints()
+        return f"{ep.scheme}://{ep.host}:{ep.grpc_port}"
+
+    @property
+    def rest_uri(self):
+        """TensorFlow Serving's REST predict URL of this service on the cluster's front end."""
+        target = self.compute
+        if not target.running():
+            return None
+        ep = target.endpoints()
+        return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v1/models/{self.name}:predict"
 
     def get_keys(self):
         """(primary, secondary) auth keys; UserError when auth is off."""
@@ -285,12 +304,13 @@ class Webservice:
         return tuple(json.loads(row["keys"]))
 
     def get_logs(self, num_lines=5000):
-        """The replicas' logs (the last ``num_lines`` lines of each)."""
+        """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
+        from .fpga import cluster
         parts = []
-        for r in self._replicas():
-            p = self.run_dir / f"replica-{r['idx']}.log"
+        for i in range(self.deployment_config["num_replicas"]):
+            p = cluster.replica_log(self.run_dir, i)
             lines = p.read_text(errors="replace").splitlines()[-num_lines:] if p.exists() else []
-            parts.append(f"--- replica {r['idx']} ({r['compute']} node-{r['fpga']}) ---\n" + "\n".join(lines))
+            parts.append(f"--- replica {i} ({self.compute_name}) ---\n" + "\n".join(lines))
         return "\n".join(parts)
 
     @staticmethod
@@ -301,41 +321,23 @@ class Webservice:
         out = [Webservice(workspace, n) for n in names]
         return [s for s in out if image_name is None or s.image_id.split(":")[0] == image_name]
 
-    def delete(self):
-        """Stop the replicas, free their FPGAs and remove the service."""
-        _stop_replicas(self._replicas(), self.run_dir)
+    def delete(self, timeout=30):
+        """Remove the service: its replicas stop (the call waits for them) and their FPGAs are free again."""
         with self.workspace.connect(immediate=True) as db:
             db.execute("DELETE FROM replicas WHERE service=?", (self.name,))
             db.execute("DELETE FROM services WHERE name=?", (self.name,))
-
-
-def _stop_replicas(rows, run_dir, note=None):
-    """Remove the replicas' leases, SIGTERM them, and kill what has not stopped after 10 s."""
-    import psutil
-    procs = []
-    for r in rows:
-        lease = run_dir / f"replica-{r['idx']}.lease"
-        alive = r["pid"] is not None and _pid_alive(r["pid"], lease)
-        if note:
-            with open(run_dir / f"replica-{r['idx']}.log", "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
-        lease.unlink(missing_ok=True)
-        if alive:
-            try:
-                p = psutil.Process(r["pid"])
-                p.send_signal(signal.SIGTERM)
-                procs.append(p)
-            except psutil.NoSuchProcess:
-                pass
-    _, still = psutil.wait_procs(procs, timeout=10)
-    for p in still:
-        p.kill()
-    psutil.wait_procs(still, timeout=5)
+        try:
+            target = self.compute
+        except UserError:
+            return
+        target.apply(_service_specs(self.workspace, target), timeout)
 
 
 def stop_all(workspace_path):
-    """Delete every service of a workspace (a safety net for interrupted tutorial runs)."""
+    """Delete every service of a workspace and stop its clusters' processes (the tutorial's safety net)."""
+    from . import compute
     from .workspace import Workspace
     ws = Workspace(workspace_path)
     for svc in Webservice.list(ws):
         svc.delete()
+    compute.stop_all(ws)

@@ -13,11 +13,11 @@ from accel_lib import Model, Workspace  # noqa: E402
 
 
 def _ours():
-    """Our child processes, plus any replica server on the machine (replicas are detached on purpose)."""
+    """Our child processes, plus any cluster process or replica on the machine (they are detached on purpose)."""
     me = psutil.Process()
     found = {p.pid: p for p in me.children(recursive=True)}
     for p in psutil.process_iter(["cmdline"]):
-        if any("fpga.server" in a for a in (p.info["cmdline"] or [])):
+        if any("fpga.server" in a or "fpga.frontend" in a for a in (p.info["cmdline"] or [])):
             found[p.pid] = p
     return found
 
@@ -46,7 +46,11 @@ def no_leftover_processes():
 
 @pytest.fixture
 def ws(tmp_path):
-    return Workspace.create("test-ws", path=tmp_path / "ws")
+    """A fresh workspace; whatever clusters a test leaves in it are stopped afterwards."""
+    w = Workspace.create("test-ws", path=tmp_path / "ws")
+    yield w
+    from accel_lib import webservice
+    webservice.stop_all(w.path)
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +109,13 @@ def cluster(built_image):
         if svc.compute_name == name:
             svc.delete()
     target.delete()
+
+
+@pytest.fixture(scope="session")
+def built_image_q(converted_q):
+    """An image of the small model in ms-fp9 (session-wide)."""
+    from accel_lib import AccelContainerImage, Image
+    ws, src, op = converted_q
+    img = Image.create("small-image-q", [op.result], AccelContainerImage.image_configuration(), ws)
+    assert img.creation_state == "Succeeded", (img.context / "build.log").read_text()
+    return img

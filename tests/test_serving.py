@@ -25,16 +25,20 @@ def _deploy(img, target, name, **cfg):
     return svc
 
 
-def _stock_predict(port, data, key=None, outputs=(SOFTMAX,)):
+def _stock_predict(address, data, key=None, outputs=(SOFTMAX,), route=None, model="any", credentials=None):
     """Score with TensorFlow Serving's own stub and TensorFlow's make_tensor_proto (not accel_lib's client)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     req = predict_pb2.PredictRequest()
-    req.model_spec.name = "any"
+    req.model_spec.name = model
     req.inputs["images"].CopyFrom(tf.make_tensor_proto([data]))
     req.output_filter.extend(outputs)
     md = [("authorization", f"Bearer {key}")] if key else []
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    if route:
+        md.append(("x-ms-aml-grpc-service-route", f"/api/v1/service/{route}"))
+    target = address.split("://")[-1]
+    ch = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with ch:
         resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30, metadata=md)
     return tf.make_ndarray(resp.outputs[SOFTMAX])
 
@@ -46,7 +50,8 @@ def test_image_record_and_context(built_image):
     assert img.image_build_log_uri == "images/small-image/1/build.log"
     assert "smoke test" in (img.context / "build.log").read_text()
     reqs = (img.context / "requirements.txt").read_text()
-    assert "onnxruntime==" in reqs and "grpcio==" in reqs and "tensorflow-serving-api==" in reqs
+    assert "onnxruntime==" in reqs and "grpcio==" in reqs and "protobuf==" in reqs
+    assert "tensorflow" not in reqs                 # a replica speaks TF Serving's protocol without TensorFlow
     assert "fpga.server" in (img.context / "Dockerfile").read_text()
     assert [i.id for i in Image.list(img.workspace, tags=[["t", "1"]])] == ["small-image:1"]
     assert Image(img.workspace, "small-image").models[0].name == "small.1.accelonnx"
@@ -115,7 +120,7 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
     svc = _deploy(img, cluster, "svc-a", num_replicas=2, auth_enabled=True)
     assert svc.state == "Healthy"
     uri = svc.scoring_uri
-    assert uri.startswith("grpc://127.0.0.1:") and uri.count(",") == 1
+    assert uri.startswith("http://127.0.0.1:") and uri == f"http://127.0.0.1:{cluster.endpoints().grpc_port}"
     key = svc.get_keys()[0]
     data = samples.sample_images(1, seed=9)[0]
     ref = AcceleratorPackage(img.context / "package").run([data], [SOFTMAX, FEATURES])
@@ -133,12 +138,19 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
         meta = c.get_model_metadata()
         assert meta["inputs"] == ["images"] and meta["numeric_format"] == "fp32"
 
-    # the stock TF Serving stub, with and without the key
-    port = int(uri.split(",")[0].rsplit(":", 1)[1])
-    np.testing.assert_array_equal(_stock_predict(port, data, key), ref[SOFTMAX])
+    # the stock TF Serving stub through the front end, with and without the route header, with and without the key
+    np.testing.assert_array_equal(_stock_predict(uri, data, key), ref[SOFTMAX])
+    np.testing.assert_array_equal(_stock_predict(uri, data, key, route="svc-a"), ref[SOFTMAX])
     with pytest.raises(grpc.RpcError) as e:
-        _stock_predict(port, data)
+        _stock_predict(uri, data)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # the seed's client code, unchanged: it strips the scheme and passes port 80
+    address = uri[uri.find('/') + 2:].strip('/')
+    with PredictionClient(address=address, port=80, use_ssl=uri.startswith("https"), access_token=key,
+                          service_name=svc.name) as seed_client:
+        np.testing.assert_array_equal(seed_client.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX),
+                                      ref[SOFTMAX])
 
     # every FPGA of the cluster is taken: another deployment is refused like AKS does
     with pytest.raises(UserError, match=r"0/2 nodes are available: 2 Insufficient .*fpga.*svc-a"):
@@ -196,24 +208,26 @@ def test_bad_requests_get_invalid_argument_and_the_replica_keeps_serving(built_i
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_client_rides_through_flashing_and_a_dead_replica_shows(built_image, cluster):
+def test_client_rides_through_flashing_and_a_killed_replica_is_restarted(built_image, cluster):
     import psutil
     svc = Webservice.deploy_from_image(built_image.workspace, "svc-flash", built_image,
                                        AksWebservice.deploy_configuration(flash_seconds=3.0), cluster)
-    deadline = time.monotonic() + 60
-    while svc.scoring_uri is None and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert svc.state == "Transitioning"
     with client_from_service(svc) as c:          # UNAVAILABLE while flashing, then an answer
         assert c.score_numpy_arrays({"images": samples.sample_images(1)}, outputs=SOFTMAX).shape == (1, 1000)
     assert "is being flashed" not in svc.get_logs()   # the refusals are not errors in the log
     svc.wait_for_deployment()
-    assert svc.state == "Healthy"
-    with svc.workspace.connect() as db:
-        pid = db.execute("SELECT pid FROM replicas WHERE service='svc-flash'").fetchone()[0]
+    assert svc.state == "Healthy" and svc.restart_count == 0
+    pid = svc.replica_status()[0].pid
     psutil.Process(pid).kill()
-    psutil.Process(pid).wait(10)
-    assert svc.state == "Unhealthy"
+    deadline = time.monotonic() + 30
+    while svc.restart_count == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.restart_count == 1 and svc.state == "Transitioning"      # flashing again
+    svc.wait_for_deployment(timeout=60)
+    (again,) = svc.replica_status()
+    assert again.state == "Healthy" and again.pid != pid and again.last_exit == -9
+    assert "killed by signal 9; restart 1" in svc.get_logs()
 
 
 def test_unknown_service_and_missing_keys(built_image, cluster):
@@ -227,11 +241,14 @@ def test_unknown_service_and_missing_keys(built_image, cluster):
 
 
 def test_client_address_forms():
-    from accel_lib.client import _parse
-    assert _parse("grpc://127.0.0.1:5000", None, False) == "127.0.0.1:5000"
-    assert _parse("myservice.eastus.cloudapp.azure.com", None, True) == "myservice.eastus.cloudapp.azure.com:443"
-    assert _parse("host", None, False) == "host:80"
-    assert _parse("127.0.0.1:1,127.0.0.1:2", None, False) == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    from accel_lib.client import parse_address
+    assert parse_address("http://127.0.0.1:5000") == "127.0.0.1:5000"
+    assert parse_address("127.0.0.1:5000", 80) == "127.0.0.1:5000"           # the address's own port wins
+    assert parse_address("myservice.eastus.cloudapp.azure.com", None, True) == "myservice.eastus.cloudapp.azure.com:443"
+    assert parse_address("host") == "host:80" and parse_address("https://host/", 8443) == "host:8443"
+    for bad in ("", "a:1,b:2", "host:http"):
+        with pytest.raises(UserError):
+            parse_address(bad)
 
 
 def test_edge_device_runs_one_model_and_a_new_deployment_replaces_it(built_image, converted_q):

@@ -11,6 +11,7 @@ import io
 import numpy as np
 
 MEANS_RGB = (123.68, 116.779, 103.939)
+MAX_PIXELS = 40_000_000          # default pixel limit per image, checked from the header before decoding
 
 
 class BadImage(ValueError):
@@ -29,13 +30,20 @@ def aspect_size(h, w, side):
     return (h * side * 2 + w) // (2 * w), side
 
 
-def decode(data: bytes, index: int = 0) -> np.ndarray:
-    """Decode JPEG or PNG bytes to an RGB uint8 array; BadImage names the item that failed."""
+def decode(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes to an RGB uint8 array; BadImage names the item that failed.
+
+    The pixel count is read from the header and checked against ``max_pixels`` before any pixel is decoded, so a
+    decompression bomb costs nothing."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in ("JPEG", "PNG"):
                 raise BadImage(f"image {index} is {im.format}, not JPEG or PNG; convert it first.")
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadImage(f"image {index} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
+                               "resize it before sending (the model sees a 256-pixel side anyway).")
             return np.asarray(im.convert("RGB"))
     except BadImage:
         raise
@@ -66,14 +74,14 @@ def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def preprocess(images, order="RGB", scaling_factor=1.0, output_height=224, output_width=224,
-               preserve_aspect_ratio=True) -> np.ndarray:
+               preserve_aspect_ratio=True, max_pixels=MAX_PIXELS) -> np.ndarray:
     """A batch of encoded images -> float32 [N, H, W, 3], the device stage's input."""
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     out = np.empty((len(images), output_height, output_width, 3), np.float32)
     side = resize_side_for(output_height, output_width)
     for i, data in enumerate(images):
-        rgb = decode(bytes(data), i)
+        rgb = decode(bytes(data), i, max_pixels)
         if preserve_aspect_ratio:
             nh, nw = aspect_size(rgb.shape[0], rgb.shape[1], side)
             x = resize_bilinear(rgb, nh, nw)

@@ -200,7 +200,8 @@ def _convert(tp, value, where, file):
             raise ManifestError(f"{file}: field '{where}' must be a list, got {type(value).__name__}.")
         return [_convert(args[0], v, f"{where}[{i}]", file) for i, v in enumerate(value)]
     ok = {str: isinstance(value, str), dict: isinstance(value, dict), bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool)}[tp]
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool)}[tp]
     if not ok:
         raise ManifestError(f"{file}: field '{where}' must be {tp.__name__}, got {value!r}.")
     return value
@@ -227,7 +228,7 @@ def _join(where, name):
 
 
 def loads(cls, text, source=""):
-    """Parse and validate a contract file's text as ``cls`` (SavedModelMetadata or PackageManifest)."""
+    """Parse and validate a contract file's text as ``cls`` (a dataclass with FILE, FORMAT, HOW and validate())."""
     file = source or cls.FILE
     try:
         data = json.loads(text)
@@ -258,7 +259,10 @@ def dumps(obj) -> str:
 
 
 def write(obj, folder):
-    """Write the contract into ``folder`` as its FILE; returns the path."""
+    """Write the contract into ``folder`` as its FILE, atomically (readers never see half a file); returns the path."""
+    import os
     p = Path(folder) / obj.FILE
-    p.write_text(dumps(obj))
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(dumps(obj))
+    os.replace(tmp, p)
     return p

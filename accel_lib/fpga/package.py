@@ -17,26 +17,32 @@ class RequestError(ValueError):
     """A request the package cannot answer (bad image, unknown name, wrong dtype or shape)."""
 
 
-def _session(path, threads):
+def _session(path, threads, spinning):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:          # a served replica waits for requests: its threads sleep instead of spinning
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class AcceleratorPackage:
-    """Load a package folder and score encoded images or preprocessed arrays with it."""
+    """Load a package folder and score encoded images or preprocessed arrays with it.
 
-    def __init__(self, path, threads=0, device_file=None):
+    ``threads``: ONNX Runtime's intra-op threads (0: every core); ``spinning=False`` lets idle threads sleep;
+    ``max_pixels``: the per-image limit checked before decoding."""
+
+    def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS):
         self.path = Path(path)
         self.manifest = manifest.read(manifest.PackageManifest, self.path)
         m = self.manifest
         self.prep = m.stage("preprocess").params
-        self.device = _session(device_file or self.path / m.device.file, threads)
+        self.max_pixels = max_pixels
+        self.device = _session(device_file or self.path / m.device.file, threads, spinning)
         heads = m.stage("heads")
-        self.heads = _session(self.path / heads.file, threads) if heads else None
+        self.heads = _session(self.path / heads.file, threads, spinning) if heads else None
         self.numeric_format = m.numeric_format
         self.input_name = m.input.name
         self._names = {n: out for out in m.served() for n in out.names}
@@ -55,7 +61,7 @@ class AcceleratorPackage:
     def preprocess(self, images):
         """Host stage: encoded images -> float32 [N, H, W, 3]."""
         try:
-            return host.preprocess(list(images), **self.prep)
+            return host.preprocess(list(images), max_pixels=self.max_pixels, **self.prep)
         except host.BadImage as e:
             raise RequestError(str(e)) from None
 

@@ -1,8 +1,10 @@
 """One replica of a deployed service: a gRPC server holding one (simulated) FPGA loaded with one package.
 
-Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata) and the standard gRPC health service.
-Run from an image's build context: ``python -m fpga.server --package package --port-file PORT ...``.
-The replica exits by itself when its lease file disappears (the service was deleted) or on SIGTERM.
+Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata) and the standard gRPC health service,
+from the project's own compiled subset of TF Serving's protocol (``protos/``): a replica imports no TensorFlow.
+Run from an image's build context: ``python -m fpga.server --package package --port-file PORT ...``; the command
+line is built by ``command()`` and nowhere else. A replica exits on SIGTERM, when its parent (the cluster's
+supervisor) is gone (``--exit-with-parent``), and with ``cluster.EXIT_LOAD_FAILED`` when its package cannot load.
 """
 from __future__ import annotations
 
@@ -16,7 +18,31 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+from .cluster import EXIT_LOAD_FAILED
+
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService")
+MAX_IMAGES = 64               # default: the most images one request may hold
+
+
+def command(python, package="package", port_file=None, service="local", fpga="node-0/fpga-0", flash_seconds=0.0,
+            max_message_mb=64.0, max_images=MAX_IMAGES, max_pixels=None, threads=0, keys_file=None,
+            exit_with_parent=False, host="127.0.0.1", port=0, check=False):
+    """The replica's command line (run with the image's build context as working directory and PYTHONPATH)."""
+    cmd = [python, "-m", "fpga.server", "--package", str(package)]
+    if check:
+        return cmd + ["--check"]
+    cmd += ["--host", host, "--port", str(port), "--service", service, "--fpga", fpga,
+            "--flash-seconds", str(flash_seconds), "--max-message-mb", str(max_message_mb),
+            "--max-images", str(max_images), "--threads", str(threads)]
+    if max_pixels is not None:
+        cmd += ["--max-pixels", str(max_pixels)]
+    if port_file:
+        cmd += ["--port-file", str(port_file)]
+    if keys_file:
+        cmd += ["--keys-file", str(keys_file)]
+    if exit_with_parent:
+        cmd.append("--exit-with-parent")
+    return cmd
 
 
 def _log(msg):
@@ -26,13 +52,17 @@ def _log(msg):
 class Replica:
     """The servicer: authenticates, validates and runs requests through the accelerator package."""
 
-    def __init__(self, package_dir, service, fpga, keys, flash_seconds, health):
-        self.package_dir = package_dir
-        self.service = service
-        self.fpga = fpga
+    def __init__(self, args, keys, health, on_load_failed):
+        self.package_dir = args.package
+        self.service = args.service
+        self.fpga = args.fpga
         self.keys = [k for k in keys if k]
-        self.flash_seconds = flash_seconds
+        self.flash_seconds = args.flash_seconds
+        self.threads = args.threads
+        self.max_images = args.max_images
+        self.max_pixels = args.max_pixels
         self.health = health
+        self.on_load_failed = on_load_failed
         self.pkg = None
         self.error = None
 
@@ -46,14 +76,16 @@ class Replica:
             _log(f"flashing {self.fpga} with {Path(self.package_dir).name} "
                  f"(modeled flash time {self.flash_seconds:.1f} s)")
             t0 = time.monotonic()
-            pkg = AcceleratorPackage(self.package_dir)
+            pkg = AcceleratorPackage(self.package_dir, threads=self.threads, spinning=False,
+                                     max_pixels=self.max_pixels)
             rest = self.flash_seconds - (time.monotonic() - t0)
             if rest > 0:
                 time.sleep(rest)
             self.pkg = pkg
             m = pkg.manifest
             _log(f"loaded {m.source_model['name']}:{m.source_model['version']} on {self.fpga}: featurizer "
-                 f"{m.model_class} in {pkg.numeric_format}; ready in {time.monotonic() - t0:.1f} s (measured)")
+                 f"{m.model_class} in {pkg.numeric_format}; ready in {time.monotonic() - t0:.1f} s (measured); "
+                 f"{self.threads or 'all'} CPU thread(s)")
             for s in HEALTH_SERVICES:
                 self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
         except Exception as e:  # noqa: BLE001 - reported through health and the log
@@ -61,6 +93,7 @@ class Replica:
             _log(f"loading failed: {self.error}")
             for s in HEALTH_SERVICES:
                 self.health.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.on_load_failed()
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, context):
@@ -86,11 +119,15 @@ class Replica:
 
     # -- PredictionService --------------------------------------------------------------------
     def Predict(self, request, context):
-        from tensorflow_serving.apis import predict_pb2
+        import grpc
 
         from . import tensors
         from .package import RequestError
+        from .protos import serving_pb2, tensorflow_pb2
         self._check(context)
+        left = context.time_remaining()
+        if left is not None and left <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed before scoring began.")
         t0 = time.perf_counter()
         pkg = self.pkg
         if len(request.inputs) != 1:
@@ -101,6 +138,9 @@ class Replica:
         try:
             value = tensors.from_proto(proto)
             outputs = list(request.output_filter) or None
+            if len(value) > self.max_images:
+                raise RequestError(f"the request holds {len(value)} images; at most {self.max_images} per request. "
+                                   "Split it into smaller batches.")
             if proto.dtype == tensors.DT_STRING:
                 if not value:
                     raise RequestError("the request holds no images.")
@@ -113,25 +153,24 @@ class Replica:
                                    f"[N, H, W, 3] (preprocessed), got {got} of shape {list(value.shape)}.")
         except (RequestError, ValueError) as e:
             self._bad(context, str(e))
-        resp = predict_pb2.PredictResponse()
+        resp = serving_pb2.PredictResponse()
         resp.model_spec.name = request.model_spec.name or self.service
         for k, v in result.items():
-            resp.outputs[k].CopyFrom(tensors.to_proto(v))
+            resp.outputs[k].CopyFrom(tensors.to_proto(v, tensorflow_pb2.TensorProto))
         n = len(value)
         _log(f"Predict ok: {n} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)")
         return resp
 
     def GetModelMetadata(self, request, context):
         from google.protobuf import wrappers_pb2
-        from tensorflow.core.protobuf import meta_graph_pb2
-        from tensorflow_serving.apis import get_model_metadata_pb2
 
         from . import tensors
+        from .protos import serving_pb2, tensorflow_pb2
         self._check(context)
         if list(request.metadata_field) not in ([], ["signature_def"]):
             self._bad(context, "only metadata_field 'signature_def' is available.")
         m = self.pkg.manifest
-        sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+        sig = tensorflow_pb2.SignatureDef(method_name="tensorflow/serving/predict")
         sig.inputs[m.input.name].name = m.input.name
         sig.inputs[m.input.name].dtype = tensors.DT_STRING
         for o in m.served():
@@ -140,9 +179,9 @@ class Replica:
             info.dtype = tensors.DT_FLOAT
             for d in o.shape:
                 info.tensor_shape.dim.add(size=d)
-        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        sigmap = serving_pb2.SignatureDefMap()
         sigmap.signature_def["serving_default"].CopyFrom(sig)
-        resp = get_model_metadata_pb2.GetModelMetadataResponse()
+        resp = serving_pb2.GetModelMetadataResponse()
         resp.model_spec.name = request.model_spec.name or self.service
         resp.metadata["signature_def"].Pack(sigmap)
         about = {"numeric_format": self.pkg.numeric_format, "featurizer": m.model_class, "fpga": self.fpga,
@@ -152,11 +191,12 @@ class Replica:
         return resp
 
 
-def serve(args):
+def serve(args, on_load_failed=lambda: None):
     """Start the gRPC server; return (server, replica, port)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from .protos import serving_pb2_grpc
 
     max_bytes = int(args.max_message_mb * 1024 * 1024)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers),
@@ -167,11 +207,11 @@ def serve(args):
     for s in HEALTH_SERVICES:
         health_servicer.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
     keys = Path(args.keys_file).read_text().split() if args.keys_file else []
-    replica = Replica(args.package, args.service, args.fpga, keys, args.flash_seconds, health_servicer)
-    servicer = type("PredictionServicer", (prediction_service_pb2_grpc.PredictionServiceServicer,), {
+    replica = Replica(args, keys, health_servicer, on_load_failed)
+    servicer = type("PredictionServicer", (serving_pb2_grpc.PredictionServiceServicer,), {
         "Predict": lambda self, req, ctx: replica.Predict(req, ctx),
         "GetModelMetadata": lambda self, req, ctx: replica.GetModelMetadata(req, ctx)})()
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
@@ -186,34 +226,47 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file")
-    p.add_argument("--lease", help="exit when this file disappears")
     p.add_argument("--service", default="local")
     p.add_argument("--fpga", default="node-0/fpga-0")
     p.add_argument("--keys-file")
     p.add_argument("--flash-seconds", type=float, default=0.0)
     p.add_argument("--max-message-mb", type=float, default=64)
+    p.add_argument("--max-images", type=int, default=MAX_IMAGES)
+    p.add_argument("--max-pixels", type=int, default=None, help="per-image pixel limit (default: host.MAX_PIXELS)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: every core)")
+    p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started it is gone")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--check", action="store_true", help="load the package, score a generated image, exit")
     args = p.parse_args(argv)
     if args.check:
         return _check_package(args.package)
-    server, replica, port = serve(args)
+    if args.max_pixels is None:
+        from .host import MAX_PIXELS
+        args.max_pixels = MAX_PIXELS
+    stop = threading.Event()
+    exit_code = [0]
+
+    def load_failed():
+        exit_code[0] = EXIT_LOAD_FAILED
+        stop.set()
+
+    parent = os.getppid()
+    server, replica, port = serve(args, load_failed)
     _log(f"replica of {args.service!r} listening on {args.host}:{port} (pid {os.getpid()})")
     if args.port_file:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(str(port))
         os.replace(tmp, args.port_file)
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=replica.load, daemon=True).start()
     while not stop.wait(0.5):
-        if args.lease and not os.path.exists(args.lease):
-            _log("lease removed: the service was deleted")
+        if args.exit_with_parent and os.getppid() != parent:
+            _log("the cluster's supervisor is gone")
             break
     _log("stopping")
     server.stop(grace=2).wait()
-    return 0
+    return exit_code[0]
 
 
 def _check_package(package):

@@ -1,4 +1,8 @@
-"""TensorProto <-> numpy for the TF Serving protos, without going through TensorFlow's runtime."""
+"""TensorProto <-> numpy, without TensorFlow's runtime.
+
+Works with either definition of TensorProto: TensorFlow's (the client) or the replica's own (``protos``); the caller
+passes the class, so this module imports neither.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +17,12 @@ DTYPE_NAMES = {DT_FLOAT: "DT_FLOAT", DT_DOUBLE: "DT_DOUBLE", DT_INT32: "DT_INT32
                DT_STRING: "DT_STRING", DT_INT64: "DT_INT64"}
 
 
-def to_proto(value):
-    """A numpy array (numeric) or a list of bytes (DT_STRING) -> TensorProto."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
-    t = tensor_pb2.TensorProto()
+MAX_SPLAT = 1 << 26          # the most values a one-value tensor may be filled out to
+
+
+def to_proto(value, proto_cls):
+    """A numpy array (numeric) or a list of bytes (DT_STRING) -> ``proto_cls`` (a TensorProto class)."""
+    t = proto_cls()
     if isinstance(value, (bytes, str)):
         value = [value]
     if isinstance(value, (list, tuple)) and (not value or isinstance(value[0], (bytes, str))):
@@ -30,15 +36,20 @@ def to_proto(value):
         t.dtype = _DT[arr.dtype]
         t.tensor_content = arr.tobytes()
         shape = list(arr.shape)
-    t.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in shape]))
+    for s in shape:
+        t.tensor_shape.dim.add(size=int(s))
     return t
 
 
 def from_proto(t):
     """TensorProto -> numpy array, or a list of bytes for DT_STRING."""
     shape = [d.size for d in t.tensor_shape.dim]
+    if any(s < 0 for s in shape):
+        raise ValueError(f"tensor shape {shape} has a negative dimension.")
     if t.dtype == DT_STRING:
+        n = int(np.prod(shape)) if shape else 1
+        if len(t.string_val) != n:
+            raise ValueError(f"tensor holds {len(t.string_val)} strings but its shape {shape} needs {n}.")
         return list(t.string_val)
     if t.dtype not in _NP:
         raise ValueError(f"tensor dtype {DTYPE_NAMES.get(t.dtype, t.dtype)} is not supported.")
@@ -48,7 +59,7 @@ def from_proto(t):
     else:
         arr = np.asarray(getattr(t, _VALS[t.dtype]), dtype=dt)
     n = int(np.prod(shape)) if shape else 1
-    if arr.size == 1 and n > 1:
+    if arr.size == 1 and 1 < n <= MAX_SPLAT and not t.tensor_content:     # TF's one-value fill
         arr = np.full(n, arr[0], dt)
     if arr.size != n:
         raise ValueError(f"tensor holds {arr.size} values but its shape {shape} needs {n}.")

@@ -1,0 +1,191 @@
+"""THE owner of a cluster's files: what the workspace asks for, what the cluster reports, and where each lives.
+
+A cluster is a folder. The workspace writes the desired state (``cluster.json``: the services, their replicas and
+keys, TLS); the cluster process (``python -m fpga.frontend``: front end + supervisor) reads it, runs the replicas
+and reports what it sees (``status.json``) and where it listens (``endpoints.json``). Like Kubernetes: the spec is
+declared, the controller reconciles. Deleting ``cluster.json`` tells the cluster process to stop.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import manifest
+
+SPEC_FILE = "cluster.json"
+STATUS_FILE = "status.json"
+ENDPOINTS_FILE = "endpoints.json"
+LOG_FILE = "frontend.log"
+TLS_CERT_FILE = "tls/cert.pem"
+TLS_KEY_FILE = "tls/key.pem"
+ROUTE_HEADER = "x-ms-aml-grpc-service-route"
+ROUTE_PREFIX = "/api/v1/service/"
+
+# replica states, as the supervisor reports them
+STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", "CrashLoopBackOff", "Failed"
+REPLICA_STATES = (STARTING, LOADING, HEALTHY, BACKOFF, FAILED)
+EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
+
+
+@dataclass
+class ReplicaSpec:
+    """One replica: its index in the service and the FPGA (node) it holds."""
+    idx: int
+    node: int
+
+
+@dataclass
+class ServiceSpec:
+    """A service as deployed: the image context to start replicas from, limits, keys and where logs go."""
+    name: str
+    context: str                  # the image's build context (absolute); replicas run from it alone
+    log_dir: str                  # absolute; replica i logs to replica_log(log_dir, i)
+    replicas: list[ReplicaSpec]
+    keys: list[str] = field(default_factory=list)
+    flash_seconds: float = 0.0
+    max_message_mb: float = 64.0
+    max_images: int = 64
+    max_pixels: int = 40_000_000
+    generation: int = 0           # bumped on each deployment, so a redeploy under the same name restarts
+
+
+@dataclass
+class ClusterSpec:
+    """The desired state of one cluster (written by the workspace, read by the cluster process)."""
+    name: str
+    nodes: int
+    vcpus_per_node: int
+    services: list[ServiceSpec] = field(default_factory=list)
+    tls: bool = False
+    revision: int = 0             # grows with every write; the status says which revision it reflects
+    format: str = "accel_lib.cluster/1"
+
+    FILE: typing.ClassVar[str] = SPEC_FILE
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster/1"
+    HOW: typing.ClassVar[str] = "delete the compute target and create it again with this accel_lib"
+
+    def validate(self):
+        held = {}
+        for s in self.services:
+            for r in s.replicas:
+                if not 0 <= r.node < self.nodes:
+                    raise manifest.ManifestError(f"{SPEC_FILE}: service {s.name!r} replica {r.idx} is on node "
+                                                 f"{r.node}; the cluster has nodes 0..{self.nodes - 1}.")
+                if r.node in held:
+                    raise manifest.ManifestError(f"{SPEC_FILE}: node {r.node}'s FPGA is given to both "
+                                                 f"{held[r.node]!r} and {s.name!r}.")
+                held[r.node] = s.name
+
+    def service(self, name) -> typing.Optional[ServiceSpec]:
+        """The service called ``name`` (None if there is none)."""
+        return next((s for s in self.services if s.name == name), None)
+
+
+@dataclass
+class ReplicaStatus:
+    """What the supervisor sees of one replica."""
+    idx: int
+    node: int
+    state: str
+    restarts: int = 0
+    pid: int = 0
+    port: int = 0
+    last_exit: typing.Optional[int] = None
+    message: str = ""
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    generation: int
+    replicas: list[ReplicaStatus]
+
+
+@dataclass
+class ClusterStatus:
+    """The observed state (written by the cluster process)."""
+    pid: int
+    revision: int = 0             # the spec revision the supervisor has applied
+    services: list[ServiceStatus] = field(default_factory=list)
+    format: str = "accel_lib.cluster-status/1"
+
+    FILE: typing.ClassVar[str] = STATUS_FILE
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster-status/1"
+    HOW: typing.ClassVar[str] = "restart the cluster process (ComputeTarget(ws, name).restart())"
+
+    def validate(self):
+        for s in self.services:
+            for r in s.replicas:
+                if r.state not in REPLICA_STATES:
+                    raise manifest.ManifestError(f"{STATUS_FILE}: replica state {r.state!r} is not one of "
+                                                 f"{REPLICA_STATES}.")
+
+    def service(self, name) -> typing.Optional[ServiceStatus]:
+        """The status of service ``name`` (None if the cluster runs no such service)."""
+        return next((s for s in self.services if s.name == name), None)
+
+
+@dataclass
+class Endpoints:
+    """Where the cluster process listens (written once it listens)."""
+    pid: int
+    host: str
+    grpc_port: int
+    rest_port: int
+    tls: bool
+    format: str = "accel_lib.cluster-endpoints/1"
+
+    FILE: typing.ClassVar[str] = ENDPOINTS_FILE
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster-endpoints/1"
+    HOW: typing.ClassVar[str] = "restart the cluster process (ComputeTarget(ws, name).restart())"
+
+    def validate(self):
+        pass
+
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
+
+
+def read(cls, folder):
+    """Read one of this module's files (ClusterSpec, ClusterStatus, Endpoints) from a cluster folder."""
+    return manifest.read(cls, folder)
+
+
+def read_optional(cls, folder):
+    """Like read(), but None where the file does not exist yet."""
+    return read(cls, folder) if (Path(folder) / cls.FILE).is_file() else None
+
+
+def write(obj, folder):
+    """Write one of this module's files atomically."""
+    return manifest.write(obj, folder)
+
+
+def replica_log(log_dir, idx) -> Path:
+    """The log file of replica ``idx`` of a service."""
+    return Path(log_dir) / f"replica-{idx}.log"
+
+
+def replica_port_file(log_dir, idx) -> Path:
+    """Where replica ``idx`` writes the port it listens on."""
+    return Path(log_dir) / f"replica-{idx}.port"
+
+
+def route(service_name) -> str:
+    """The value of the route header for a service."""
+    return ROUTE_PREFIX + service_name
+
+
+def service_from_route(value) -> typing.Optional[str]:
+    """The service a route header names ('/api/v1/service/<name>[/...]'), or None."""
+    if not value or not value.startswith(ROUTE_PREFIX):
+        return None
+    return value[len(ROUTE_PREFIX):].split("/", 1)[0] or None
+
+
+def threads_per_replica(cpus, replicas_here, vcpus_per_node):
+    """ONNX Runtime threads for each replica: the machine's cores shared among the replicas that run on it, at most
+    a node's vCPUs."""
+    return max(1, min(vcpus_per_node, cpus // max(1, replicas_here)))

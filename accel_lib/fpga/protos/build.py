@@ -1,0 +1,44 @@
+"""Regenerate the Python modules of this folder's .proto files with grpcio-tools (``python -m fpga.protos.build``).
+
+The generated modules are committed, so replicas need no compiler; a test checks they match their sources.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("tensorflow.proto", "serving.proto")
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Compile the .proto files into ``out_dir``; imports between them become package-relative."""
+    from importlib import resources
+
+    from grpc_tools import protoc
+    include = str(resources.files("grpc_tools") / "_proto")
+    args = ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+            *(str(HERE / s) for s in SOURCES)]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed on " + ", ".join(SOURCES))
+    made = []
+    for p in sorted(Path(out_dir).glob("*_pb2*.py")):
+        if p.name.endswith("_grpc.py") and "class " not in p.read_text():
+            continue                  # a file without services needs no gRPC module
+        made.append(p)            # 'import tensorflow_pb2 as x' -> 'from . import tensorflow_pb2 as x'
+        p.write_text(re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", p.read_text(), flags=re.M))
+    return made
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in generate(Path(tmp)):
+            (HERE / p.name).write_text(p.read_text())
+            print("wrote", HERE / p.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
