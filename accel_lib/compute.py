@@ -186,8 +186,14 @@ class ComputeTarget:
     @property
     def ssl_certificate_pem(self):
         """The cluster's TLS certificate (PEM bytes) for clients to trust, or None without TLS."""
+        p = self.ssl_certificate_file
+        return p.read_bytes() if p else None
+
+    @property
+    def ssl_certificate_file(self):
+        """The path of the cluster's TLS certificate (for HTTP clients' ``verify=``), or None without TLS."""
         p = self.run_dir / cluster.TLS_CERT_FILE
-        return p.read_bytes() if p.is_file() else None
+        return p if p.is_file() else None
 
     def endpoints(self, wait=0.0) -> cluster.Endpoints:
         """Where the cluster's front end listens (waits up to ``wait`` s for it to start); UserError if it is down."""

@@ -78,7 +78,7 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     params = {"workspace_dir": "other-ws", "model_name": "tiny-net", "featurizer": "Resnet50",
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
-              "auth_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
+              "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_model_name": "tiny-shapes"}
     _run_series(tmp_path, params)
     out2, out4, out5, out7, out8 = (_stdout(tmp_path / n) for n in (
@@ -87,6 +87,7 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     assert "tiny-net.1.accelonnx" in out2
     assert "'location': 'westeurope'" in out4 and "0/2 nodes are available: 2 Insufficient" in out4
     assert out5.count("confidence:") == 5 and "service vs in-process: 0.0" in out5
+    assert "200 REST vs gRPC, max abs difference: 0.0" in out5
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 16 and "computed in fp32" in out8
     ws = Workspace.from_config(tmp_path / "other-ws")
