@@ -278,23 +278,21 @@ class Webservice:
             print(f"{self.name}: Healthy at {self.scoring_uri}")
         return True
 
+    def _endpoints(self):
+        target = self.compute
+        return target.endpoints() if target.running() else None
+
     @property
     def scoring_uri(self):
         """The cluster front end's gRPC address: http://127.0.0.1:PORT (https:// with TLS); None if it is down."""
-        target = self.compute
-        if not target.running():
-            return None
-        ep = target.endpoints()
-        return f"{ep.scheme}://{ep.host}:{ep.grpc_port}"
+        ep = self._endpoints()
+        return f"{ep.scheme}://{ep.host}:{ep.grpc_port}" if ep else None
 
     @property
     def rest_uri(self):
-        """TensorFlow Serving's REST predict URL of this service on the cluster's front end."""
-        target = self.compute
-        if not target.running():
-            return None
-        ep = target.endpoints()
-        return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v1/models/{self.name}:predict"
+        """TensorFlow Serving's REST predict URL of this service on the cluster's front end; None if it is down."""
+        ep = self._endpoints()
+        return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v1/models/{self.name}:predict" if ep else None
 
     def get_keys(self):
         """(primary, secondary) auth keys; UserError when auth is off."""

@@ -1,4 +1,5 @@
-"""Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format.
+"""Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, then serving
+(in-process vs the service over gRPC and REST; see serving.py). Tables and JSON go to build/bench/.
 
 Measured on this machine's CPU with ONNX Runtime: the simulator's cost, not an FPGA's latency (not modelled here).
 """
@@ -37,7 +38,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--out", default="build/bench", help="where the table and JSON go")
+    p.add_argument("--skip-serving", action="store_true", help="only the device stage")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -54,18 +56,38 @@ def main():
         med, best = p50_ms(sess, x, args.runs)
         rows.append({"format": name, "p50_ms": round(med, 2), "min_ms": round(best, 2), "layers": len(layers)})
     base = rows[0]["p50_ms"]
-    print(f"\nDevice stage, ResNet-50 featurizer, batch 1, {args.image_size}x{args.image_size}, {args.runs} runs "
-          f"(measured on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, ONNX Runtime "
-          f"{ort.__version__})")
-    print(f"{'format':<10}{'p50 ms':>10}{'min ms':>10}{'x fp32':>9}{'quantized layers':>18}")
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, ONNX Runtime {ort.__version__}"
+    lines = [f"Device stage, ResNet-50 featurizer, batch 1, {args.image_size}x{args.image_size}, {args.runs} runs "
+             f"({machine})", "", "| format | p50 ms | min ms | x fp32 | quantized layers |", "|---|---|---|---|---|"]
     for r in rows:
         r["ratio"] = round(r["p50_ms"] / base, 2)
-        print(f"{r['format']:<10}{r['p50_ms']:>10.1f}{r['min_ms']:>10.1f}{r['ratio']:>9.2f}{r['layers']:>18}")
-    print("The FPGA's own latency is not modelled: these are the simulator's costs on the host CPU.")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        lines.append(f"| {r['format']} | {r['p50_ms']:.1f} | {r['min_ms']:.1f} | {r['ratio']:.2f} | {r['layers']} |")
+    lines.append("\nThe FPGA's own latency is not modelled: these are the simulator's costs on the host CPU.")
+    results = {"machine": machine, "device_stage": rows}
+    print("\n".join(lines), flush=True)
+    if not args.skip_serving:
+        import serving
+        results["serving"] = serving.run(image_size=args.image_size)
+        table = serving.report(results["serving"], machine)
+        print("\n" + table)
+        lines += ["", table]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"\nwritten: {args.out}/results.md, {args.out}/results.json")
     return 0
+
+
+def _cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ import psutil
 import pytest
 import requests
 
-from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, PredictionClient,
-                       UserError, Webservice, client_from_service, samples)
+from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, UserError, Webservice, client_from_service, samples)
 from accel_lib.fpga import supervisor
 from accel_lib.fpga.package import AcceleratorPackage
 from accel_lib.webservice import schedule

@@ -50,6 +50,7 @@ def test_series_runs_under_nbval(tmp_path):
                         "--nbval-lax", "--nbval-kernel-name", "python3", "--nbval-cell-timeout", "900",
                         "-o", "testpaths=.", *copies],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3000)
+    _stop_what_is_left(tmp_path / "workspace")
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     ws = Workspace.from_config(tmp_path / "workspace")
     assert Model.list(ws) == []                      # 06 cleaned up
@@ -59,11 +60,21 @@ def test_series_runs_under_nbval(tmp_path):
     assert float(line.split("largest relative error ")[1].split()[0]) < checks.PARITY_TOLERANCE, line
 
 
+def _stop_what_is_left(workspace):
+    """The tutorial's safety net: a notebook that failed midway leaves no cluster process behind."""
+    if (workspace / "config.json").exists():
+        from accel_lib import webservice
+        webservice.stop_all(workspace)
+
+
 def _run_series(tmp_path, params):
     import papermill as pm
-    for p in NOTEBOOKS:
-        pm.execute_notebook(str(p), str(tmp_path / p.name), parameters=params, cwd=str(tmp_path),
-                            kernel_name="python3", progress_bar=False, log_output=False)
+    try:
+        for p in NOTEBOOKS:
+            pm.execute_notebook(str(p), str(tmp_path / p.name), parameters=params, cwd=str(tmp_path),
+                                kernel_name="python3", progress_bar=False, log_output=False)
+    finally:
+        _stop_what_is_left(tmp_path / params["workspace_dir"])
 
 
 def _stdout(nb_path):

@@ -1,0 +1,142 @@
+"""Serving benchmark: the package in-process (the floor) against the deployed service over gRPC and REST.
+
+One run, contenders interleaved: batch-1 latency (p50, p90), throughput with 1, 8 and 16 clients, cold start
+(deploy -> first good Predict, flash time 0), RSS per replica, and how long a killed replica takes to serve again.
+Everything here is measured on this machine's CPU; nothing is an FPGA's latency.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _pcts(ms):
+    ms = sorted(ms)
+    return round(statistics.median(ms), 2), round(ms[int(0.9 * (len(ms) - 1))], 2)
+
+
+def _throughput(call, clients, seconds):
+    """Requests per second from ``clients`` threads calling ``call`` for ``seconds``."""
+    stop = time.monotonic() + seconds
+    counts = [0] * clients
+
+    def work(i):
+        while time.monotonic() < stop:
+            call()
+            counts[i] += 1
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, seconds=5.0, log=print):
+    """Build, convert, deploy and measure; returns the result rows (a dict)."""
+    import psutil
+    import requests
+
+    from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
+                           Model, Webservice, Workspace, client_from_service, samples)
+    from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.models import Resnet50
+
+    d = Path(tempfile.mkdtemp(prefix="accel-bench-serving-"))
+    ws = Workspace.create("bench", path=d / "ws")
+    log(f"converting ResNet-50 at {image_size} px to {numeric_format} (random weights) ...")
+    info = Resnet50(d / "m", weights="random", image_size=image_size).save(d / "m" / "r50")
+    src = Model.register(ws, info.path, "r50")
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format=numeric_format)
+    assert op.wait_for_completion(timeout=1800), op.get_log()
+    img = Image.create("r50-image", [op.result], AccelContainerImage.image_configuration(), ws)
+    target = ComputeTarget.create(ws, "bench", AksCompute.provisioning_configuration(agent_count=replicas))
+    out = {"image_size": image_size, "numeric_format": numeric_format, "replicas": replicas}
+    try:
+        data = samples.encode(samples.synthetic_image(1, image_size + 76, image_size + 176))
+        from accel_lib.fpga import cluster
+        share = cluster.threads_per_replica(os.cpu_count() or 1, replicas, 6)
+        pkg = AcceleratorPackage(img.context / "package")                       # every core
+        pkg_share = AcceleratorPackage(img.context / "package", threads=share)  # a replica's share of them
+        name = pkg.default_outputs[0]
+
+        t0 = time.monotonic()
+        svc = Webservice.deploy_from_image(ws, "r50-svc", img, AksWebservice.deploy_configuration(
+            num_replicas=replicas, flash_seconds=0.0), target)
+        client = client_from_service(svc, retry_seconds=60)
+        client.score_numpy_arrays({"images": [data]}, outputs=name)
+        out["cold_start_s"] = round(time.monotonic() - t0, 2)
+        svc.wait_for_deployment()
+        out["rss_mb_per_replica"] = [round(psutil.Process(r.pid).memory_info().rss / 2**20)
+                                     for r in svc.replica_status()]
+
+        body = {"instances": [{"b64": base64.b64encode(data).decode()}]}
+        session = requests.Session()
+        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
+        paths = {
+            "in-process": lambda: pkg.run([data], [name]),
+            f"in-process, {share} thread(s)": lambda: pkg_share.run([data], [name]),
+            "gRPC": lambda: client.score_numpy_arrays({"images": [data]}, outputs=name),
+            "REST": lambda: session.post(svc.rest_uri, json=body, timeout=60).raise_for_status(),
+        }
+        for call in paths.values():            # warm up
+            for _ in range(3):
+                call()
+        times = {k: [] for k in paths}
+        for _ in range(requests_each):         # interleaved: one of each per round
+            for k, call in paths.items():
+                t = time.perf_counter()
+                call()
+                times[k].append(1000 * (time.perf_counter() - t))
+        out["latency_ms"] = {k: dict(zip(("p50", "p90"), _pcts(v))) for k, v in times.items()}
+        out["throughput_rps"] = {k: {} for k in paths}
+        for clients in (1, 8, 16):
+            for k, call in paths.items():      # the contenders in turn at each client count
+                out["throughput_rps"][k][clients] = round(_throughput(call, clients, seconds), 1)
+
+        victim = svc.replica_status()[0]
+        psutil.Process(victim.pid).kill()
+        t0 = time.monotonic()
+        while True:
+            reps = svc.replica_status()
+            if svc.restart_count >= 1 and all(r.state == "Healthy" for r in reps):
+                break
+            time.sleep(0.02)
+        out["killed_replica_healthy_again_s"] = round(time.monotonic() - t0, 2)
+        client.close()
+        svc.delete()
+    finally:
+        for s in Webservice.list(ws):
+            s.delete()
+        target.delete()
+    return out
+
+
+def report(r, machine):
+    """The serving results as a markdown table."""
+    lat, thr = r["latency_ms"], r["throughput_rps"]
+    floor = lat["in-process"]["p50"]
+    best = max(max(thr[k].values()) for k in thr if k.startswith("in-process"))
+    lines = [f"Serving: ResNet-50 {r['image_size']} px, {r['numeric_format']}, {r['replicas']} replicas, batch 1 "
+             f"({machine})", "",
+             "| path | p50 ms | p90 ms | p50 / in-process | req/s, 1 client | 8 clients | 16 clients |",
+             "|---|---|---|---|---|---|---|"]
+    for k in lat:
+        t = thr[k]
+        lines.append(f"| {k} | {lat[k]['p50']:.1f} | {lat[k]['p90']:.1f} | {lat[k]['p50'] / floor:.2f} | "
+                     f"{t[1]:.1f} | {t[8]:.1f} | {t[16]:.1f} |")
+    share = next(k for k in lat if k.startswith("in-process, "))
+    lines += ["", f"- gRPC p50 / in-process p50 with a replica's share of the cores ({share}): "
+                  f"{lat['gRPC']['p50'] / lat[share]['p50']:.2f} (the front end's and gRPC's own cost)",
+              f"- gRPC throughput with 16 clients / best in-process: {thr['gRPC'][16] / best:.2f}",
+              f"- cold start (deploy -> first good Predict, flash 0 s): {r['cold_start_s']:.2f} s",
+              f"- RSS per replica: {', '.join(str(m) for m in r['rss_mb_per_replica'])} MB",
+              f"- a killed replica serves again after {r['killed_replica_healthy_again_s']:.2f} s "
+              "(restart + package load; flash 0 s)"]
+    return "\n".join(lines)
