@@ -311,6 +311,18 @@ class Webservice:
             parts.append(f"--- replica {i} ({self.compute_name}) ---\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def kubernetes_manifests(self, folder):
+        """Write the Deployment, Service and Secret a real Kubernetes cluster with FPGA nodes would run for this
+        service (``kubectl apply -f folder`` once the image is pushed); returns the files written."""
+        from . import kubernetes
+        cfg = self.deployment_config
+        row = self._row()
+        docs = kubernetes.manifests(self.name, self.image.image_location, cfg["num_replicas"],
+                                    keys=json.loads(row["keys"]) if row["keys"] else None,
+                                    flash_seconds=cfg["flash_seconds"], max_message_mb=cfg["max_message_mb"],
+                                    max_images=cfg["max_images"], max_pixels=cfg["max_pixels"])
+        return kubernetes.write(docs, folder)
+
     @staticmethod
     def list(workspace, compute_type=None, image_name=None):
         """Services in the workspace."""

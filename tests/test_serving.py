@@ -152,6 +152,17 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
         np.testing.assert_array_equal(seed_client.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX),
                                       ref[SOFTMAX])
 
+    # what a real Kubernetes cluster would run for it
+    import kubernetes_validate
+    import yaml
+    files = svc.kubernetes_manifests(tmp_path / "k8s")
+    docs = [yaml.safe_load(p.read_text()) for p in files]
+    assert [d["kind"] for d in docs] == ["Secret", "Deployment", "Service"]
+    assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == img.image_location
+    assert docs[0]["stringData"]["keys"].split() == list(svc.get_keys())
+    for d in docs:
+        kubernetes_validate.validate(d, "1.33.0", strict=True)
+
     # every FPGA of the cluster is taken: another deployment is refused like AKS does
     with pytest.raises(UserError, match=r"0/2 nodes are available: 2 Insufficient .*fpga.*svc-a"):
         Webservice.deploy_from_image(ws, "svc-b", img, AksWebservice.deploy_configuration(), cluster)

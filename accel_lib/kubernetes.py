@@ -1,0 +1,63 @@
+"""Kubernetes manifests for a deployed service: what a real cluster with FPGA nodes would run for its image.
+
+A Deployment (the replicas, the FPGA as the extended resource ``microsoft.com/fpga``, start-up, readiness and
+liveness by gRPC health, the keys mounted from a Secret), a Service in front of it, and the Secret. Nothing here
+talks to a cluster: ``kubectl apply -f <folder>`` does, once the image is built and pushed (see the README).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .fpga import server
+
+FPGA_RESOURCE = "microsoft.com/fpga"
+PORT = 50051
+KEYS_DIR = "/etc/accel-keys"
+KEYS_FILE = "keys"
+
+
+def manifests(name, image, replicas, keys=None, flash_seconds=0.0, max_message_mb=64.0, max_images=server.MAX_IMAGES,
+              max_pixels=None, cpus=6):
+    """The Deployment, Service and (with keys) Secret of a service, as dicts, in the order to apply them."""
+    labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
+    cmd = server.command("python", host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
+                         max_message_mb=max_message_mb, max_images=max_images, max_pixels=max_pixels,
+                         threads=cpus, keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
+    probe = {"grpc": {"port": PORT}}
+    container = {
+        "name": "replica", "image": image, "workingDir": "/app", "command": cmd,
+        "ports": [{"name": "grpc", "containerPort": PORT}],
+        "resources": {"limits": {FPGA_RESOURCE: "1", "cpu": str(cpus)}, "requests": {FPGA_RESOURCE: "1"}},
+        # flashing the FPGA takes time: the start-up probe waits for it before liveness counts
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {**probe, "periodSeconds": 2},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+    }
+    pod = {"containers": [container]}
+    out = []
+    if keys:
+        secret = f"{name}-keys"
+        out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret, "labels": labels},
+                    "stringData": {KEYS_FILE: "\n".join(keys) + "\n"}})
+        container["volumeMounts"] = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}]
+        pod["volumes"] = [{"name": "keys", "secret": {"secretName": secret, "defaultMode": 0o400}}]
+    out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+                "spec": {"replicas": int(replicas), "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": labels}, "spec": pod}}})
+    out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "grpc", "port": PORT, "targetPort": "grpc"}]}})
+    return out
+
+
+def write(docs, folder):
+    """Write each manifest as ``<kind>.yaml`` into ``folder``; returns the paths, in the order to apply them."""
+    import yaml
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, doc in enumerate(docs):
+        p = folder / f"{i:02d}-{doc['kind'].lower()}.yaml"
+        p.write_text(yaml.safe_dump(doc, sort_keys=False))
+        paths.append(p)
+    return paths

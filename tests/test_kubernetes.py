@@ -1,0 +1,47 @@
+"""Kubernetes manifests for a service validate offline against the Kubernetes schema."""
+import kubernetes_validate
+import pytest
+import yaml
+
+from accel_lib import kubernetes
+
+K8S = "1.33.0"
+
+
+def _validate(doc):
+    kubernetes_validate.validate(doc, K8S, strict=True)
+
+
+def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
+    docs = kubernetes.manifests("my-aks-service", "ws.azurecr.local/resnet50-image:1", 2, keys=["k1", "k2"],
+                                flash_seconds=1.0)
+    paths = kubernetes.write(docs, tmp_path / "k8s")
+    assert [p.name for p in paths] == ["00-secret.yaml", "01-deployment.yaml", "02-service.yaml"]
+    loaded = [yaml.safe_load(p.read_text()) for p in paths]
+    for doc in loaded:
+        _validate(doc)
+    secret, deployment, service = loaded
+    assert secret["stringData"]["keys"] == "k1\nk2\n"
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"][kubernetes.FPGA_RESOURCE] == "1"          # one FPGA per replica
+    assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == kubernetes.PORT
+    assert c["command"][:3] == ["python", "-m", "fpga.server"] and "--keys-file" in c["command"]
+    assert pod["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_without_keys_there_is_no_secret():
+    docs = kubernetes.manifests("svc", "img:1", 1)
+    assert [d["kind"] for d in docs] == ["Deployment", "Service"]
+    assert "--keys-file" not in docs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    for doc in docs:
+        _validate(doc)
+
+
+def test_the_validator_catches_a_broken_manifest():
+    deployment = kubernetes.manifests("svc", "img:1", 1)[0]
+    deployment["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(deployment)
