@@ -76,7 +76,9 @@ def main():
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"\nwritten: {args.out}/results.md, {args.out}/results.json")
+    import serving
+    pngs = serving.plots(results, args.out)
+    print(f"\nwritten: {args.out}/results.md, {args.out}/results.json, " + ", ".join(p.name for p in pngs))
     return 0
 
 

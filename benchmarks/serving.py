@@ -76,6 +76,15 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
         out["rss_mb_per_replica"] = [round(psutil.Process(r.pid).memory_info().rss / 2**20)
                                      for r in svc.replica_status()]
 
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        stock_req = predict_pb2.PredictRequest()
+        stock_req.inputs["images"].CopyFrom(tf.make_tensor_proto([data]))
+        stock_req.output_filter.append(name)
+        stock_channel = grpc.insecure_channel(svc.scoring_uri.split("://")[1])
+        stock = prediction_service_pb2_grpc.PredictionServiceStub(stock_channel)
+        route = [("x-ms-aml-grpc-service-route", f"/api/v1/service/{svc.name}")]
         body = {"instances": [{"b64": base64.b64encode(data).decode()}]}
         session = requests.Session()
         session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
@@ -84,6 +93,7 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
             f"in-process, {share} thread(s)": lambda: pkg_share.run([data], [name]),
             "gRPC": lambda: client.score_numpy_arrays({"images": [data]}, outputs=name),
             "REST": lambda: session.post(svc.rest_uri, json=body, timeout=60).raise_for_status(),
+            "stock TF Serving stub": lambda: stock.Predict(stock_req, timeout=60, metadata=route),
         }
         for call in paths.values():            # warm up
             for _ in range(3):
@@ -95,6 +105,7 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
                 call()
                 times[k].append(1000 * (time.perf_counter() - t))
         out["latency_ms"] = {k: dict(zip(("p50", "p90"), _pcts(v))) for k, v in times.items()}
+        out["latency_samples_ms"] = {k: [round(t, 3) for t in v] for k, v in times.items()}
         out["throughput_rps"] = {k: {} for k in paths}
         for clients in (1, 8, 16):
             for k, call in paths.items():      # the contenders in turn at each client count
@@ -110,12 +121,57 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
             time.sleep(0.02)
         out["killed_replica_healthy_again_s"] = round(time.monotonic() - t0, 2)
         client.close()
+        stock_channel.close()
         svc.delete()
     finally:
         for s in Webservice.list(ws):
             s.delete()
         target.delete()
     return out
+
+
+def plots(results, folder):
+    """PNG plots: latency distribution per path, throughput against clients, the device stage per format."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    r = results.get("serving")
+    if r:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = list(r["latency_samples_ms"])
+        ax.boxplot([r["latency_samples_ms"][k] for k in names], showfliers=True)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=15)
+        ax.set_ylabel("batch-1 latency, ms (measured)")
+        ax.set_title(f"ResNet-50 {r['image_size']} px, {r['numeric_format']}: latency per path")
+        made.append(_save(fig, folder / "latency.png"))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k, row in r["throughput_rps"].items():
+            xs = sorted(int(c) for c in row)
+            ax.plot(xs, [row[c] if c in row else row[str(c)] for c in xs], marker="o", label=k)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("requests / s (measured)")
+        ax.set_title(f"Throughput, {r['replicas']} replicas")
+        ax.legend()
+        made.append(_save(fig, folder / "throughput.png"))
+    rows = results.get("device_stage")
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([x["format"] for x in rows], [x["p50_ms"] for x in rows])
+        ax.set_ylabel("device stage p50, ms (measured on the host CPU)")
+        ax.set_title("The simulated device's cost per format")
+        made.append(_save(fig, folder / "device_stage.png"))
+    return made
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
 
 
 def report(r, machine):
