@@ -1,6 +1,8 @@
-"""Regenerate the Python modules of this folder's .proto files with grpcio-tools (``python -m fpga.protos.build``).
+"""Regenerate the Python modules of this folder's .proto files with grpcio-tools
+(``python -m accel_lib.fpga.protos.build``; ``--out DIR`` writes them elsewhere).
 
-The generated modules are committed, so replicas need no compiler; a test checks they match their sources.
+The generated modules are committed, so replicas need no compiler; a test checks they match their sources. Run it in
+a process without TensorFlow: grpcio-tools' compiler and TensorFlow's protobuf library do not share a process.
 """
 from __future__ import annotations
 
@@ -32,11 +34,16 @@ def generate(out_dir: Path) -> list[Path]:
     return made
 
 
-def main():
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=HERE, help="where the modules go (default: beside the .proto files)")
+    out = p.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for p in generate(Path(tmp)):
-            (HERE / p.name).write_text(p.read_text())
-            print("wrote", HERE / p.name)
+        for made in generate(Path(tmp)):
+            (out / made.name).write_text(made.read_text())
+            print("wrote", out / made.name)
     return 0
 
 
