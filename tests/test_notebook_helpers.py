@@ -1,0 +1,39 @@
+"""The helpers notebook cells call: the top-k table and the upload-and-score widget, driven with image bytes."""
+import datetime
+
+import numpy as np
+import pytest
+
+from accel_lib import notebook, samples
+from accel_lib.client import load_labels
+from accel_lib.fpga.package import AcceleratorPackage
+
+SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
+
+
+def test_top_k_is_sorted_and_checks_the_label_count():
+    probs = np.array([0.1, 0.5, 0.05, 0.3, 0.05])
+    assert notebook.top_k(probs, list("abcde"), k=3) == [(1, "b", 0.5), (3, "d", 0.3), (0, "a", 0.1)]
+    with pytest.raises(ValueError, match="5 scores but 4 labels"):
+        notebook.top_k(probs, list("abcd"))
+
+
+def test_upload_widget_scores_what_is_picked(converted):
+    import matplotlib
+    matplotlib.use("Agg")
+    ws, src, op = converted
+    pkg = AcceleratorPackage(op.result.download(ws.scratch("widget-test"), exist_ok=True))
+    labels = load_labels("imagenet")
+    scorer = notebook.UploadScorer(lambda data: pkg.run([data], [SOFTMAX])[SOFTMAX][0], labels, note="random weights")
+    data = samples.sample_images(1, seed=11)[0]
+    ref = pkg.run([data], [SOFTMAX])[SOFTMAX][0]
+
+    scorer.upload.value = ({"name": "cat.jpg", "type": "image/jpeg", "size": len(data), "content": memoryview(data),
+                            "last_modified": datetime.datetime.now(datetime.timezone.utc)},)   # as a browser sends it
+    name, top = scorer.last
+    assert name == "cat.jpg" and len(top) == 5
+    assert [i for i, _, _ in top] == list(np.argsort(-ref)[:5]) and top[0][1] == labels[int(ref.argmax())]
+
+    assert scorer.on_upload(b"this is not a picture", "notes.txt") is None     # shown, not raised
+    assert scorer.last == ("notes.txt", None)
+    assert scorer.on_upload(data, "again.jpg")[0][0] == int(ref.argmax())     # and the widget still works
