@@ -3,6 +3,10 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's C++ info/warnings; set before it loads
 
+from . import quiet as _quiet  # noqa: E402
+
+_quiet.install()                                      # and its import-time lines (ACCEL_LIB_TF_LOGS=1 keeps them)
+
 from .errors import OperationTimeout, UserError
 from .model import Model
 from .workspace import Workspace

@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,24 @@ def _run_series(tmp_path, params):
         _stop_what_is_left(tmp_path / params["workspace_dir"])
 
 
+TF_LOG_LINE = re.compile(r"absl::|oneDNN|cuda|cuInit|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
+
+
+def _tensorflow_log_lines(nb_path):
+    """Lines TensorFlow's runtime (absl, oneDNN, CUDA) left in any output of an executed notebook."""
+    nb = json.loads(Path(nb_path).read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []))
+    return [l for l in text.splitlines() if TF_LOG_LINE.search(l)]
+
+
+def test_importing_tensorflow_through_accel_lib_prints_nothing():
+    r = subprocess.run([sys.executable, "-c", "import accel_lib, keras, tensorflow as tf; print(tf.constant(2).numpy())"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert r.returncode == 0 and r.stdout.strip() == "2", r.stderr[-2000:]
+    assert not TF_LOG_LINE.search(r.stderr), r.stderr[-2000:]
+
+
 def _stdout(nb_path):
     nb = json.loads(Path(nb_path).read_text())
     return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
@@ -101,6 +120,8 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     assert "200 REST vs gRPC, max abs difference: 0.0" in out5
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 16 and "computed in fp32" in out8
+    for p in NOTEBOOKS:
+        assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
     ws = Workspace.from_config(tmp_path / "other-ws")
     assert Model.list(ws) == []
     import papermill as pm                          # cleaning up twice is harmless
