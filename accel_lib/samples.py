@@ -57,6 +57,19 @@ def write_sample_image(path, seed=7, height=360, width=480) -> str:
     return str(path)
 
 
+PHOTO_CREDIT = "Chelsea the cat: a photograph by Stefan van der Walt (CC0), shipped with scikit-image"
+
+
+def write_photo(path) -> str:
+    """Write the tutorial's sample photograph (a tabby cat, from scikit-image's bundled pictures) to ``path`` as JPEG."""
+    from pathlib import Path
+
+    from skimage import data
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(encode(data.chelsea(), "JPEG", quality=95))
+    return str(path)
+
+
 SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night")
 
 
