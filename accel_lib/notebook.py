@@ -68,3 +68,83 @@ class UploadScorer:
             plt.close(fig)
         self.last = (name, top)
         return top
+
+
+def bits_per_value(numeric_format, block=None):
+    """Storage per value: sign + mantissa bits, plus the shared exponent spread over its block (32 for fp32)."""
+    from .fpga import formats
+    f = formats.get(numeric_format, block)
+    return 32.0 if f is None else 1 + f.mantissa_bits + f.exponent_bits / f.block
+
+
+def format_table():
+    """Print each device format's bit layout: element bits, shared exponent, block, bits per value."""
+    from .fpga import formats
+    print(f"{'format':<8}{'element':>20}{'shared exponent':>17}{'block':>7}{'bits/value':>12}")
+    for name, f in formats.FORMATS.items():
+        print(f"{name:<8}{f'sign + {f.mantissa_bits} bits':>20}{f'{f.exponent_bits} bits':>17}{f.block:>7}"
+              f"{bits_per_value(name):>12.2f}")
+    print(f"{'fp32':<8}{'IEEE single':>20}{'-':>17}{'-':>7}{32:>12.2f}")
+
+
+def worked_example(values, numeric_format="ms-fp9", block=None):
+    """Quantize one block of ``values`` step by step (shared exponent, step, integer mantissas) and print it;
+    returns the quantized values (equal to ``formats.quantize``)."""
+    from .fpga import formats
+    f = formats.get(numeric_format, block or len(values))
+    x = np.asarray(values, np.float32)
+    m = float(np.abs(x).max())
+    e = int(np.clip(np.floor(np.log2(m)), f.emin, f.emax)) if m > 0 else f.emin
+    step = 2.0 ** (e - f.mantissa_bits + 1)
+    k = np.minimum(np.floor(np.abs(x) / step + 0.5), f.kmax) * np.sign(x)
+    q = formats.quantize(x, f)
+    print(f"{f.describe()}\nmax |x| = {m:.6g} -> shared exponent E = floor(log2 max) = {e}; "
+          f"step = 2^(E - {f.mantissa_bits} + 1) = {step:g}; mantissas are integers 0..{f.kmax}")
+    print(f"{'x':>12}{'k = round(|x|/step)':>22}{'value k*step':>14}{'error':>12}")
+    for xi, ki, qi in zip(x, k, q):
+        print(f"{xi:>12.6g}{int(ki):>22d}{qi:>14.6g}{qi - xi:>12.3g}")
+    return q
+
+
+def picture_grid(images, titles, columns=10):
+    """A row (or rows) of encoded pictures with their titles."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, data, title in zip(axes.flat, images, titles):
+        with Image.open(io.BytesIO(data)) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def format_cost_plots(results, random_report=None):
+    """Held-out accuracy against bits per value, and SQNR per layer for each format (and a random-weights twin)."""
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for r in results:
+        label = r["format"] + (f" /{r['block']}" if r["block"] else "")
+        ax1.scatter(r["bits"], 100 * r["accuracy"], s=40)
+        ax1.annotate(label, (r["bits"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("bits per value (log scale)")
+    ax1.set_ylabel("held-out accuracy, % (measured)")
+    ax1.set_title("Accuracy against storage per value")
+    ax1.grid(alpha=0.3)
+    for r in results:
+        if r["report"]:
+            ax2.plot([x["output_sqnr_db"] for x in r["report"]["layers"]], "o-", ms=3,
+                     label=r["format"] + (f" /{r['block']}" if r["block"] else ""))
+    if random_report:
+        ax2.plot([x["output_sqnr_db"] for x in random_report["layers"]], "k--", label="ms-fp9, random weights")
+    ax2.set_xlabel("layer (Conv / MatMul, in graph order)")
+    ax2.set_ylabel("layer output SQNR vs fp32, dB")
+    ax2.set_title("Error per layer (measured)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -70,13 +70,14 @@ def write_photo(path) -> str:
     return str(path)
 
 
-SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night")
+SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night", "rings", "squares", "triangles", "crosses", "dots")
 
 
 def shape_image(kind, seed=0, height=240, width=320) -> np.ndarray:
-    """A seeded RGB uint8 picture of one kind: ``discs`` (round blobs), ``stripes`` (parallel bars) or ``checks``
-    (a chequerboard), in random sizes and in a colour that stands out from the random gradient behind it; or a
-    ``day`` sky (bright, a sun) or a ``night`` sky (dark, stars and a moon) over the ground."""
+    """A seeded RGB uint8 picture of one kind: ``discs`` (round blobs), ``stripes`` (parallel bars), ``checks``
+    (a chequerboard), ``rings``, ``squares``, ``triangles``, ``crosses`` (plus signs) or ``dots`` (a regular grid of
+    small dots), in random sizes and in a colour that stands out from the random gradient behind it; or a ``day``
+    sky (bright, a sun) or a ``night`` sky (dark, stars and a moon) over the ground."""
     if kind not in SHAPE_CLASSES:
         raise ValueError(f"unknown kind {kind!r}; choose from {SHAPE_CLASSES}")
     rng = np.random.default_rng(seed)
@@ -96,9 +97,30 @@ def shape_image(kind, seed=0, height=240, width=320) -> np.ndarray:
         period = rng.uniform(0.05, 0.12) * min(height, width)
         along = yy if rng.random() < 0.5 else xx
         img[(along % period) < period / 2] = colour
-    else:
+    elif kind == "checks":
         cell = rng.uniform(0.05, 0.12) * min(height, width)
         img[((yy // cell) + (xx // cell)) % 2 == 0] = colour
+    elif kind == "dots":
+        period = rng.uniform(0.08, 0.14) * min(height, width)
+        r = period * rng.uniform(0.18, 0.3)
+        dy, dx = (yy % period) - period / 2, (xx % period) - period / 2
+        img[dy ** 2 + dx ** 2 < r * r] = colour
+    else:                                             # a few shapes of one kind, scattered
+        for _ in range(rng.integers(2, 5)):
+            cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+            r = rng.uniform(0.1, 0.22) * min(height, width)
+            dy, dx = yy - cy, xx - cx
+            if kind == "rings":
+                d2 = dy ** 2 + dx ** 2
+                mask = (d2 < r * r) & (d2 > (0.6 * r) ** 2)
+            elif kind == "squares":
+                mask = (np.abs(dy) < r * 0.8) & (np.abs(dx) < r * 0.8)
+            elif kind == "triangles":
+                mask = (dy < r * 0.7) & (dy > -r) & (np.abs(dx) < (dy + r) * 0.6)
+            else:                                     # crosses
+                w = r * 0.28
+                mask = ((np.abs(dy) < w) & (np.abs(dx) < r)) | ((np.abs(dx) < w) & (np.abs(dy) < r))
+            img[mask] = colour
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -124,13 +146,14 @@ def _sky(day, rng, yy, xx, height, width):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def labelled_images(classes=("day", "night"), per_class=64, seed=0):
-    """A labelled image set the project generates: (encoded JPEGs, integer labels), classes interleaved."""
+def labelled_images(classes=("day", "night"), per_class=64, seed=0, size=(180, 360)):
+    """A labelled image set the project generates: (encoded JPEGs, integer labels), classes interleaved; each
+    picture's height and width are drawn from ``size`` (low, high)."""
     rng = np.random.default_rng(seed + 5000)
     images, labels = [], []
     for i in range(per_class):
         for label, kind in enumerate(classes):
-            h, w = int(rng.integers(180, 360)), int(rng.integers(180, 360))
+            h, w = int(rng.integers(*size)), int(rng.integers(*size))
             images.append(encode(shape_image(kind, seed * 100003 + i * 31 + label, h, w)))
             labels.append(label)
     return images, np.asarray(labels, np.int64)

@@ -20,7 +20,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 def test_notebooks_are_committed_clean():
     assert [p.name for p in NOTEBOOKS] == ["01-define-model.ipynb", "02-convert-model.ipynb", "03-containerize.ipynb",
                                            "04-deploy.ipynb", "05-consume.ipynb", "06-clean-up.ipynb",
-                                           "07-object-detection.ipynb", "08-transfer-learning.ipynb"]
+                                           "07-object-detection.ipynb", "08-transfer-learning.ipynb",
+                                           "09-numeric-formats.ipynb"]
     names = {}
     for p in NOTEBOOKS:
         nb = json.loads(p.read_text())
@@ -109,17 +110,24 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
               "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
-              "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_model_name": "tiny-shapes"}
+              "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_model_name": "tiny-shapes",
+              "trained_model_name": "tiny-patterns", "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
+              "extra_blocks": "16", "min_accuracy": 0.0}
     _run_series(tmp_path, params)
-    out2, out4, out5, out7, out8 = (_stdout(tmp_path / n) for n in (
+    out2, out4, out5, out7, out8, out9 = (_stdout(tmp_path / n) for n in (
         "02-convert-model.ipynb", "04-deploy.ipynb", "05-consume.ipynb", "07-object-detection.ipynb",
-        "08-transfer-learning.ipynb"))
+        "08-transfer-learning.ipynb", "09-numeric-formats.ipynb"))
     assert "tiny-net.1.accelonnx" in out2
     assert "'location': 'westeurope'" in out4 and "0/2 nodes are available: 2 Insufficient" in out4
     assert out5.count("confidence:") == 5 and "service vs in-process: 0.0" in out5
     assert "200 REST vs gRPC, max abs difference: 0.0" in out5
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 16 and "computed in fp32" in out8
+    rows = [l.split() for l in out9.splitlines() if l.split()[:1] in (["fp32"], ["ms-fp8"], ["ms-fp9"], ["msfp12"],
+                                                                       ["msfp16"]) and l.rstrip().endswith(("dB", "-"))]
+    assert [(r[0], r[1]) for r in rows] == [("fp32", "-"), ("ms-fp8", "128"), ("ms-fp9", "128"), ("msfp12", "16"),
+                                            ("msfp16", "16"), ("ms-fp9", "16")]
+    assert "models left: []" in out9
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
     ws = Workspace.from_config(tmp_path / "other-ws")
