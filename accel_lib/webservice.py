@@ -97,8 +97,8 @@ def _service_specs(workspace, target):
             name=row["name"], context=str(img.context), log_dir=str(workspace.path / "services" / row["name"]),
             replicas=[cluster.ReplicaSpec(idx=r["idx"], node=r["fpga"]) for r in reps if r["service"] == row["name"]],
             keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg["flash_seconds"],
-            max_message_mb=cfg["max_message_mb"], max_images=cfg["max_images"], max_pixels=cfg["max_pixels"],
-            generation=cfg["generation"]))
+            max_message_mb=cfg["max_message_mb"], max_images=cfg.get("max_images", MAX_IMAGES),
+            max_pixels=cfg.get("max_pixels", MAX_PIXELS), generation=cfg.get("generation", 0)))
     return out
 
 
@@ -209,7 +209,7 @@ class Webservice:
         target = self.compute
         st = cluster.read_optional(cluster.ClusterStatus, target.run_dir) if target.running() else None
         mine = st.service(self.name) if st else None
-        if mine is None or mine.generation != self.deployment_config["generation"]:
+        if mine is None or mine.generation != self.deployment_config.get("generation", 0):
             return []
         return mine.replicas
 
@@ -320,7 +320,8 @@ class Webservice:
         docs = kubernetes.manifests(self.name, self.image.image_location, cfg["num_replicas"],
                                     keys=json.loads(row["keys"]) if row["keys"] else None,
                                     flash_seconds=cfg["flash_seconds"], max_message_mb=cfg["max_message_mb"],
-                                    max_images=cfg["max_images"], max_pixels=cfg["max_pixels"])
+                                    max_images=cfg.get("max_images", MAX_IMAGES),
+                                    max_pixels=cfg.get("max_pixels", MAX_PIXELS))
         return kubernetes.write(docs, folder)
 
     @staticmethod
