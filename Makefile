@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+KERNEL := accel_lib/fpga/kernel/_build/libaccel_bfp.so
 OUT    ?= build/tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: venv tutorial test bench clean
+.PHONY: venv kernel tutorial test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (accel_lib)" >/dev/null
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The fused device quantizer (a compiled ONNX Runtime operator; needs g++, and npm once for ONNX Runtime's headers).
+# Optional: without it the device stage uses the pure-ONNX quantizer (the same numbers, slower).
+$(KERNEL): accel_lib/fpga/kernel/bfp_quantize.cc | $(STAMP)
+	$(PY) -m accel_lib.fpga.kernel build --optional
+
+kernel: $(STAMP)
+	$(PY) -m accel_lib.fpga.kernel build
+
+venv: $(STAMP) $(KERNEL)
 
 ## Run the tutorial notebooks in order with papermill on their embedded defaults.
-tutorial: $(STAMP)
+tutorial: $(STAMP) $(KERNEL)
 	rm -rf $(OUT) && mkdir -p $(OUT)/notebooks
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb"; \
@@ -29,10 +38,10 @@ tutorial: $(STAMP)
 	@echo "Executed notebooks: $(OUT)/notebooks/   Workspace: $(OUT)/workspace/"
 
 ## The whole test suite (unit tests, notebook runs), offline.
-test: $(STAMP)
+test: $(STAMP) $(KERNEL)
 	ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 $(PY) -m pytest -q -p no:cacheprovider tests
 
-bench: $(STAMP)
+bench: $(STAMP) $(KERNEL)
 	ACCEL_LIB_OFFLINE=1 $(PY) benchmarks/run.py
 
 clean:

@@ -3,6 +3,10 @@
 ``apply_format`` rewrites a float32 ONNX graph for the device: the weights of every Conv / MatMul / Gemm are
 quantized once (with formats.quantize) and their activations are quantized at run time by a small subgraph inserted
 before the operator. The subgraph does exactly the steps formats.py specifies (tests check it bit for bit).
+
+The model records its quantizers (metadata ``accel_lib.quantizers``), so ``session`` can swap each subgraph for the
+fused compiled operator (``kernel``) when it is built: the same numbers in one pass over memory instead of seven.
+The saved model stays plain ONNX that any runtime can run.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 from . import formats
 
 DOMAIN_NOTE = "accel_lib device format"
+QUANTIZERS_KEY = "accel_lib.quantizers"   # metadata: JSON list; each subgraph's nodes are named "<output>" or "<output>/..."
 
 
 def _const(inits, name, value, dtype=np.float32):
@@ -108,7 +113,7 @@ def apply_format(model, fmt):
     inferred = shape_inference.infer_shapes(model)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
              [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    new_nodes, layers, done = [], [], {}
+    new_nodes, layers, done, quantizers = [], [], {}, []
     nonneg = nonnegative_tensors(g)
     for node in g.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm"):
@@ -142,6 +147,8 @@ def apply_format(model, fmt):
             new_nodes.extend(qn)
             g.initializer.extend(qi)
             done[key] = qname
+            quantizers.append({"input": node.input[0], "output": qname, "axis": x_axis, "format": fmt.name,
+                               "block": fmt.block, "channels": int(channels)})
         qname = done[key]
         node.input[0] = qname
         new_nodes.append(node)
@@ -150,7 +157,86 @@ def apply_format(model, fmt):
     del g.node[:]
     g.node.extend(new_nodes)
     model.doc_string = f"{DOMAIN_NOTE}: {fmt.describe()}"
+    _record(model, quantizers)
     return model, layers
+
+
+def _record(model, quantizers):
+    import json
+    entry = model.metadata_props.add()
+    entry.key, entry.value = QUANTIZERS_KEY, json.dumps(quantizers)
+
+
+def quantizers(model):
+    """The quantizer subgraphs ``apply_format`` recorded in ``model`` (an empty list for older models)."""
+    import json
+    for entry in model.metadata_props:
+        if entry.key == QUANTIZERS_KEY:
+            return json.loads(entry.value)
+    return []
+
+
+def fuse(model):
+    """A copy of ``model`` with each recorded quantizer subgraph replaced by one fused ``kernel`` node."""
+    import copy
+
+    from . import kernel
+    model = copy.deepcopy(model)
+    g = model.graph
+    todo = {q["output"]: q for q in quantizers(model)}
+    if not todo:
+        return model
+
+    def owner(name):
+        head = name.split("/")
+        for cut in range(len(head), 0, -1):      # the longest recorded prefix: "<input>/<format>/<i>"
+            p = "/".join(head[:cut])
+            if p in todo:
+                return p
+        return None
+
+    nodes, placed = [], set()
+    for node in g.node:
+        p = owner(node.name) if node.name else None
+        if p is None:
+            nodes.append(node)
+        elif p not in placed:
+            q = todo[p]
+            fmt = formats.get(q["format"], q["block"])
+            nodes.append(kernel.make_node(q["input"], q["output"], q["axis"], fmt, p))
+            placed.add(p)
+    if placed != set(todo):
+        raise ValueError(f"quantizers recorded but not found in the graph: {sorted(set(todo) - placed)}")
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [i for i in g.initializer if owner(i.name) is None]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    model.opset_import.append(_opset(kernel.DOMAIN))
+    return model
+
+
+def _opset(domain):
+    from onnx import helper
+    return helper.make_opsetid(domain, 1)
+
+
+def session(model, options=None, kernel=None):
+    """An ONNX Runtime CPU session for a device graph (a ModelProto or a path), with the fused quantizer when
+    ``kernel`` allows it (None: $ACCEL_LIB_DEVICE_KERNEL, 'auto' by default; 'fused'; 'onnx')."""
+    import onnx
+    import onnxruntime as ort
+
+    from . import kernel as kern
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    if kern.use_fused(kernel) and quantizers(model):
+        model = fuse(model)
+        kern.register(options)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def quantizer_model(shape, axis, fmt, nonnegative=False):
@@ -160,8 +246,11 @@ def quantizer_model(shape, axis, fmt, nonnegative=False):
     if isinstance(fmt, str):
         fmt = formats.get(fmt)
     rank = len(shape)
-    nodes, inits = quantizer_nodes("x", "y", axis, shape[axis % rank], rank, fmt, "q", nonnegative)
+    nodes, inits = quantizer_nodes("x", "y", axis, shape[axis % rank], rank, fmt, "y", nonnegative)
     dims = ["n" if i == 0 else d for i, d in enumerate(shape)]
     graph = h.make_graph(nodes, "quantizer", [h.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    _record(model, [{"input": "x", "output": "y", "axis": axis % rank, "format": fmt.name, "block": fmt.block,
+                     "channels": int(shape[axis % rank])}])
+    return model

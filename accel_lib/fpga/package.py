@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import host, manifest
+from . import device, host, manifest
 
 
 class RequestError(ValueError):
     """A request the package cannot answer (bad image, unknown name, wrong dtype or shape)."""
 
 
-def _session(path, threads, spinning):
+def _session(path, threads, spinning, device_graph=False):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -25,6 +25,8 @@ def _session(path, threads, spinning):
     opts.log_severity_level = 3
     if not spinning:          # a served replica waits for requests: its threads sleep instead of spinning
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if device_graph:          # the fused quantizer when it is built (device.session)
+        return device.session(path, opts)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -40,7 +42,7 @@ class AcceleratorPackage:
         m = self.manifest
         self.prep = m.stage("preprocess").params
         self.max_pixels = max_pixels
-        self.device = _session(device_file or self.path / m.device.file, threads, spinning)
+        self.device = _session(device_file or self.path / m.device.file, threads, spinning, device_graph=True)
         heads = m.stage("heads")
         self.heads = _session(self.path / heads.file, threads, spinning) if heads else None
         self.numeric_format = m.numeric_format

@@ -10,15 +10,14 @@ LOG2_BINS = np.arange(-24, 17, 1.0)
 
 def _session(model, extra_outputs=()):
     import onnx
-    import onnxruntime as ort
     from onnx import helper
+
+    from .device import session
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for name in extra_outputs:
         m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session(m)
 
 
 def _percentiles(a, most=1_000_000):

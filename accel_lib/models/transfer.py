@@ -15,11 +15,9 @@ class DeviceFeaturizer:
     """
 
     def __init__(self, model_graph, work_dir, numeric_format=None, block_size=None):
-        import onnxruntime as ort
-
         from ..conversion.worker import convert_stage, load_saved_model
         from ..fpga import formats
-        from ..fpga.device import apply_format
+        from ..fpga.device import apply_format, session
         info = model_graph.save(work_dir)
         meta = info.metadata
         if len(meta.features) != 1:
@@ -28,9 +26,7 @@ class DeviceFeaturizer:
         self.numeric_format = numeric_format or meta.default_numeric_format
         self.format = formats.get(self.numeric_format, block_size)
         device, _ = apply_format(convert_stage(load_saved_model(info.path), meta, "featurize"), self.format)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(device.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self._session = session(device)
         self.preprocessing = meta.preprocessing
         self.feature_dim = meta.features[0].shape[-1]
 

@@ -1,0 +1,144 @@
+"""The fused device quantizer (a compiled ONNX Runtime operator): bit for bit the numpy specification, alone and
+inside a whole network, and the pure-ONNX path still used when the operator is not built or not wanted."""
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from accel_lib.fpga import device, formats, kernel
+
+from test_formats import same_bits
+
+
+@pytest.fixture(scope="module")
+def fused():
+    if not kernel.available():
+        msg = (f"the fused quantizer is not built ({kernel.LIBRARY}); `make kernel` builds it (needs g++ and npm "
+               "once, for ONNX Runtime's headers)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)      # CI builds it (make test -> make venv), so a missing library is a failure there
+        pytest.skip(msg)
+    return "fused"
+
+
+def vectors(name, shape, nonneg):
+    rng = np.random.default_rng(zlib.crc32(repr(("kernel", name, shape, nonneg)).encode()))
+    x = (rng.standard_normal(shape) * np.exp(rng.uniform(-14, 14, shape))).astype(np.float32)
+    if nonneg:
+        x = np.maximum(x, 0)
+        x.flat[::41] = -0.0
+    x.flat[::97] = 0
+    x.flat[7] = np.nan
+    x.flat[-3] = -np.inf
+    x.flat[-9] = 2.0 ** 30               # saturation in some block
+    x.flat[11] = 2.0 ** -140             # a subnormal
+    return x
+
+
+@pytest.mark.parametrize("name", ["ms-fp8", "ms-fp9", "msfp12", "msfp16"])
+@pytest.mark.parametrize("block", [None, 4])
+@pytest.mark.parametrize("shape, axis", [((2, 256, 5, 5), 1), ((3, 300, 2, 2), 1), ((1, 64, 33, 31), 1),
+                                         ((4, 200), 1), ((5, 37), -1), ((2, 3, 7), 0)])
+def test_fused_quantizer_is_bit_exact(fused, name, block, shape, axis):
+    fmt = formats.get(name, block)
+    for nonneg in (False, True):
+        x = vectors(name, shape, nonneg)
+        model = device.quantizer_model(shape, axis, fmt, nonneg)
+        assert [n.op_type for n in device.fuse(model).graph.node] == [kernel.OP]
+        got = device.session(model, kernel=fused).run(None, {"x": x})[0]
+        assert same_bits(got, formats.quantize(x, fmt, axis)), (name, block, shape, axis, nonneg)
+
+
+def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
+    x = (np.random.default_rng(1).standard_normal((3, 64, 7)) * 2.0 ** -130).astype(np.float32)
+    x[0, :, 0] = 1e-45           # the smallest subnormal: the step 2**-133 has no float32 inverse
+    x[1, :, 1] = 3e38
+    for name in ("msfp12", "msfp16"):
+        got = device.session(device.quantizer_model(x.shape, 1, name), kernel=fused).run(None, {"x": x})[0]
+        assert same_bits(got, formats.quantize(x, name, 1))
+
+
+def network(image_size=64):
+    from accel_lib.conversion.worker import convert_stage, load_saved_model
+    from accel_lib.models import QuantizedResnet50
+    import tempfile
+    d = tempfile.mkdtemp(prefix="accel-kernel-")
+    info = QuantizedResnet50(d, weights="random", image_size=image_size).save(os.path.join(d, "m"))
+    return convert_stage(load_saved_model(info.path), info.metadata, "featurize")
+
+
+def quantizer_io(model, x, kernel_choice):
+    """{tensor: value} for every recorded quantizer's input and output, run in ``model``."""
+    import onnx
+    from onnx import helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for q in device.quantizers(model):
+        for name in (q["input"], q["output"]):
+            m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = device.session(m, kernel=kernel_choice)
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+
+
+def test_fused_network_quantizes_every_layer_input_exactly_and_matches_the_onnx_path(fused):
+    from accel_lib import samples
+    fp32 = network()
+    model, layers = device.apply_format(fp32, "ms-fp9")
+    qs = device.quantizers(model)
+    assert len(qs) == 49 and len(layers) == 53            # shortcuts share their block input's quantizer
+    fused_model = device.fuse(model)
+    assert sum(n.op_type == kernel.OP for n in fused_model.graph.node) == 49
+    assert not any(i.name.startswith(qs[0]["output"] + "/") for i in fused_model.graph.initializer)
+    x = samples.sample_batch(2, 64, "BGR")
+    got = quantizer_io(model, x, fused)
+    for q in qs:      # each quantizer's output is the specification applied to the input it got, bit for bit
+        expected = formats.quantize(got[q["input"]], formats.get(q["format"], q["block"]), q["axis"])
+        assert same_bits(got[q["output"]], expected), q["output"]
+    plain = quantizer_io(model, x, "onnx")
+    # the two paths differ only in the order ONNX Runtime's convolutions sum (layouts chosen around the quantizer):
+    # relative to each feature map's scale, far below the ms-fp9 step of 2**-3 of a block's maximum
+    out = fp32.graph.output[0].name
+    a, b = device.session(model, kernel=fused), device.session(model, kernel="onnx")
+    fa, fb = a.run([out], {a.get_inputs()[0].name: x})[0], b.run([out], {b.get_inputs()[0].name: x})[0]
+    assert np.abs(fa - fb).max() <= 1e-3 * np.abs(fb).max()
+    assert same_bits(plain[qs[0]["output"]], got[qs[0]["output"]])      # the first layer sees the same input
+
+
+def test_onnx_path_is_used_when_asked_and_saved_models_stay_plain_onnx(monkeypatch):
+    model = device.quantizer_model((2, 8, 3), 1, "ms-fp9")
+    assert kernel.OP not in {n.op_type for n in model.graph.node}          # what conversion saves: plain ONNX
+    x = vectors("ms-fp9", (2, 8, 3), False)
+    monkeypatch.setenv(kernel.ENV, "onnx")
+    assert not kernel.use_fused()
+    got = device.session(model).run(None, {"x": x})[0]
+    assert same_bits(got, formats.quantize(x, "ms-fp9", 1))
+    monkeypatch.setenv(kernel.ENV, "sometimes")
+    with pytest.raises(ValueError, match="auto, fused or onnx"):
+        kernel.mode()
+
+
+def test_fused_required_but_missing_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernel, "LIBRARY", tmp_path / "missing.so")
+    with pytest.raises(RuntimeError, match="make kernel"):
+        kernel.use_fused("fused")
+    assert kernel.use_fused("auto") is False          # auto falls back to the pure-ONNX quantizer
+
+
+def test_bad_attributes_are_refused_with_the_rule(fused):
+    import onnxruntime as ort
+    model = device.fuse(device.quantizer_model((2, 8), 1, "ms-fp9"))
+    for a in model.graph.node[0].attribute:
+        if a.name == "block":
+            a.i = 0
+    with pytest.raises(Exception, match="block >= 1"):
+        opts = kernel.register(ort.SessionOptions())
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_build_command_reports_status():
+    out = subprocess.run([sys.executable, "-m", "accel_lib.fpga.kernel", "status"], capture_output=True, text=True,
+                         check=True).stdout
+    assert str(kernel.LIBRARY) in out and ("not built" in out) != kernel.available()
