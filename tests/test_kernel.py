@@ -7,10 +7,9 @@ import zlib
 
 import numpy as np
 import pytest
+from test_formats import same_bits
 
 from accel_lib.fpga import device, formats, kernel
-
-from test_formats import same_bits
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +61,10 @@ def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
 
 
 def network(image_size=64):
+    import tempfile
+
     from accel_lib.conversion.worker import convert_stage, load_saved_model
     from accel_lib.models import QuantizedResnet50
-    import tempfile
     d = tempfile.mkdtemp(prefix="accel-kernel-")
     info = QuantizedResnet50(d, weights="random", image_size=image_size).save(os.path.join(d, "m"))
     return convert_stage(load_saved_model(info.path), info.metadata, "featurize")
