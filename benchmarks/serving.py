@@ -159,7 +159,8 @@ def plots(results, folder):
     rows = results.get("device_stage")
     if rows:
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.bar([x["format"] for x in rows], [x["p50_ms"] for x in rows])
+        ax.bar([x.get("label", x["format"]).replace(" (", "\n(") for x in rows], [x["p50_ms"] for x in rows])
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_ylabel("device stage p50, ms (measured on the host CPU)")
         ax.set_title("The simulated device's cost per format")
         made.append(_save(fig, folder / "device_stage.png"))

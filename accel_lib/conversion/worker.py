@@ -142,10 +142,12 @@ def run_checks(m, meta, loaded, pkg_dir, work, fp32_model, device_model, layers,
                            "please report it.")
     m.parity = parity
     if fmt is not None:
+        from ..fpga import kernel
         pkg = AcceleratorPackage(pkg_dir)
         check = checks.device_check(pkg, fp32_model, fmt)
         _log(f"  device check ({fmt.name}): max relative difference {check['max_rel_diff']:.3g}, top-1 agreement "
-             f"{check['top1_agreement']:.0%} (ONNX Runtime device vs numpy reference device)")
+             f"{check['top1_agreement']:.0%} (ONNX Runtime device, quantizer: {kernel.label()}, vs numpy reference "
+             "device)")
         if check["max_rel_diff"] > checks.DEVICE_TOLERANCE:
             raise RuntimeError(f"the {fmt.name} device graph disagrees with the reference device "
                                f"({check['max_rel_diff']:.3g}): a simulator bug, please report it.")

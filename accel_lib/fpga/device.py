@@ -176,12 +176,14 @@ def quantizers(model):
     return []
 
 
-def fuse(model):
-    """A copy of ``model`` with each recorded quantizer subgraph replaced by one fused ``kernel`` node."""
+def fuse(model, inplace=False):
+    """``model`` (a copy unless ``inplace``) with each recorded quantizer subgraph replaced by one fused ``kernel``
+    node."""
     import copy
 
     from . import kernel
-    model = copy.deepcopy(model)
+    if not inplace:
+        model = copy.deepcopy(model)
     g = model.graph
     todo = {q["output"]: q for q in quantizers(model)}
     if not todo:
@@ -231,12 +233,31 @@ def session(model, options=None, kernel=None):
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+    owned = not isinstance(model, onnx.ModelProto)
+    if kern.use_fused(kernel):
+        if owned:
+            model = onnx.load(str(model))
+        if quantizers(model):
+            model = fuse(model, inplace=owned)
+            kern.register(options)
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
-    if kern.use_fused(kernel) and quantizers(model):
-        model = fuse(model)
-        kern.register(options)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString()
+    if owned:
+        del model
+    sess = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    del source
+    _release_freed_memory()
+    return sess
+
+
+def _release_freed_memory():
+    """Give the graph bytes Python just freed back to the OS (glibc keeps them otherwise): replicas stay small."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def quantizer_model(shape, axis, fmt, nonnegative=False):

@@ -66,6 +66,11 @@ def use_fused(kernel=None):
     return False
 
 
+def label(kernel=None):
+    """'fused kernel' or 'ONNX ops': the quantizer a device session uses now (for logs and tables)."""
+    return "fused kernel" if use_fused(kernel) else "ONNX ops"
+
+
 def register(options):
     """Register the library with ONNX Runtime SessionOptions ``options``."""
     options.register_custom_ops_library(str(LIBRARY))
