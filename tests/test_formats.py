@@ -71,21 +71,28 @@ def test_blocks_follow_the_axis_and_defaults():
         formats.get("int4")
 
 
-@pytest.mark.parametrize("name", ["ms-fp8", "ms-fp9", "msfp12", "msfp16"])
-@pytest.mark.parametrize("shape, axis", [((2, 256, 5, 5), 1), ((2, 64, 3, 3), 1), ((3, 300, 2, 2), 1),
-                                         ((4, 200), 1), ((5, 37), -1)])
-@pytest.mark.parametrize("nonneg", [False, True])
-def test_onnx_device_path_is_bit_exact(name, shape, axis, nonneg):
-    import onnxruntime as ort
-    rng = np.random.default_rng(zlib.crc32(repr((name, shape, nonneg)).encode()))
+def vectors(name, shape, nonneg, seed=""):
+    """Test inputs over 28 binades with zeros, -0.0, NaN, +-inf, a saturating value and a subnormal."""
+    rng = np.random.default_rng(zlib.crc32(repr((seed, name, shape, nonneg)).encode()))
     x = (rng.standard_normal(shape) * np.exp(rng.uniform(-14, 14, shape))).astype(np.float32)
     if nonneg:
         x = np.maximum(x, 0)
         x.flat[::41] = -0.0
     x.flat[::97] = 0
     x.flat[7] = np.nan
-    x.flat[-3] = np.inf
+    x.flat[-3] = np.inf if nonneg else -np.inf
     x.flat[-9] = 2.0 ** 30          # saturation in some block
+    x.flat[11] = 2.0 ** -140        # a subnormal
+    return x
+
+
+@pytest.mark.parametrize("name", ["ms-fp8", "ms-fp9", "msfp12", "msfp16"])
+@pytest.mark.parametrize("shape, axis", [((2, 256, 5, 5), 1), ((2, 64, 3, 3), 1), ((3, 300, 2, 2), 1),
+                                         ((4, 200), 1), ((5, 37), -1)])
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_onnx_device_path_is_bit_exact(name, shape, axis, nonneg):
+    import onnxruntime as ort
+    x = vectors(name, shape, nonneg)
     sess = ort.InferenceSession(device.quantizer_model(shape, axis, name, nonneg).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     assert same_bits(sess.run(None, {"x": x})[0], formats.quantize(x, name, axis))
