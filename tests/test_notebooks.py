@@ -15,6 +15,7 @@ from accel_lib.conversion import checks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+CELL_TIMEOUT = 900      # s per cell: a kernel reply lost by papermill fails the test instead of hanging it
 
 
 def test_notebooks_are_committed_clean():
@@ -74,7 +75,8 @@ def _run_series(tmp_path, params):
     try:
         for p in NOTEBOOKS:
             pm.execute_notebook(str(p), str(tmp_path / p.name), parameters=params, cwd=str(tmp_path),
-                                kernel_name="python3", progress_bar=False, log_output=False)
+                                kernel_name="python3", progress_bar=False, log_output=False,
+                                execution_timeout=CELL_TIMEOUT)
     finally:
         _stop_what_is_left(tmp_path / params["workspace_dir"])
 
@@ -134,4 +136,5 @@ def test_series_runs_under_papermill_with_other_parameters(tmp_path):
     assert Model.list(ws) == []
     import papermill as pm                          # cleaning up twice is harmless
     pm.execute_notebook(str(NOTEBOOKS[5]), str(tmp_path / "06-again.ipynb"), parameters=params, cwd=str(tmp_path),
-                        kernel_name="python3", progress_bar=False, log_output=False)
+                        kernel_name="python3", progress_bar=False, log_output=False,
+                                execution_timeout=CELL_TIMEOUT)
