@@ -35,6 +35,15 @@ def interleaved_ms(contenders, x, runs, warmup=5):
     return times
 
 
+def _quiet_options():
+    """Session options whose threads sleep between runs: interleaved sessions must not spin against each other."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def _p90(v):
     v = sorted(v)
     return v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
@@ -43,7 +52,7 @@ def _p90(v):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=60)
     p.add_argument("--out", default="build/bench", help="where the table and JSON go")
     p.add_argument("--skip-serving", action="store_true", help="only the device stage")
     args = p.parse_args()
@@ -62,7 +71,7 @@ def main():
             choices.append(("ONNX ops", "onnx"))
         for quantizer, choice in choices:
             label = f"{name} ({quantizer})" if name != "fp32" else name
-            contenders[label] = device.session(model, kernel=choice)
+            contenders[label] = device.session(model, _quiet_options(), kernel=choice)
             info[label] = {"format": name, "quantizer": quantizer, "layers": len(layers)}
     times = interleaved_ms(contenders, x, args.runs)
     base = statistics.median(times["fp32"])
