@@ -62,7 +62,7 @@ def main():
     from accel_lib.fpga import device, formats, kernel
     fp32 = device_graph(args.image_size)
     x = samples.sample_batch(1, args.image_size, "BGR")
-    fused = kernel.label("auto") == "fused kernel"
+    fused = kernel.use_fused("auto")
     contenders, info = {}, {}
     for name in formats.NAMES:   # one run, side by side: fp32, every format, and ms-fp9 with the pure-ONNX quantizer
         model, layers = device.apply_format(fp32, name)

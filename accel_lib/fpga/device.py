@@ -147,8 +147,7 @@ def apply_format(model, fmt):
             new_nodes.extend(qn)
             g.initializer.extend(qi)
             done[key] = qname
-            quantizers.append({"input": node.input[0], "output": qname, "axis": x_axis, "format": fmt.name,
-                               "block": fmt.block, "channels": int(channels)})
+            quantizers.append(_entry(node.input[0], qname, x_axis, fmt, channels))
         qname = done[key]
         node.input[0] = qname
         new_nodes.append(node)
@@ -159,6 +158,12 @@ def apply_format(model, fmt):
     model.doc_string = f"{DOMAIN_NOTE}: {fmt.describe()}"
     _record(model, quantizers)
     return model, layers
+
+
+def _entry(x, y, axis, fmt, channels):
+    """One quantizer's record: y = quantize(x, fmt, axis); its subgraph's nodes are named y or "y/..."."""
+    return {"input": x, "output": y, "axis": int(axis), "format": fmt.name, "block": fmt.block,
+            "channels": int(channels)}
 
 
 def _record(model, quantizers):
@@ -214,13 +219,9 @@ def fuse(model, inplace=False):
     keep = [i for i in g.initializer if owner(i.name) is None]
     del g.initializer[:]
     g.initializer.extend(keep)
-    model.opset_import.append(_opset(kernel.DOMAIN))
-    return model
-
-
-def _opset(domain):
     from onnx import helper
-    return helper.make_opsetid(domain, 1)
+    model.opset_import.append(helper.make_opsetid(kernel.DOMAIN, 1))
+    return model
 
 
 def session(model, options=None, kernel=None):
@@ -272,6 +273,5 @@ def quantizer_model(shape, axis, fmt, nonnegative=False):
     graph = h.make_graph(nodes, "quantizer", [h.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
-    _record(model, [{"input": "x", "output": "y", "axis": axis % rank, "format": fmt.name, "block": fmt.block,
-                     "channels": int(shape[axis % rank])}])
+    _record(model, [_entry("x", "y", axis % rank, fmt, shape[axis % rank])])
     return model
