@@ -35,7 +35,12 @@ def top_k_chart(image, top, title="top 5", note=""):
 
 class UploadScorer:
     """Pick a JPEG or PNG, see it with its top-k as a bar chart. ``score(bytes) -> probabilities`` does the work
-    (a deployed service's client, or an in-process package); ``widget`` is what a notebook displays."""
+    (a deployed service's client, or an in-process package); ``widget`` is what a notebook displays.
+
+    The result is put into the Output widget by the kernel (its ``outputs``), never through the widget's capture
+    context (``with output:``, which ``clear_output`` uses too). Under nbclient (papermill, nbval) a capture makes the
+    client send the widget's new state on the shell channel while it waits there for the cell's reply, and that
+    reply can then go unnoticed until the cell's timeout, or for ever without one (nbclient #312)."""
 
     def __init__(self, score, labels, k=5, note=""):
         import ipywidgets as w
@@ -53,21 +58,28 @@ class UploadScorer:
     def on_upload(self, data: bytes, name="image"):
         """Score one uploaded file and show it; a file that is not an image shows the reason instead."""
         import matplotlib.pyplot as plt
-        from IPython.display import display
-        self.output.clear_output()
-        with self.output:
-            try:
-                top = top_k(self.score(data), self.labels, self.k)
-            except Exception as e:  # noqa: BLE001 - the reason is shown to the user, the widget stays usable
-                self.last = (name, None)
-                why = e.details() if hasattr(e, "details") else str(e)      # a gRPC error carries its reason there
-                print(f"{name}: could not be scored: {why}")
-                return None
-            fig = top_k_chart(data, top, f"{name}: top {self.k}", self.note)
-            display(fig)
-            plt.close(fig)
+        try:
+            top = top_k(self.score(data), self.labels, self.k)
+        except Exception as e:  # noqa: BLE001 - the reason is shown to the user, the widget stays usable
+            self.last = (name, None)
+            why = e.details() if hasattr(e, "details") else str(e)      # a gRPC error carries its reason there
+            self.output.outputs = ({"output_type": "stream", "name": "stdout",
+                                    "text": f"{name}: could not be scored: {why}\n"},)
+            return None
+        fig = top_k_chart(data, top, f"{name}: top {self.k}", self.note)
+        self.output.outputs = (figure_output(fig),)
+        plt.close(fig)
         self.last = (name, top)
         return top
+
+
+def figure_output(fig) -> dict:
+    """A matplotlib figure as a ``display_data`` output (PNG), for an Output widget's ``outputs``."""
+    import base64
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": repr(fig)}}
 
 
 def bits_per_value(numeric_format, block=None):

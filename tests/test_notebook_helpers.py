@@ -33,7 +33,12 @@ def test_upload_widget_scores_what_is_picked(converted):
     name, top = scorer.last
     assert name == "cat.jpg" and len(top) == 5
     assert [i for i, _, _ in top] == list(np.argsort(-ref)[:5]) and top[0][1] == labels[int(ref.argmax())]
+    # the chart is the widget's output, set by the kernel (no capture context: see UploadScorer's docstring)
+    [shown] = scorer.output.outputs
+    assert shown["output_type"] == "display_data" and "image/png" in shown["data"]
 
     assert scorer.on_upload(b"this is not a picture", "notes.txt") is None     # shown, not raised
     assert scorer.last == ("notes.txt", None)
+    [shown] = scorer.output.outputs
+    assert shown["output_type"] == "stream" and "notes.txt: could not be scored" in shown["text"]
     assert scorer.on_upload(data, "again.jpg")[0][0] == int(ref.argmax())     # and the widget still works
