@@ -120,6 +120,7 @@ class Model:
                 raise UserError(f"model {self.id} is used by image {names}; delete the image first "
                                 "(image.delete()), then the model.")
             db.execute("DELETE FROM models WHERE name=? AND version=?", (self.name, self.version))
+        shutil.rmtree(self.workspace.conversion_cache(self.name, self.version), ignore_errors=True)
 
     def update(self, tags=None, description=None, properties=None):
         """Add tags / properties (merged) or replace the description."""

@@ -170,6 +170,11 @@ class Workspace:
             os.replace(tmp, dst)
         return digest
 
+    def conversion_cache(self, name, version) -> Path:
+        """Where the fp32 graphs converted from model ``name`` version ``version`` are kept for its further
+        conversions (removed with the model)."""
+        return self.path / "cache" / "conversion" / f"{name}.{int(version)}"
+
     def scratch(self, *parts) -> Path:
         """A folder inside the workspace for a stage's working files."""
         d = self.path.joinpath(*parts)

@@ -15,11 +15,11 @@ import time
 
 def device_graph(image_size):
     """A ResNet-50 featurizer (seeded random weights) converted to ONNX, as the converter does."""
-    from accel_lib.conversion.worker import convert_stage, load_saved_model
+    from accel_lib.conversion import fp32_featurizer
     from accel_lib.models import Resnet50
     d = tempfile.mkdtemp(prefix="accel-bench-")
     info = Resnet50(d, weights="random", image_size=image_size).save(os.path.join(d, "m"))
-    return convert_stage(load_saved_model(info.path), info.metadata, "featurize")
+    return fp32_featurizer(info.path)
 
 
 def interleaved_ms(contenders, x, runs, warmup=5):

@@ -32,9 +32,8 @@ def test_bad_format_arguments_fail_at_once(converted):
 
 
 def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, small_model, cluster, tmp_path):
-    from accel_lib.conversion.worker import convert_stage, load_saved_model
+    from accel_lib.conversion import fp32_featurizer
     from accel_lib.fpga.package import AcceleratorPackage
-    from accel_lib.models import read_metadata
     from accel_lib.fpga.reference import reference_device
     ws, src, op = converted_q
     img = Image.create("small-q", [op.result], AccelContainerImage.image_configuration(), ws)
@@ -45,8 +44,7 @@ def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, s
         served = c.score_numpy_arrays({"images": data}, outputs="output_alias")
         assert c.get_model_metadata()["numeric_format"] == "ms-fp9"
     # the reference device: the fp32 featurizer (converted afresh) run by numpy with formats.quantize
-    path = small_model[1].path
-    fp32 = convert_stage(load_saved_model(path), read_metadata(path), "featurize")
+    fp32 = fp32_featurizer(small_model[1].path)
     x = host.preprocess(data, order="BGR", output_height=64, output_width=64)
     feats = reference_device(fp32, formats.get("ms-fp9", 64))(x)
     pkg = AcceleratorPackage(img.context / "package")

@@ -49,11 +49,11 @@ def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
 def network(image_size=64):
     import tempfile
 
-    from accel_lib.conversion.worker import convert_stage, load_saved_model
+    from accel_lib.conversion import fp32_featurizer
     from accel_lib.models import QuantizedResnet50
     d = tempfile.mkdtemp(prefix="accel-kernel-")
     info = QuantizedResnet50(d, weights="random", image_size=image_size).save(os.path.join(d, "m"))
-    return convert_stage(load_saved_model(info.path), info.metadata, "featurize")
+    return fp32_featurizer(info.path)
 
 
 def quantizer_io(model, x, kernel_choice):

@@ -23,8 +23,9 @@ import numpy as np
 from ..fpga import manifest
 
 PARITY_IMAGES = 6
-DEVICE_CHECK_IMAGES = 4
+DEVICE_CHECK_IMAGES = 2
 REPORT_IMAGES = 8
+REPORT_BATCH = 2                # the report runs its images this many at a time (every layer's output is kept)
 PARITY_TOLERANCE = 1e-3         # relative L2 error of any output, fp32 package vs TensorFlow (see above)
 DEVICE_TOLERANCE = 1e-3         # largest difference / largest value, ONNX Runtime device vs reference device
 
@@ -54,32 +55,52 @@ def class_scores(tensors):
     return [t.key for t in tensors if t.kind in manifest.CLASS_SCORES]
 
 
-def parity_check(loaded, meta, pkg, n=None) -> dict:
-    """The source SavedModel (``loaded``) vs the package with an fp32 device, on ``n`` generated images.
-
-    Each converted stage is compared on the same input (the featurizer on the same preprocessed images, the heads
-    on the same features), so that its own fp32 noise is measured and not what the network downstream makes of
-    it; end to end, the top-1 agreement and the largest absolute difference are reported."""
+def tensorflow_reference(loaded, meta, with_heads=True, n=None) -> dict:
+    """TensorFlow's outputs for the parity check, from the source SavedModel (``loaded``) on ``n`` generated images:
+    the preprocessed input (``x``), each feature (``feat/<key>``), the heads on those features (``head/<key>``) and
+    the whole serving signature on the encoded images (``serve/<key>``)."""
     import tensorflow as tf
 
+    from ..fpga import host
     from ..samples import sample_images
     n = n or images_for(meta.preprocessing, PARITY_IMAGES)
     imgs = sample_images(n, seed=11)
     sig = loaded.signatures
-    x = pkg.preprocess(imgs)
-    tf_feat = {k: v.numpy() for k, v in sig[meta.signatures["featurize"]](image_tensors=tf.constant(x)).items()}
-    tf_heads = {k: v.numpy() for k, v in sig[meta.signatures["heads"]](
-        **{k: tf.constant(v) for k, v in tf_feat.items()}).items()}
-    errors = {t.name: relative_error(tf_feat[t.key], v) for t, v in
-              zip(meta.features, (pkg.featurize(x)[t.key] for t in meta.features))}
-    ort_heads = pkg.run_heads(tf_feat)
-    errors.update({t.name: relative_error(tf_heads[t.key], ort_heads[t.key]) for t in meta.outputs})
-    ref = {k: v.numpy() for k, v in sig[meta.signatures["serving"]](images=tf.constant(imgs)).items()}
-    got = pkg.run_heads(pkg.featurize(x))
-    scores = class_scores(meta.outputs)
-    return {"images": n, "relative_error": errors, "max_relative_error": max(errors.values()),
-            "max_abs_diff": max(float(np.abs(ref[t.key] - got[t.key]).max()) for t in meta.outputs),
-            "top1_agreement": min((top1_agreement(ref[k], got[k]) for k in scores), default=1.0),
+    x = host.preprocess(imgs, **meta.preprocessing)
+    feats = {k: v.numpy() for k, v in sig[meta.signatures["featurize"]](image_tensors=tf.constant(x)).items()}
+    out = {"x": x, **{f"feat/{k}": v for k, v in feats.items()}}
+    if with_heads:
+        heads = sig[meta.signatures["heads"]](**{k: tf.constant(v) for k, v in feats.items()})
+        out.update({f"head/{k}": v.numpy() for k, v in heads.items()})
+        serve = sig[meta.signatures["serving"]](images=tf.constant(imgs))
+        out.update({f"serve/{k}": v.numpy() for k, v in serve.items()})
+    return out
+
+
+def parity_check(reference, meta, pkg) -> dict:
+    """The package with an fp32 device against TensorFlow's outputs (``tensorflow_reference``).
+
+    Each converted stage is compared on the same input (the featurizer on the same preprocessed images, the heads
+    on the same features), so that its own fp32 noise is measured and not what the network downstream makes of
+    it; end to end, the top-1 agreement and the largest absolute difference are reported."""
+    x = reference["x"]
+    got_feats = pkg.featurize(x)
+    errors = {t.name: relative_error(reference[f"feat/{t.key}"], got_feats[t.key]) for t in meta.features}
+    result = {"images": int(len(x))}
+    if pkg.heads is not None:
+        ref_feats = {t.key: reference[f"feat/{t.key}"] for t in meta.features}
+        ort_heads = pkg.run_heads(ref_feats)
+        errors.update({t.name: relative_error(reference[f"head/{t.key}"], ort_heads[t.key]) for t in meta.outputs})
+        got = pkg.run_heads(got_feats)
+        ref = {t.key: reference[f"serve/{t.key}"] for t in meta.outputs}
+        scores = class_scores(meta.outputs)
+        result["max_abs_diff"] = max(float(np.abs(ref[t.key] - got[t.key]).max()) for t in meta.outputs)
+        result["top1_agreement"] = min((top1_agreement(ref[k], got[k]) for k in scores), default=1.0)
+    else:                                   # a featurizer-only package: the features are what it serves
+        result["max_abs_diff"] = max(float(np.abs(reference[f"feat/{t.key}"] - got_feats[t.key]).max())
+                                     for t in meta.features)
+        result["top1_agreement"] = 1.0
+    return {**result, "relative_error": errors, "max_relative_error": max(errors.values()),
             "tolerance": PARITY_TOLERANCE,
             "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime): relative L2 "
                         "error of each stage's outputs on the same inputs; end to end, top-1 and max abs diff"}
@@ -94,26 +115,35 @@ def device_check(pkg, fp32_model, fmt, n=None) -> dict:
     dev = pkg.featurize(x)
     ref = reference_device(fp32_model, fmt)(x)
     rel = max(float(np.abs(dev[k] - ref[k]).max() / max(float(np.abs(ref[k]).max()), 1e-30)) for k in ref)
-    h_dev, h_ref = pkg.run_heads(dev), pkg.run_heads(ref)
-    scores = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
-    return {"images": n, "max_rel_diff": rel,
-            "top1_agreement": min(top1_agreement(h_ref[k], h_dev[k]) for k in scores),
+    if pkg.heads is not None:
+        h_dev, h_ref = pkg.run_heads(dev), pkg.run_heads(ref)
+        scores = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
+        top1 = min(top1_agreement(h_ref[k], h_dev[k]) for k in scores)
+    else:
+        top1 = 1.0
+    return {"images": n, "max_rel_diff": rel, "top1_agreement": top1,
             "tolerance": DEVICE_TOLERANCE,
             "measured": "device stage: ONNX Runtime (format in the graph) vs numpy reference device (formats.py)"}
 
 
 def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=None) -> dict:
-    """The format against fp32 on the same package: per-layer SQNR and agreement (the report)."""
+    """The format against fp32 on the same package: per-layer SQNR and agreement (the report), on ``n`` images
+    run ``REPORT_BATCH`` at a time."""
     from ..fpga.quality import quantization_report
     from ..samples import sample_images
     n = n or images_for(pkg.prep, REPORT_IMAGES)
-    x = pkg.preprocess(sample_images(n, seed=51))
-    keys = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
+    images = sample_images(n, seed=51)
+    batches = (pkg.preprocess(images[i:i + REPORT_BATCH]) for i in range(0, n, REPORT_BATCH))
+    if pkg.heads is not None:
+        keys = class_scores(pkg.manifest.heads_outputs()) or pkg.manifest.stage("heads").outputs[:1]
 
-    def scores(features):
-        out = pkg.run_heads(features)
-        return np.concatenate([out[k].reshape(-1, out[k].shape[-1]) for k in keys])
-    report = quantization_report(fp32_model, device_model, layers, fmt.name, x, scores)
+        def scores(features):
+            out = pkg.run_heads(features)
+            return np.concatenate([out[k].reshape(-1, out[k].shape[-1]) for k in keys])
+    else:                                   # features only: agreement of the features' largest component
+        def scores(features):
+            return np.concatenate([v.reshape(len(v), -1) for v in features.values()], axis=1)
+    report = quantization_report(fp32_model, device_model, layers, fmt.name, batches, scores)
     report["weights"] = weights
     report["random_weights"] = str(weights).startswith("random")
     return report

@@ -76,7 +76,7 @@ class AccelOnnxConverter:
 class ModelConvertOperation:
     """A conversion under way: ``status``, ``wait_for_completion()``, ``result``."""
 
-    LOST = "the conversion process ended without reporting; see the log"
+    LOG_TAIL = 8            # lines of the log quoted when the worker ends without reporting
 
     def __init__(self, workspace, operation_id, _proc=None):
         self.workspace = workspace
@@ -95,8 +95,26 @@ class ModelConvertOperation:
             with self.workspace.connect() as db:      # it may have reported just before it exited
                 row = dict(db.execute("SELECT * FROM operations WHERE id=?", (self.id,)).fetchone())
             if row["status"] in ("Queued", "Running"):
-                row.update(status="Failed", error=self.LOST)
+                row.update(status="Failed", error=self._how_it_ended(row))
         return row
+
+    def _how_it_ended(self, row) -> str:
+        """Why the worker is gone without reporting: its exit status when this process started it, and the log's
+        last lines."""
+        import signal
+        code = self._proc.returncode if self._proc is not None else None
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "a signal"
+            why = (f"the conversion worker was killed ({name}, signal {-code}"
+                   + (", most likely by the out-of-memory killer" if -code == signal.SIGKILL else "") + ")")
+        elif code is not None:
+            why = f"the conversion worker exited with code {code} before it could report"
+        else:
+            why = (f"the conversion worker (pid {row['pid']}) was stopped before it could report: killed by a "
+                   "signal (SIGKILL, or the out-of-memory killer)")
+        p = self.workspace.path / row["log"]
+        tail = p.read_text(errors="replace").splitlines()[-self.LOG_TAIL:] if p.exists() else []
+        return why + (". The log's last lines:\n" + "\n".join(tail) if tail else "; it wrote no log")
 
     def _alive(self, pid):
         if self._proc is not None:
@@ -153,10 +171,10 @@ class ModelConvertOperation:
             bar.close()
             if self._proc is not None and self._proc.poll() is not None:
                 self._proc.wait()
-        if row["error"] == self.LOST:          # record what the wait found
+        if row["status"] == "Failed":          # record what the wait found (a no-op when the worker reported it)
             with self.workspace.connect(immediate=True) as db:
                 db.execute("UPDATE operations SET status='Failed', error=? WHERE id=? AND status IN "
-                           "('Queued', 'Running')", (self.LOST, self.id))
+                           "('Queued', 'Running')", (row["error"], self.id))
         if show_output:
             print(f"\nconversion {self.id}: {row['status']}")
         if row["status"] == "Failed":

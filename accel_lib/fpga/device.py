@@ -224,9 +224,10 @@ def fuse(model, inplace=False):
     return model
 
 
-def session(model, options=None, kernel=None):
+def session(model, options=None, kernel=None, inplace=False):
     """An ONNX Runtime CPU session for a device graph (a ModelProto or a path), with the fused quantizer when
-    ``kernel`` allows it (None: $ACCEL_LIB_DEVICE_KERNEL, 'auto' by default; 'fused'; 'onnx')."""
+    ``kernel`` allows it (None: $ACCEL_LIB_DEVICE_KERNEL, 'auto' by default; 'fused'; 'onnx'). ``inplace``: the
+    caller hands the ModelProto over, and it is fused in place instead of copied."""
     import onnx
     import onnxruntime as ort
 
@@ -234,9 +235,9 @@ def session(model, options=None, kernel=None):
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-    owned = not isinstance(model, onnx.ModelProto)
+    owned = inplace or not isinstance(model, onnx.ModelProto)
     if kern.use_fused(kernel):
-        if owned:
+        if not isinstance(model, onnx.ModelProto):
             model = onnx.load(str(model))
         if quantizers(model):
             model = fuse(model, inplace=owned)

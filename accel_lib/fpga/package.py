@@ -33,16 +33,19 @@ def _session(path, threads, spinning, device_graph=False):
 class AcceleratorPackage:
     """Load a package folder and score encoded images or preprocessed arrays with it.
 
-    ``threads``: ONNX Runtime's intra-op threads (0: every core); ``spinning=False`` lets idle threads sleep;
-    ``max_pixels``: the per-image limit checked before decoding."""
+    ``threads``: ONNX Runtime's intra-op threads (0: the CPUs this process may use); ``spinning=False`` lets idle
+    threads sleep; ``max_pixels``: the per-image limit checked before decoding; ``device=False`` loads only the host
+    stages (preprocessing and heads), for tools that run device graphs of their own."""
 
-    def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS):
+    def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS, device=True):
         self.path = Path(path)
         self.manifest = manifest.read(manifest.PackageManifest, self.path)
         m = self.manifest
         self.prep = m.stage("preprocess").params
         self.max_pixels = max_pixels
-        self.device = _session(device_file or self.path / m.device.file, threads, spinning, device_graph=True)
+        threads = threads or host.cpus()
+        self.device = (_session(device_file or self.path / m.device.file, threads, spinning, device_graph=True)
+                       if device else None)
         heads = m.stage("heads")
         self.heads = _session(self.path / heads.file, threads, spinning) if heads else None
         self.numeric_format = m.numeric_format

@@ -9,7 +9,10 @@ LOG2_BINS = np.arange(-24, 17, 1.0)
 
 
 def _session(model, extra_outputs=()):
+    """A session of ``model`` that also returns ``extra_outputs``; without ONNX Runtime's memory arena, since every
+    layer's output leaves the graph and the arena would keep the largest batch's worth for good."""
     import onnx
+    import onnxruntime as ort
     from onnx import helper
 
     from .device import session
@@ -17,7 +20,10 @@ def _session(model, extra_outputs=()):
     m.CopyFrom(model)
     for name in extra_outputs:
         m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return session(m)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False
+    return session(m, opts, inplace=True)
 
 
 def _percentiles(a, most=1_000_000):
@@ -32,38 +38,76 @@ def _percentiles(a, most=1_000_000):
     return [float(x) for x in np.percentile(np.log2(v), [0, 25, 50, 75, 100])]
 
 
-def quantization_report(fp32_model, device_model, layers, fmt_name, x, heads):
-    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on inputs ``x``.
+def _power(a):
+    return float(np.sum(np.square(np.asarray(a, np.float64))))
+
+
+def quantization_report(fp32_model, device_model, layers, fmt_name, batches, heads):
+    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on the input ``batches``
+    (an iterable of float32 [n, H, W, 3] arrays, run one at a time so that only one batch's layer outputs are held).
 
     ``heads`` maps the device outputs ({name: array}) to class scores [..., classes], on which agreement is
-    counted (per image for a classifier, per anchor for a detector)."""
+    counted (per image for a classifier, per anchor for a detector). SQNR sums signal and noise power over every
+    batch (exact); the output distributions come from an evenly strided sample of each layer's outputs."""
     from onnx import numpy_helper
     outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    nodes = {n.output[0]: (n.input[1], n.name) for n in fp32_model.graph.node if n.output[0] in outs}   # strings
+    weights = {}                               # per layer: weight SQNR and both distributions, before the sessions
+    f32_w = {i.name: i for i in fp32_model.graph.initializer}
+    dev_w = {i.name: i for i in device_model.graph.initializer}
+    for out in outs:
+        w = nodes[out][0]
+        a, b = numpy_helper.to_array(f32_w[w]), numpy_helper.to_array(dev_w[w])
+        weights[out] = (w, formats.sqnr_db(a, b), _percentiles(a), _percentiles(b))
+    del f32_w, dev_w
     ref_sess, dev_sess = _session(fp32_model, outs), _session(device_model, outs)
-    feed = {ref_sess.get_inputs()[0].name: x}
-    ref = dict(zip([o.name for o in ref_sess.get_outputs()], ref_sess.run(None, feed)))
-    dev = dict(zip([o.name for o in dev_sess.get_outputs()], dev_sess.run(None, feed)))
-    f32_w = {i.name: numpy_helper.to_array(i) for i in fp32_model.graph.initializer}
-    dev_w = {i.name: numpy_helper.to_array(i) for i in device_model.graph.initializer}
-    nodes = {n.output[0]: n for n in fp32_model.graph.node}
+    names = [o.name for o in ref_sess.get_outputs()]
+    feats = [o.name for o in fp32_model.graph.output]
+    signal = dict.fromkeys([*outs, "features"], 0.0)
+    noise = dict(signal)
+    sample_ref, sample_dev = {o: [] for o in outs}, {o: [] for o in outs}
+    top1, top5, images = [], [], 0
+    for x in batches:
+        feed = {ref_sess.get_inputs()[0].name: x}
+        ref = dict(zip(names, ref_sess.run(None, feed)))
+        dev = dict(zip(names, dev_sess.run(None, feed)))
+        for o in outs:
+            signal[o] += _power(ref[o])
+            noise[o] += _power(np.asarray(ref[o], np.float64) - dev[o])
+            step = max(1, ref[o].size // 250_000)
+            sample_ref[o].append(np.ravel(ref[o])[::step].copy())     # a copy: a view would keep the batch
+            sample_dev[o].append(np.ravel(dev[o])[::step].copy())
+        for k in feats:
+            signal["features"] += _power(ref[k])
+            noise["features"] += _power(np.asarray(ref[k], np.float64) - dev[k])
+        p_ref = heads({k: ref[k] for k in feats})
+        p_dev = heads({k: dev[k] for k in feats})
+        p_ref, p_dev = (p.reshape(-1, p.shape[-1]) for p in (p_ref, p_dev))
+        top1 += list(p_ref.argmax(1) == p_dev.argmax(1))
+        top5 += [len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(p_ref, p_dev)]
+        images += len(x)
+        del ref, dev
     rows = []
     for out, layer in zip(outs, layers):
-        w = nodes[out].input[1]
-        rows.append({"name": layer_name(w, nodes[out].name or out), "op": layer["op"], "channels": layer["channels"],
-                     "weight_sqnr_db": formats.sqnr_db(f32_w[w], dev_w[w]),
-                     "output_sqnr_db": formats.sqnr_db(ref[out], dev[out]),
-                     "weights_fp32_log2": _percentiles(f32_w[w]), "weights_device_log2": _percentiles(dev_w[w]),
-                     "outputs_fp32_log2": _percentiles(ref[out]), "outputs_device_log2": _percentiles(dev[out])})
-    feats = [o.name for o in fp32_model.graph.output]
-    p_ref = heads({k: ref[k] for k in feats})
-    p_dev = heads({k: dev[k] for k in feats})
-    p_ref, p_dev = (p.reshape(-1, p.shape[-1]) for p in (p_ref, p_dev))
-    top5 = [len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(p_ref, p_dev)]
-    flat = lambda d: np.concatenate([d[k].ravel() for k in feats])  # noqa: E731
-    return {"numeric_format": fmt_name, "images": int(len(x)),
-            "top1_agreement": float(np.mean(p_ref.argmax(1) == p_dev.argmax(1))), "top5_overlap": float(np.mean(top5)),
-            "feature_sqnr_db": formats.sqnr_db(flat(ref), flat(dev)), "layers": rows,
+        w, w_sqnr, w_fp32, w_dev = weights[out]
+        rows.append({"name": layer_name(w, nodes[out][1] or out), "op": layer["op"], "channels": layer["channels"],
+                     "weight_sqnr_db": w_sqnr, "output_sqnr_db": _sqnr(signal[out], noise[out]),
+                     "weights_fp32_log2": w_fp32, "weights_device_log2": w_dev,
+                     "outputs_fp32_log2": _percentiles(np.concatenate(sample_ref[out])),
+                     "outputs_device_log2": _percentiles(np.concatenate(sample_dev[out]))})
+    return {"numeric_format": fmt_name, "images": images,
+            "top1_agreement": float(np.mean(top1)), "top5_overlap": float(np.mean(top5)),
+            "feature_sqnr_db": _sqnr(signal["features"], noise["features"]), "layers": rows,
             "measured": "device graph in the format vs the fp32 device graph, ONNX Runtime, generated images"}
+
+
+def _sqnr(signal, noise):
+    """10 log10(signal / noise), as formats.sqnr_db does for two arrays (inf when there is no noise)."""
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
 
 
 def layer_name(weight, fallback):

@@ -10,37 +10,40 @@ from ..errors import UserError
 class DeviceFeaturizer:
     """The featurizer of a zoo model as the simulated device runs it: converted to ONNX, in the device format.
 
-    ``DeviceFeaturizer(model_graph, work_dir)`` saves the model under ``work_dir`` and converts its featurizer
-    in-process (the same stages as AccelOnnxConverter); calling it on encoded images returns features [N, D].
+    ``DeviceFeaturizer(model_graph, work_dir)`` saves the model under ``work_dir`` and converts its featurizer with
+    the converter's own steps (``conversion.convert_folder``: TensorFlow's work in processes of their own, so this
+    process holds only the package); calling it on encoded images returns features [N, D].
     """
 
     def __init__(self, model_graph, work_dir, numeric_format=None, block_size=None):
-        from ..conversion.worker import convert_stage, load_saved_model
+        from pathlib import Path
+
+        from ..conversion import convert_folder
         from ..fpga import formats
-        from ..fpga.device import apply_format, session
-        info = model_graph.save(work_dir)
+        from ..fpga.package import AcceleratorPackage
+        info = model_graph.save(Path(work_dir) / "saved")
         meta = info.metadata
         if len(meta.features) != 1:
             raise UserError(f"{meta.model_class} has {len(meta.features)} feature maps; transfer learning takes "
                             "a classifier featurizer (Resnet50/152, Vgg16, Densenet121 or their Quantized twins).")
         self.numeric_format = numeric_format or meta.default_numeric_format
         self.format = formats.get(self.numeric_format, block_size)
-        device, _ = apply_format(convert_stage(load_saved_model(info.path), meta, "featurize"), self.format)
-        self._session = session(device)
-        self.preprocessing = meta.preprocessing
+        self.feature_name = meta.features[0].name
+        convert_folder(info.path, Path(work_dir) / "package", outputs=[self.feature_name],
+                       numeric_format=self.numeric_format, block_size=block_size, checks=False)
+        self._package = AcceleratorPackage(Path(work_dir) / "package")
         self.feature_dim = meta.features[0].shape[-1]
 
     def __call__(self, images, batch_size=16):
         """Encoded JPEG/PNG images -> float32 features [N, D], computed in the device's format."""
         from .. import progress
-        from ..fpga import host
         out = []
         bar = progress.bar(total=len(images), desc=f"features ({self.numeric_format})", unit="image",
                            show=len(images) > batch_size)
         for i in range(0, len(images), batch_size):
-            x = host.preprocess(list(images[i:i + batch_size]), **self.preprocessing)
-            out.append(self._session.run(None, {self._session.get_inputs()[0].name: x})[0])
-            bar.update(len(x))
+            batch = list(images[i:i + batch_size])
+            out.append(self._package.run(batch, [self.feature_name])[self.feature_name])
+            bar.update(len(batch))
         bar.close()
         return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
 
