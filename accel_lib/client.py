@@ -1,4 +1,9 @@
-"""PredictionClient: score images against a deployed service over gRPC (TensorFlow Serving's Predict API)."""
+"""PredictionClient: score images against a deployed service over gRPC (TensorFlow Serving's Predict API).
+
+The client imports no TensorFlow: its messages are the project's own compiled subset of TensorFlow Serving's
+protocol (``fpga.protos``, the same names and field numbers, so the same bytes on the wire). TensorFlow Serving's own
+``TensorProto`` messages are accepted too, and its stub works on ``client.channel``.
+"""
 from __future__ import annotations
 
 import random
@@ -37,18 +42,18 @@ class PredictionClient:
         opts = [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
         if use_ssl:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(self.target, creds, options=opts)
+            self.channel = grpc.secure_channel(self.target, creds, options=opts)
         else:
-            self._channel = grpc.insecure_channel(self.target, options=opts)
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+            self.channel = grpc.insecure_channel(self.target, options=opts)
+        from .fpga.protos import serving_pb2_grpc
+        self.stub = serving_pb2_grpc.PredictionServiceStub(self.channel)
 
     def __repr__(self):
         return f"PredictionClient(target={self.target!r}, service_name={self.service_name!r})"
 
     def close(self):
         """Close the channel."""
-        self._channel.close()
+        self.channel.close()
 
     def __enter__(self):
         return self
@@ -81,23 +86,25 @@ class PredictionClient:
 
     # -- scoring ------------------------------------------------------------------------------
     def score_tensors(self, input_map, outputs=None, timeout=10.0):
-        """Send {name: TensorProto}; returns {output name: TensorProto}."""
-        from tensorflow_serving.apis import predict_pb2
-        req = predict_pb2.PredictRequest()
+        """Send {name: TensorProto} (the project's, or TensorFlow's own); returns {output name: TensorProto}."""
+        from .fpga.protos import serving_pb2, tensorflow_pb2
+        req = serving_pb2.PredictRequest()
         req.model_spec.name = self.service_name or "default"
         for k, v in input_map.items():
-            req.inputs[k].CopyFrom(v)
+            if isinstance(v, tensorflow_pb2.TensorProto):
+                req.inputs[k].CopyFrom(v)
+            else:                                       # TensorFlow's TensorProto: the same bytes
+                req.inputs[k].ParseFromString(v.SerializeToString())
         if outputs:
             req.output_filter.extend([outputs] if isinstance(outputs, str) else list(outputs))
-        return dict(self._call(self._stub.Predict, req, timeout).outputs)
+        return dict(self._call(self.stub.Predict, req, timeout).outputs)
 
     def score_numpy_arrays(self, input_map, outputs=None, timeout=10.0):
         """Send {name: array or list of bytes}; one output name -> one array, a list -> arrays in order,
         None -> {name: array} for every output."""
-        from tensorflow.core.framework import tensor_pb2
-
         from .fpga import tensors
-        got = self.score_tensors({k: tensors.to_proto(v, tensor_pb2.TensorProto) for k, v in input_map.items()},
+        from .fpga.protos import tensorflow_pb2
+        got = self.score_tensors({k: tensors.to_proto(v, tensorflow_pb2.TensorProto) for k, v in input_map.items()},
                                  outputs, timeout)
         arrays = {k: tensors.from_proto(v) for k, v in got.items()}
         if outputs is None:
@@ -123,12 +130,13 @@ class PredictionClient:
         import json
 
         from google.protobuf import wrappers_pb2
-        from tensorflow_serving.apis import get_model_metadata_pb2
-        req = get_model_metadata_pb2.GetModelMetadataRequest()
+
+        from .fpga.protos import serving_pb2
+        req = serving_pb2.GetModelMetadataRequest()
         req.model_spec.name = self.service_name or "default"
         req.metadata_field.append("signature_def")
-        resp = self._call(self._stub.GetModelMetadata, req, timeout)
-        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        resp = self._call(self.stub.GetModelMetadata, req, timeout)
+        sigmap = serving_pb2.SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sigmap)
         sig = sigmap.signature_def["serving_default"]
         about = wrappers_pb2.StringValue()

@@ -1,8 +1,9 @@
 """Regenerate the Python modules of this folder's .proto files with grpcio-tools
 (``python -m accel_lib.fpga.protos.build``; ``--out DIR`` writes them elsewhere).
 
-The generated modules are committed, so replicas need no compiler; a test checks they match their sources. Run it in
-a process without TensorFlow: grpcio-tools' compiler and TensorFlow's protobuf library do not share a process.
+The generated modules are committed, so replicas need no compiler; a test checks they match their sources. They
+build their messages in the package's own descriptor pool (``POOL``). Run it in a process without TensorFlow:
+grpcio-tools' compiler and TensorFlow's protobuf library do not share a process.
 """
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def generate(out_dir: Path) -> list[Path]:
         if p.name.endswith("_grpc.py") and "class " not in p.read_text():
             continue                  # a file without services needs no gRPC module
         made.append(p)            # 'import tensorflow_pb2 as x' -> 'from . import tensorflow_pb2 as x'
-        p.write_text(re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", p.read_text(), flags=re.M))
+        text = re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", p.read_text(), flags=re.M)
+        if "_descriptor_pool.Default()" in text:        # the package's own pool (see __init__), not the default
+            text = text.replace("_descriptor_pool.Default()", "_POOL").replace(
+                "from google.protobuf.internal import builder as _builder\n",
+                "from google.protobuf.internal import builder as _builder\n\nfrom . import POOL as _POOL\n", 1)
+        p.write_text(text)
     return made
 
 
