@@ -15,6 +15,8 @@ from ..fpga import manifest
 
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 RANDOM_SEED = 0
+CALIBRATION_PIXELS = 2 * 224 * 224   # images x pixels of the random weights' calibration pass (at most 8 images):
+                                     # TensorFlow keeps what the pass allocates, +150 MB per 224-px image (measured)
 
 
 def offline() -> bool:
@@ -204,19 +206,22 @@ class AcceleratedModel:
             raise UserError(f"weights file {path} lacks layers {missing[:5]}...; is it a {self.keras_app} file?")
 
     def _calibrate_random(self):
-        """Seeded random weights; batch-norm statistics set from one pass over generated images."""
+        """Seeded random weights; batch-norm statistics set from one pass over generated images (as many as
+        ``CALIBRATION_PIXELS`` allows)."""
         import keras
         import numpy as np
 
         from ..samples import sample_batch
-        x = np.asarray(sample_batch(8, self.image_size, self.input_order, seed=self.seed))
+        n = max(1, min(8, CALIBRATION_PIXELS // (self.image_size * self.image_size)))
+        x = np.asarray(sample_batch(n, self.image_size, self.input_order, seed=self.seed))
         bns = [l for l in self._featurizer.layers if isinstance(l, keras.layers.BatchNormalization)]
-        saved = [l.momentum for l in bns]
-        for l in bns:
-            l.momentum = 0.0
-        self._featurizer(x, training=True)
-        for l, m in zip(bns, saved):
-            l.momentum = m
+        if bns:
+            saved = [l.momentum for l in bns]
+            for l in bns:
+                l.momentum = 0.0
+            self._featurizer(x, training=True)
+            for l, m in zip(bns, saved):
+                l.momentum = m
         feats = self._featurizer(x, training=False)
         self._calibrate_head([np.asarray(f) for f in feats] if isinstance(feats, (list, tuple)) else np.asarray(feats))
 
