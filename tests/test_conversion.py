@@ -80,3 +80,65 @@ def test_a_failing_conversion_reports_failure_and_registers_nothing(ws, small_mo
     with pytest.raises(UserError, match="is Failed"):
         _ = op.result
     assert [m.name for m in Model.list(ws)] == ["broken"]
+
+
+def _step_process(op, name, seconds=180):
+    """The process running conversion step ``name`` of operation ``op`` (a child of its worker)."""
+    import time
+
+    import psutil
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for p in psutil.Process(op._proc.pid).children(recursive=True):
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
+            if "--step" in cmd and name in cmd[cmd.index("--step") + 1].split(","):
+                return p
+        time.sleep(0.1)
+    raise AssertionError(f"no {name} step started within {seconds} s:\n{op.get_log()}")
+
+
+def test_a_step_killed_by_a_signal_is_reported_as_killed_and_registers_nothing(ws, small_model):
+    src = Model.register(ws, small_model[1].path, "victim")
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias")
+    _step_process(op, "to_onnx").kill()                      # what the out-of-memory killer does
+    assert op.wait_for_completion(timeout=300) is False
+    assert op.status == "Failed"
+    assert ("the conversion's to_onnx step was killed (SIGKILL, signal 9, most likely out of memory: "
+            in op.error), op.error
+    assert "converting Resnet50 needs about" in op.error and "Close other notebooks' kernels" in op.error
+    assert [m.name for m in Model.list(ws)] == ["victim"]
+
+
+def test_a_killed_worker_is_reported_with_its_signal_and_the_log_and_its_steps_end_too(ws, small_model):
+    import os
+    import signal
+    import time
+
+    import psutil
+    from accel_lib import ModelConvertOperation
+    src = Model.register(ws, small_model[1].path, "victim")
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias")
+    step = _step_process(op, "freeze")
+    os.kill(op._proc.pid, signal.SIGKILL)
+    assert op.wait_for_completion(timeout=60) is False
+    assert op.error.startswith("the conversion worker was killed (SIGKILL, signal 9, most likely by the "
+                               "out-of-memory killer). The log's last lines:"), op.error
+    assert "step freeze" in op.error
+    again = ModelConvertOperation(ws, op.id)               # as another kernel sees it: the reason was recorded
+    assert again.status == "Failed" and again.error == op.error
+    deadline = time.monotonic() + 10                       # the step does not outlive its worker
+    while step.is_running() and step.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not step.is_running() or step.status() == psutil.STATUS_ZOMBIE
+
+
+def test_each_step_ran_in_its_own_process_and_reported_its_memory(converted):
+    ws, src, op = converted
+    log = op.get_log()
+    for step in ("freeze", "to_onnx", "fold", "device_format", "check_parity"):
+        assert f"step {step}:" in log
+        assert f"  {step} done in " in log and f"{step} done in" in log
+    assert log.count("peak memory") == 5                   # one process each (fp32: no device check, no report)

@@ -24,16 +24,17 @@ from ..fpga import manifest
 
 PARITY_IMAGES = 6
 DEVICE_CHECK_IMAGES = 2
-REPORT_IMAGES = 8
-REPORT_BATCH = 2                # the report runs its images this many at a time (every layer's output is kept)
+REPORT_IMAGES = 6
+REPORT_BATCH = 1                # the report runs its images one at a time: every layer's output leaves the graph
+                                # (VGG at 300 px: 100 MB per image and graph)
 PARITY_TOLERANCE = 1e-3         # relative L2 error of any output, fp32 package vs TensorFlow (see above)
 DEVICE_TOLERANCE = 1e-3         # largest difference / largest value, ONNX Runtime device vs reference device
 
 
-def images_for(preprocessing, n) -> int:
-    """``n`` images at 224x224, fewer for larger inputs (memory and time grow with pixels; at least 2)."""
+def images_for(preprocessing, n, least=2) -> int:
+    """``n`` images at 224x224, fewer for larger inputs (memory and time grow with pixels; at least ``least``)."""
     pixels = preprocessing["output_height"] * preprocessing["output_width"]
-    return max(2, min(n, int(n * 224 * 224 / pixels)))
+    return max(least, min(n, int(n * 224 * 224 / pixels)))
 
 
 def relative_error(ref, got) -> float:
@@ -110,7 +111,7 @@ def device_check(pkg, fp32_model, fmt, n=None) -> dict:
     """The package's device stage (ONNX Runtime, in-graph format) vs the numpy reference device."""
     from ..fpga.reference import reference_device
     from ..samples import sample_images
-    n = n or images_for(pkg.prep, DEVICE_CHECK_IMAGES)
+    n = n or images_for(pkg.prep, DEVICE_CHECK_IMAGES, least=1)     # one image: every value of every map compared
     x = pkg.preprocess(sample_images(n, seed=31))
     dev = pkg.featurize(x)
     ref = reference_device(fp32_model, fmt)(x)
@@ -128,7 +129,8 @@ def device_check(pkg, fp32_model, fmt, n=None) -> dict:
 
 def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=None) -> dict:
     """The format against fp32 on the same package: per-layer SQNR and agreement (the report), on ``n`` images
-    run ``REPORT_BATCH`` at a time."""
+    run ``REPORT_BATCH`` at a time. The graphs may be given as paths (then they are not kept once their sessions
+    exist)."""
     from ..fpga.quality import quantization_report
     from ..samples import sample_images
     n = n or images_for(pkg.prep, REPORT_IMAGES)

@@ -147,6 +147,12 @@ class ModelConvertOperation:
         p = self.log_path
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def log_lines(self, *keys) -> list[str]:
+        """The log's lines that contain any of ``keys`` (all lines without keys), without their timestamps."""
+        from .steps import strip_timestamp
+        lines = [strip_timestamp(line) for line in self.get_log().splitlines()]
+        return [line for line in lines if not keys or any(k in line for k in keys)]
+
     def wait_for_completion(self, show_output=False, timeout=None) -> bool:
         """Wait until the conversion ends; True if it succeeded. show_output streams the log."""
         from .. import progress

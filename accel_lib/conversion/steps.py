@@ -17,7 +17,7 @@ report                    the format against fp32, layer by layer (``report.json
 ========================  =======================================================================================
 
 Memory: every step runs in a process of its own that ends with the step (a process without TensorFlow starts in
-0.25 s). TensorFlow keeps the graphs and functions it builds, protobuf's default (upb) implementation keeps every
+0.25 s); a model whose weights are under ``SMALL_MODEL_BYTES`` runs all its steps in one process. TensorFlow keeps the graphs and functions it builds, protobuf's default (upb) implementation keeps every
 copy of a message that was assigned into another until all of them are garbage (protobuf #19674), and ONNX
 Runtime's arenas keep their largest size: a process that does everything only grows. Measured on ResNet-50 at
 224 px, 2 cores: everything in one process 9.0 GB; step by step at most 1.16 GB (``freeze`` 1.04, ``to_onnx`` 1.12
@@ -43,11 +43,20 @@ from pathlib import Path
 OPSET = 17
 STAGES = ("featurize", "heads")         # the saved model's stage signatures the converter turns into graphs
 PURE_PYTHON_PROTOBUF = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+SMALL_MODEL_BYTES = 32 << 20            # weights under this: every step in one process (what a process keeps
+                                        # grows with the weights; TensorFlow is imported once instead of twice)
 
 
 def log(msg):
     """One timestamped line of the conversion's log (stdout is the operation's log file)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def strip_timestamp(line) -> str:
+    """A log line without the timestamp ``log`` put in front of it."""
+    if len(line) > 11 and line[0] == "[" and line[9:11] == "] ":
+        return line[11:]
+    return line
 
 
 @dataclass
@@ -246,7 +255,7 @@ def check_parity(state: ConversionState) -> ConversionState:
     from ..fpga.package import AcceleratorPackage
     from . import checks
     ref = dict(np.load(state.reference))
-    pkg = AcceleratorPackage(state.package_dir, device_file=state.fp32["featurize"])
+    pkg = AcceleratorPackage(state.package_dir, device_file=state.fp32["featurize"], arena=False)
     parity = checks.parity_check(ref, state.metadata, pkg)
     log(f"  parity (fp32): top-1 agreement {parity['top1_agreement']:.0%}, largest relative error "
         f"{parity['max_relative_error']:.2g} (bar {checks.PARITY_TOLERANCE:g}), max abs difference "
@@ -270,7 +279,8 @@ def check_device(state: ConversionState) -> ConversionState:
     fmt = formats.get(state.numeric_format, state.block_size)
     if fmt is None:
         return state
-    check = checks.device_check(AcceleratorPackage(state.package_dir), onnx.load(state.fp32["featurize"]), fmt)
+    check = checks.device_check(AcceleratorPackage(state.package_dir, arena=False), onnx.load(state.fp32["featurize"]),
+                                fmt)
     log(f"  device check ({fmt.name}): max relative difference {check['max_rel_diff']:.3g}, top-1 agreement "
         f"{check['top1_agreement']:.0%} (ONNX Runtime device, quantizer: {kernel.label()}, vs numpy reference "
         "device)")
@@ -283,18 +293,15 @@ def check_device(state: ConversionState) -> ConversionState:
 
 def report(state: ConversionState) -> ConversionState:
     """The narrow format against fp32, layer by layer, written as the package's report."""
-    import onnx
-
     from ..fpga import formats, manifest
     from ..fpga.package import AcceleratorPackage
     from . import checks
     fmt = formats.get(state.numeric_format, state.block_size)
     if fmt is None:
         return state
-    pkg = AcceleratorPackage(state.package_dir, device=False)      # its host stages: the report runs the graphs
-    device_model = onnx.load(str(Path(state.package_dir) / manifest.DEVICE_FILE))
-    rep = checks.quantization_effect(pkg, onnx.load(state.fp32["featurize"]), device_model, state.layers, fmt,
-                                     state.metadata.weights)
+    pkg = AcceleratorPackage(state.package_dir, device=False, arena=False)    # host stages: the report runs graphs
+    rep = checks.quantization_effect(pkg, state.fp32["featurize"], Path(state.package_dir) / manifest.DEVICE_FILE,
+                                     state.layers, fmt, state.metadata.weights)
     (Path(state.package_dir) / manifest.REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
     state.report = {k: rep[k] for k in ("top1_agreement", "top5_overlap", "feature_sqnr_db", "images")}
     log(f"  quantization effect ({fmt.name} vs fp32): top-1 agreement {rep['top1_agreement']:.0%}, top-5 overlap "
@@ -311,6 +318,7 @@ class Step:
     what: str
     env: dict = field(default_factory=dict)
     checks_only: bool = False
+    narrow_only: bool = False       # only for a narrow format (nothing to compare in fp32)
 
 
 STEPS = (
@@ -319,8 +327,9 @@ STEPS = (
     Step("fold", fold, "ONNX Runtime's basic rewrites of the featurizer"),
     Step("device_format", device_format, "the device's numeric format; the package written"),
     Step("check_parity", check_parity, "fp32 package vs TensorFlow", checks_only=True),
-    Step("check_device", check_device, "device graph vs the numpy reference device", checks_only=True),
-    Step("report", report, "the format against fp32, layer by layer", checks_only=True),
+    Step("check_device", check_device, "device graph vs the numpy reference device", checks_only=True,
+         narrow_only=True),
+    Step("report", report, "the format against fp32, layer by layer", checks_only=True, narrow_only=True),
 )
 FP32_STEPS = ("freeze", "to_onnx", "fold")         # what the cache saves a further conversion of the same source
 
@@ -408,28 +417,46 @@ def run(state: ConversionState, label="", steps=STEPS) -> ConversionState:
     if cached:
         log(f"the fp32 graphs of this source were converted before ({state.cached_from}): reusing them, with "
             "TensorFlow's outputs for the parity check (steps " + ", ".join(FP32_STEPS) + " skipped)")
-    for step in steps:
-        if (cached and step.name in FP32_STEPS) or (step.checks_only and not state.checks):
-            continue
-        log(f"step {step.name}: {step.what}")
+    narrow = state.numeric_format != "fp32"
+    todo = [s for s in steps if not ((cached and s.name in FP32_STEPS) or (s.checks_only and not state.checks)
+                                     or (s.narrow_only and not narrow))]
+    small = weights_bytes(state.source_dir) < SMALL_MODEL_BYTES
+    groups = [todo] if small and todo else [[s] for s in todo]
+    if small and len(todo) > 1:
+        log(f"a small model ({weights_bytes(state.source_dir) / 2**20:.1f} MB of weights): its steps run in one "
+            "process")
+    for group in groups:
         t0 = time.monotonic()
-        state, peak = _in_own_process(step, state)
+        state, peak = _in_own_process(group, state)
         took = time.monotonic() - t0
-        state.timings.append([step.name, round(took, 2), peak])
-        log(f"  {step.name} done in {took:.1f} s, peak memory {peak / 1024:.2f} GB (measured)")
-        if step.name == FP32_STEPS[-1]:
+        names = ", ".join(s.name for s in group)
+        state.timings.append([names, round(took, 2), peak])
+        log(f"  {names} done in {took:.1f} s, peak memory {peak / 1024:.2f} GB (measured)")
+        if any(s.name == FP32_STEPS[-1] for s in group):
             _to_cache(state, label)
     return state
 
 
-def _in_own_process(step, state):
-    """Run one step with ``python -m accel_lib.conversion.worker --step``; returns (state, peak RSS in MB)."""
+def run_in_this_process(names, state: ConversionState) -> ConversionState:
+    """Run the steps called ``names`` in order, in this process (a step process's work), logging each."""
+    for name in names:
+        step = by_name(name)
+        log(f"step {step.name}: {step.what}")
+        state = step.run(state)
+    return state
+
+
+def _in_own_process(group, state):
+    """Run steps with ``python -m accel_lib.conversion.worker --step`` in one process (one step's environment,
+    or none for several); returns (state, peak RSS in MB)."""
     import psutil
 
     from . import worker
-    path = state.save(Path(state.work) / f"state.{step.name}.json")
-    env = {**os.environ, **step.env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(worker.step_command(step.name, path), stdin=subprocess.DEVNULL, env=env)
+    names = [s.name for s in group]
+    path = state.save(Path(state.work) / f"state.{names[0]}.json")
+    step_env = group[0].env if len(group) == 1 else {}
+    env = {**os.environ, **step_env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(worker.step_command(names, path), stdin=subprocess.DEVNULL, env=env)
     peak = last = 0
     try:
         p = psutil.Process(proc.pid)
@@ -445,7 +472,7 @@ def _in_own_process(step, state):
             proc.kill()
         proc.wait()
     if proc.returncode != 0:
-        raise StepFailed(_why_it_ended(step, state, proc.returncode, last))
+        raise StepFailed(_why_it_ended(", ".join(names), state, proc.returncode, last))
     return ConversionState.load(path), round(peak / 2**20)
 
 
@@ -455,15 +482,16 @@ def _why_it_ended(step, state, code, last_rss):
 
     from ..fpga import host
     if code >= 0:
-        return f"the {step.name} step failed (exit code {code}); its error is in the log above"
+        return f"the {step} step failed (exit code {code}); its error is in the log above"
     name = sig.Signals(-code).name if -code in sig.Signals._value2member_map_ else f"signal {-code}"
     need = memory_needed(state.source_dir) / 2**30
     limit = host.memory_limit()
     where = f"; this machine or container allows {limit / 2**30:.1f} GB" if limit else ""
     likely = ", most likely out of memory" if -code == sig.SIGKILL else ""
-    return (f"the conversion's {step.name} step was killed ({name}, signal {-code}{likely}: it was using "
-            f"{last_rss / 2**30:.2f} GB; converting {state.metadata.model_class} needs about {need:.1f} GB{where}). "
-            "Close other notebooks' kernels, or convert on a machine with more memory.")
+    using = f"it was using {last_rss / 2**30:.2f} GB; " if last_rss >= 2**26 else ""
+    return (f"the conversion's {step} step was killed ({name}, signal {-code}{likely}: {using}converting "
+            f"{state.metadata.model_class} needs about {need:.1f} GB{where}). Close other notebooks' kernels, or "
+            "convert on a machine with more memory.")
 
 
 def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, block_size=None, checks=True,

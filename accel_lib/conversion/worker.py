@@ -22,9 +22,9 @@ def command(workspace_path, op_id) -> list:
     return [sys.executable, "-m", "accel_lib.conversion.worker", str(workspace_path), op_id]
 
 
-def step_command(name, state_path) -> list:
-    """The command line that runs step ``name`` on the state file ``state_path`` in a process of its own."""
-    return [sys.executable, "-m", "accel_lib.conversion.worker", "--step", name, str(state_path)]
+def step_command(names, state_path) -> list:
+    """The command line that runs the steps ``names`` on the state file ``state_path`` in a process of its own."""
+    return [sys.executable, "-m", "accel_lib.conversion.worker", "--step", ",".join(names), str(state_path)]
 
 
 def _work(ws, op_id):
@@ -64,16 +64,30 @@ def _work(ws, op_id):
     return conv
 
 
-def run_step(name, state_path):
-    """Run one step on a state file and write the state back (the step's own process). The process offers itself
-    to the out-of-memory killer before the operation's process, which then reports what happened."""
+def _die_with_parent():
+    """Ask the kernel to end this process when the operation's process ends (PR_SET_PDEATHSIG), so that no step
+    outlives its conversion; exit at once if that already happened."""
+    import ctypes
+    import signal
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+def run_step(names, state_path):
+    """Run steps (comma-separated names) on a state file and write the state back (the steps' own process). The
+    process ends with the operation's process, and offers itself to the out-of-memory killer before it (which then
+    reports what happened)."""
+    _die_with_parent()
     try:
         Path("/proc/self/oom_score_adj").write_text("500")
     except OSError:
         pass
-    step = steps.by_name(name)
-    state = steps.ConversionState.load(state_path)
-    state = step.run(state)
+    state = steps.run_in_this_process(names.split(","), steps.ConversionState.load(state_path))
     state.save(state_path)
     return 0
 

@@ -249,11 +249,11 @@ def session(model, options=None, kernel=None, inplace=False):
         del model
     sess = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     del source
-    _release_freed_memory()
+    release_freed_memory()
     return sess
 
 
-def _release_freed_memory():
+def release_freed_memory():
     """Give the graph bytes Python just freed back to the OS (glibc keeps them otherwise): replicas stay small."""
     import ctypes
     try:

@@ -17,12 +17,13 @@ class RequestError(ValueError):
     """A request the package cannot answer (bad image, unknown name, wrong dtype or shape)."""
 
 
-def _session(path, threads, spinning, device_graph=False):
+def _session(path, threads, spinning, device_graph=False, arena=True):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena        # off: memory goes back after each run (a kernel that scores now and then)
     if not spinning:          # a served replica waits for requests: its threads sleep instead of spinning
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device_graph:          # the fused quantizer when it is built (device.session)
@@ -35,19 +36,21 @@ class AcceleratorPackage:
 
     ``threads``: ONNX Runtime's intra-op threads (0: the CPUs this process may use); ``spinning=False`` lets idle
     threads sleep; ``max_pixels``: the per-image limit checked before decoding; ``device=False`` loads only the host
-    stages (preprocessing and heads), for tools that run device graphs of their own."""
+    stages (preprocessing and heads), for tools that run device graphs of their own; ``arena=False`` gives each run's
+    memory back instead of keeping the largest batch's worth (ONNX Runtime's memory arena)."""
 
-    def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS, device=True):
+    def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS, device=True,
+                 arena=True):
         self.path = Path(path)
         self.manifest = manifest.read(manifest.PackageManifest, self.path)
         m = self.manifest
         self.prep = m.stage("preprocess").params
         self.max_pixels = max_pixels
         threads = threads or host.cpus()
-        self.device = (_session(device_file or self.path / m.device.file, threads, spinning, device_graph=True)
-                       if device else None)
+        self.device = (_session(device_file or self.path / m.device.file, threads, spinning, device_graph=True,
+                                arena=arena) if device else None)
         heads = m.stage("heads")
-        self.heads = _session(self.path / heads.file, threads, spinning) if heads else None
+        self.heads = _session(self.path / heads.file, threads, spinning, arena=arena) if heads else None
         self.numeric_format = m.numeric_format
         self.input_name = m.input.name
         self._names = {n: out for out in m.served() for n in out.names}

@@ -6,18 +6,23 @@ import numpy as np
 from . import formats
 
 LOG2_BINS = np.arange(-24, 17, 1.0)
+SAMPLE_PER_BATCH = 20_000        # values of each layer's output kept per batch for its distribution
 
 
-def _session(model, extra_outputs=()):
+def _session(model, extra_outputs=(), inplace=False):
     """A session of ``model`` that also returns ``extra_outputs``; without ONNX Runtime's memory arena, since every
-    layer's output leaves the graph and the arena would keep the largest batch's worth for good."""
+    layer's output leaves the graph and the arena would keep the largest batch's worth for good. ``inplace``: the
+    outputs are added to ``model`` itself (the caller's copy is not needed afterwards)."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
     from .device import session
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    if inplace:
+        m = model
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     for name in extra_outputs:
         m.graph.output.append(helper.make_empty_tensor_value_info(name))
     opts = ort.SessionOptions()
@@ -48,8 +53,15 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
 
     ``heads`` maps the device outputs ({name: array}) to class scores [..., classes], on which agreement is
     counted (per image for a classifier, per anchor for a detector). SQNR sums signal and noise power over every
-    batch (exact); the output distributions come from an evenly strided sample of each layer's outputs."""
+    batch (exact); the output distributions come from an evenly strided sample of each layer's outputs. The two
+    graphs may be ModelProtos or paths; given paths, they are let go once their sessions exist."""
+    import onnx
     from onnx import numpy_helper
+
+    from .device import release_freed_memory
+    owned = not isinstance(fp32_model, onnx.ModelProto) and not isinstance(device_model, onnx.ModelProto)
+    if owned:
+        fp32_model, device_model = onnx.load(str(fp32_model)), onnx.load(str(device_model))
     outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
     nodes = {n.output[0]: (n.input[1], n.name) for n in fp32_model.graph.node if n.output[0] in outs}   # strings
     weights = {}                               # per layer: weight SQNR and both distributions, before the sessions
@@ -60,9 +72,14 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
         a, b = numpy_helper.to_array(f32_w[w]), numpy_helper.to_array(dev_w[w])
         weights[out] = (w, formats.sqnr_db(a, b), _percentiles(a), _percentiles(b))
     del f32_w, dev_w
-    ref_sess, dev_sess = _session(fp32_model, outs), _session(device_model, outs)
-    names = [o.name for o in ref_sess.get_outputs()]
     feats = [o.name for o in fp32_model.graph.output]
+    ref_sess = _session(fp32_model, outs, inplace=owned)
+    del fp32_model
+    release_freed_memory()
+    dev_sess = _session(device_model, outs, inplace=owned)
+    del device_model
+    release_freed_memory()
+    names = [o.name for o in ref_sess.get_outputs()]
     signal = dict.fromkeys([*outs, "features"], 0.0)
     noise = dict(signal)
     sample_ref, sample_dev = {o: [] for o in outs}, {o: [] for o in outs}
@@ -74,7 +91,7 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
         for o in outs:
             signal[o] += _power(ref[o])
             noise[o] += _power(np.asarray(ref[o], np.float64) - dev[o])
-            step = max(1, ref[o].size // 250_000)
+            step = max(1, ref[o].size // SAMPLE_PER_BATCH)
             sample_ref[o].append(np.ravel(ref[o])[::step].copy())     # a copy: a view would keep the batch
             sample_dev[o].append(np.ravel(dev[o])[::step].copy())
         for k in feats:
