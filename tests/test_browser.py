@@ -16,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
-CELL_TIMEOUT = 900      # s per cell: a kernel reply lost by papermill fails the test instead of hanging it
 PARAMS = {"weights": "random", "image_size": 64}     # small; every name as 05 embeds it, so 05 runs as committed
 
 
@@ -49,18 +48,16 @@ def test_notebook_05_runs_in_jupyterlab_in_headless_chromium(tmp_path):
     if not (chromium and driver_path):
         pytest.skip("headless Chromium is not installed: 'apt-get install chromium chromium-driver' enables this "
                     "test (.ci/run installs them when CI=true)")
-    import papermill as pm
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from accel_lib import webservice
+    from accel_lib import tutorial, webservice
     lab = drv = None
     try:
         for nb in NOTEBOOKS[:4]:                    # define, convert, containerize, deploy: what 05 needs
-            pm.execute_notebook(str(nb), str(tmp_path / ("ran-" + nb.name)), parameters=PARAMS, cwd=str(tmp_path),
-                                kernel_name="python3", progress_bar=False, log_output=False,
-                                execution_timeout=CELL_TIMEOUT)
+            tutorial.run(nb, tmp_path / ("ran-" + nb.name), tmp_path, PARAMS,
+                         env={**os.environ, "ACCEL_LIB_PROGRESS": "0"})
         shutil.copy(NOTEBOOKS[4], tmp_path / "05-consume.ipynb")
         nb05 = json.loads(NOTEBOOKS[4].read_text())
 
