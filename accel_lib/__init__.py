@@ -3,6 +3,20 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's C++ info/warnings; set before it loads
 
+
+def _cpu_quota_defaults():
+    """TensorFlow sizes its thread pools by the machine's cores and ignores a cgroup CPU quota (Binder gives one
+    CPU of a many-core node): where this process may use fewer CPUs, say so in TensorFlow's own variables (a
+    user's setting wins)."""
+    from .fpga import host
+    n = host.cpus()
+    if n < (_os.cpu_count() or n):
+        for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            _os.environ.setdefault(var, str(n))
+
+
+_cpu_quota_defaults()
+
 from . import quiet as _quiet  # noqa: E402
 
 _quiet.install()                                      # and its import-time lines (ACCEL_LIB_TF_LOGS=1 keeps them)

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import cluster, server
+from . import cluster, host, server
 
 BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kubernetes: 10 s)
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
@@ -182,7 +182,7 @@ class Supervisor:
     async def reconcile(self, spec: cluster.ClusterSpec):
         """Start what the spec adds, stop what it removes (or redeploys under a new generation)."""
         replicas_here = sum(len(s.replicas) for s in spec.services)
-        self.threads = cluster.threads_per_replica(os.cpu_count() or 1, replicas_here, spec.vcpus_per_node)
+        self.threads = cluster.threads_per_replica(host.cpus(), replicas_here, spec.vcpus_per_node)
         wanted = {s.name: s for s in spec.services}
         for name in list(self.services):
             if name not in wanted or wanted[name].generation != self.generations[name]:
