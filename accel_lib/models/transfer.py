@@ -31,12 +31,19 @@ class DeviceFeaturizer:
         self.feature_name = meta.features[0].name
         convert_folder(info.path, Path(work_dir) / "package", outputs=[self.feature_name],
                        numeric_format=self.numeric_format, block_size=block_size, checks=False)
-        self._package = AcceleratorPackage(Path(work_dir) / "package")
+        self._package = AcceleratorPackage(Path(work_dir) / "package", arena=False)   # a kernel keeps no arena
         self.feature_dim = meta.features[0].shape[-1]
 
-    def __call__(self, images, batch_size=16):
+    def close(self):
+        """Let go of the device graph (its memory), once the features are computed."""
+        self._package = None
+
+    def __call__(self, images, batch_size=8):
         """Encoded JPEG/PNG images -> float32 features [N, D], computed in the device's format."""
         from .. import progress
+        from ..errors import UserError
+        if self._package is None:
+            raise UserError("this DeviceFeaturizer was closed; make a new one to compute more features.")
         out = []
         bar = progress.bar(total=len(images), desc=f"features ({self.numeric_format})", unit="image",
                            show=len(images) > batch_size)

@@ -15,7 +15,7 @@ from ..fpga import manifest
 
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 RANDOM_SEED = 0
-CALIBRATION_PIXELS = 2 * 224 * 224   # images x pixels of the random weights' calibration pass (at most 8 images):
+CALIBRATION_PIXELS = 224 * 224       # images x pixels of the random weights' calibration pass (at most 8 images):
                                      # TensorFlow keeps what the pass allocates, +150 MB per 224-px image (measured)
 
 
