@@ -1,16 +1,18 @@
-"""Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, then serving
-(in-process vs the service over gRPC and REST; see serving.py). Tables and JSON go to build/bench/.
+"""Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, conversion's
+memory and time (conversion.py), then serving (in-process vs the service over gRPC and REST; see serving.py).
+Tables and JSON go to build/bench/.
 
 Measured on this machine's CPU with ONNX Runtime: the simulator's cost, not an FPGA's latency (not modelled here).
 """
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+
+from machine import describe
 
 
 def device_graph(image_size):
@@ -54,10 +56,9 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--runs", type=int, default=60)
     p.add_argument("--out", default="build/bench", help="where the table and JSON go")
-    p.add_argument("--skip-serving", action="store_true", help="only the device stage")
+    p.add_argument("--skip-serving", action="store_true", help="no serving measurements")
+    p.add_argument("--skip-conversion", action="store_true", help="no conversion measurements (memory and time)")
     args = p.parse_args()
-    import onnxruntime as ort
-
     from accel_lib import samples
     from accel_lib.fpga import device, formats, kernel
     fp32 = device_graph(args.image_size)
@@ -75,7 +76,7 @@ def main():
             info[label] = {"format": name, "quantizer": quantizer, "layers": len(layers)}
     times = interleaved_ms(contenders, x, args.runs)
     base = statistics.median(times["fp32"])
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores, ONNX Runtime {ort.__version__}"
+    machine = describe()
     lines = [f"Device stage, ResNet-50 featurizer, batch 1, {args.image_size}x{args.image_size}, {args.runs} runs "
              f"of each, interleaved ({machine})", "",
              "| format | quantizer | p50 ms | p90 ms | x fp32 (p50) | quantized layers |", "|---|---|---|---|---|---|"]
@@ -91,6 +92,12 @@ def main():
                  "The two quantizers give identical quantized values, bit for bit (tests/test_kernel.py).")
     results = {"machine": machine, "device_stage": rows}
     print("\n".join(lines), flush=True)
+    if not args.skip_conversion:
+        import conversion
+        results["conversion"] = conversion.run()
+        table = conversion.report(results["conversion"], machine)
+        print("\n" + table, flush=True)
+        lines += ["", table]
     if not args.skip_serving:
         import serving
         results["serving"] = serving.run(image_size=args.image_size)
@@ -106,16 +113,6 @@ def main():
     pngs = serving.plots(results, args.out)
     print(f"\nwritten: {args.out}/results.md, {args.out}/results.json, " + ", ".join(p.name for p in pngs))
     return 0
-
-
-def _cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

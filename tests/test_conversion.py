@@ -118,10 +118,14 @@ def test_a_killed_worker_is_reported_with_its_signal_and_the_log_and_its_steps_e
     import time
 
     import psutil
+
     from accel_lib import ModelConvertOperation
     src = Model.register(ws, small_model[1].path, "victim")
     op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias")
     step = _step_process(op, "freeze")
+    deadline = time.monotonic() + 60                       # the step has started: its first line is in the log
+    while "step freeze:" not in op.get_log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(op._proc.pid, signal.SIGKILL)
     assert op.wait_for_completion(timeout=60) is False
     assert op.error.startswith("the conversion worker was killed (SIGKILL, signal 9, most likely by the "

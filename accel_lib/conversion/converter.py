@@ -39,23 +39,13 @@ class AccelOnnxConverter:
         ``numeric_format``: the device format (fp32, ms-fp8, ms-fp9, msfp12, msfp16); default ms-fp9 for the
         Quantized models, else fp32. ``block_size``: values sharing one exponent (default: the format's).
         """
-        from ..fpga import formats
-        from . import worker
+        from . import steps, worker
         if not isinstance(source_model, Model):
             raise UserError("source_model must be a registered Model (Model.register(...) or Model(ws, name)).")
         meta = source_model.source_metadata
         if input_node not in meta.input.names:
             raise UserError(f"unknown input tensor {input_node!r}; the model's input is one of {meta.input.names}.")
-        valid = meta.by_name()
-        names = split_names(outputs_nodes)
-        unknown = [n for n in names if n not in valid]
-        if unknown:
-            raise UserError(f"unknown output tensor(s) {unknown}; valid names are {sorted(valid)}.")
-        fmt = numeric_format or meta.default_numeric_format
-        try:
-            spec = formats.get(fmt, block_size)
-        except ValueError as e:
-            raise UserError(f"{e}.") from None
+        names, fmt, spec = steps.checked_request(meta, split_names(outputs_nodes), numeric_format, block_size)
         request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
                    "block_size": spec.block if spec else None}
         op_id = uuid.uuid4().hex[:12]

@@ -17,9 +17,10 @@ report                    the format against fp32, layer by layer (``report.json
 ========================  =======================================================================================
 
 Memory: every step runs in a process of its own that ends with the step (a process without TensorFlow starts in
-0.25 s); a model whose weights are under ``SMALL_MODEL_BYTES`` runs all its steps in one process. TensorFlow keeps the graphs and functions it builds, protobuf's default (upb) implementation keeps every
-copy of a message that was assigned into another until all of them are garbage (protobuf #19674), and ONNX
-Runtime's arenas keep their largest size: a process that does everything only grows. Measured on ResNet-50 at
+0.25 s); a model whose weights are under ``SMALL_MODEL_BYTES`` runs all its steps in one process. TensorFlow keeps
+the graphs and functions it builds, protobuf's default (upb) implementation keeps every copy of a message that was
+assigned into another until all of them are garbage (protobuf #19674), and ONNX Runtime's arenas keep their largest
+size: a process that does everything only grows. Measured on ResNet-50 at
 224 px, 2 cores: everything in one process 9.0 GB; step by step at most 1.16 GB (``freeze`` 1.04, ``to_onnx`` 1.12
 on protobuf's pure-Python implementation, 3.4 on upb; ``report`` 1.16). Grappler, which tf2onnx runs by default, is
 not used: it took 1.4 GB to fold the batch norms that ``fold`` folds in ONNX.
@@ -34,7 +35,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import typing
 from dataclasses import dataclass, field
@@ -409,31 +409,41 @@ def _to_cache(state, label):
     os.replace(tmp, cache)
 
 
-def run(state: ConversionState, label="", steps=STEPS) -> ConversionState:
-    """Run the steps in order, each isolated one in its own process; returns the final state. ``label`` names
-    this conversion in the cache (its operation id)."""
+def plan(state: ConversionState, steps=STEPS, cached=False) -> list:
+    """The processes the steps will run in: lists of steps (one each; one list of all for a small model). Steps
+    the fp32 cache saves, checks when ``state.checks`` is off and narrow-format checks in fp32 are left out."""
+    narrow = state.numeric_format != "fp32"
+    todo = [s for s in steps if not ((cached and s.name in FP32_STEPS) or (s.checks_only and not state.checks)
+                                     or (s.narrow_only and not narrow))]
+    if weights_bytes(state.source_dir) < SMALL_MODEL_BYTES:
+        return [todo] if todo else []
+    return [[s] for s in todo]
+
+
+def run(state: ConversionState, label="", steps=STEPS, on_group=None, output=None) -> ConversionState:
+    """Run the steps in order, each in a process of its own (a small model's all in one); returns the final state.
+    ``label`` names this conversion in the cache (its operation id); ``on_group(names)`` after each process;
+    ``output``: a file the steps' processes write their log to (default: this process's stdout)."""
     Path(state.work).mkdir(parents=True, exist_ok=True)
     cached = _from_cache(state)
     if cached:
         log(f"the fp32 graphs of this source were converted before ({state.cached_from}): reusing them, with "
             "TensorFlow's outputs for the parity check (steps " + ", ".join(FP32_STEPS) + " skipped)")
-    narrow = state.numeric_format != "fp32"
-    todo = [s for s in steps if not ((cached and s.name in FP32_STEPS) or (s.checks_only and not state.checks)
-                                     or (s.narrow_only and not narrow))]
-    small = weights_bytes(state.source_dir) < SMALL_MODEL_BYTES
-    groups = [todo] if small and todo else [[s] for s in todo]
-    if small and len(todo) > 1:
+    groups = plan(state, steps, cached)
+    if len(groups) == 1 and len(groups[0]) > 1:
         log(f"a small model ({weights_bytes(state.source_dir) / 2**20:.1f} MB of weights): its steps run in one "
             "process")
     for group in groups:
         t0 = time.monotonic()
-        state, peak = _in_own_process(group, state)
+        state, peak = _in_own_process(group, state, output)
         took = time.monotonic() - t0
         names = ", ".join(s.name for s in group)
         state.timings.append([names, round(took, 2), peak])
         log(f"  {names} done in {took:.1f} s, peak memory {peak / 1024:.2f} GB (measured)")
         if any(s.name == FP32_STEPS[-1] for s in group):
             _to_cache(state, label)
+        if on_group:
+            on_group([s.name for s in group])
     return state
 
 
@@ -446,7 +456,7 @@ def run_in_this_process(names, state: ConversionState) -> ConversionState:
     return state
 
 
-def _in_own_process(group, state):
+def _in_own_process(group, state, output=None):
     """Run steps with ``python -m accel_lib.conversion.worker --step`` in one process (one step's environment,
     or none for several); returns (state, peak RSS in MB)."""
     import psutil
@@ -456,7 +466,8 @@ def _in_own_process(group, state):
     path = state.save(Path(state.work) / f"state.{names[0]}.json")
     step_env = group[0].env if len(group) == 1 else {}
     env = {**os.environ, **step_env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(worker.step_command(names, path), stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(worker.step_command(names, path), stdin=subprocess.DEVNULL, env=env, stdout=output,
+                            stderr=subprocess.STDOUT if output else None)
     peak = last = 0
     try:
         p = psutil.Process(proc.pid)
@@ -494,35 +505,54 @@ def _why_it_ended(step, state, code, last_rss):
             "convert on a machine with more memory.")
 
 
-def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, block_size=None, checks=True,
-                   work_dir=None):
-    """Convert a saved model folder (``model_graph.save(...)``) into an accelerator package at ``package_dir``,
-    without a workspace: the converter's steps, TensorFlow's in processes of their own. Returns the manifest."""
-    import tempfile
-
+def checked_request(meta, outputs, numeric_format=None, block_size=None):
+    """What a conversion is asked for, checked against the saved model's metadata before any work:
+    (output names, format name, format spec or None for fp32); UserError says what is wrong and what is valid."""
     from ..errors import UserError
-    from ..fpga import formats, manifest
-    try:
-        meta = manifest.read(manifest.SavedModelMetadata, source_dir)
-    except manifest.ManifestError as e:
-        raise UserError(str(e)) from None
-    outputs = list(outputs or meta.default_output_names())
+    from ..fpga import formats
+    outputs = list(outputs)
     unknown = [n for n in outputs if n not in meta.by_name()]
     if unknown:
         raise UserError(f"unknown output tensor(s) {unknown}; valid names are {sorted(meta.by_name())}.")
     fmt_name = numeric_format or meta.default_numeric_format
     try:
-        fmt = formats.get(fmt_name, block_size)
+        return outputs, fmt_name, formats.get(fmt_name, block_size)
     except ValueError as e:
         raise UserError(f"{e}.") from None
+
+
+def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, block_size=None, checks=True,
+                   work_dir=None):
+    """Convert a saved model folder (``model_graph.save(...)``) into an accelerator package at ``package_dir``,
+    without a workspace: the converter's steps, each in a process of its own, with a progress bar; the log goes to
+    ``<package_dir>.log`` (its last lines are in the error if a step fails). Returns the manifest."""
+    import contextlib
+    import tempfile
+
+    from .. import progress
+    from ..errors import UserError
+    from ..fpga import manifest
+    try:
+        meta = manifest.read(manifest.SavedModelMetadata, source_dir)
+    except manifest.ManifestError as e:
+        raise UserError(str(e)) from None
+    outputs, fmt_name, fmt = checked_request(meta, outputs or meta.default_output_names(), numeric_format, block_size)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="accel-convert-"))
     state = ConversionState(source_dir=str(Path(source_dir).resolve()), work=str(work.resolve()),
                             package_dir=str(Path(package_dir).resolve()), outputs=outputs, numeric_format=fmt_name,
                             block_size=fmt.block if fmt else None, checks=checks,
                             stages=needed_stages(meta, outputs))
+    log_path = Path(state.package_dir).with_suffix(".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = progress.bar(total=len(plan(state)), desc=f"converting {meta.model_class}", unit="process")
     try:
-        run(state)
+        with open(log_path, "w") as out, contextlib.redirect_stdout(out):
+            run(state, on_group=lambda names: bar.update(1), output=out)
+    except StepFailed as e:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-8:])
+        raise StepFailed(f"{e}. The log ({log_path}) ends:\n{tail}") from None
     finally:
+        bar.close()
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return manifest.read(manifest.PackageManifest, package_dir)

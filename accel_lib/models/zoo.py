@@ -140,14 +140,20 @@ class AcceleratedModel:
         if self._featurizer is not None:
             return
         import keras
+
+        from .. import progress
+        bar = progress.bar(total=2, desc=f"building {type(self).__name__}")
         keras.utils.set_random_seed(self.seed)
         self._featurizer = self._make_featurizer(keras)
         self._classifier = self._make_head(keras)
+        bar.update(1)
         path = self._resolve_weights()
         if path is None:
             self._calibrate_random()
         else:
             self._load_h5(path)
+        bar.update(1)
+        bar.close()
         self._featurizer.trainable = not self.is_frozen
 
     def _resolve_weights(self):

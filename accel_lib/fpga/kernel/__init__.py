@@ -71,6 +71,16 @@ def label(kernel=None):
     return "fused kernel" if use_fused(kernel) else "ONNX ops"
 
 
+def describe(kernel=None) -> str:
+    """One sentence for a learner: which quantizer the device stage uses here, and why."""
+    if use_fused(kernel):
+        return "the fused quantizer (a compiled ONNX Runtime operator: one pass over memory)"
+    if (kernel or mode()) == "onnx":
+        return f"the pure-ONNX quantizer ({ENV}=onnx asks for it): the same values as the fused one, slower"
+    return ("the pure-ONNX quantizer: the fused one is not built here (it needs g++, and npm once; `make kernel` "
+            "builds it). Same values, slower")
+
+
 def register(options):
     """Register the library with ONNX Runtime SessionOptions ``options``."""
     options.register_custom_ops_library(str(LIBRARY))
