@@ -55,29 +55,57 @@ def _ssl_settings(ssl_cert_pem_file, ssl_key_pem_file, ssl_cname, leaf_domain_la
 
 
 def generate_certificate(common_name, days=365):
-    """A self-signed certificate and key (PEM bytes) for ``common_name``, also valid for localhost and 127.0.0.1."""
+    """A certificate for ``common_name`` (also valid for localhost and 127.0.0.1) signed by a CA made for it: returns
+    (CA certificate, leaf certificate then the CA, the leaf's key), PEM bytes. The CA may sign no other CA (path
+    length 0) and signs only this leaf; the leaf is not a CA, and serves TLS only (serverAuth)."""
     import datetime
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "accel_lib simulated AKS cluster")])
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+    org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "accel_lib simulated AKS cluster")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"accel_lib CA for {common_name}"), org])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                                                              org]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0]).not_valid_after(valid[1])
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name), x509.DNSName("localhost"),
                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                            critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem), leaf.public_bytes(pem) + ca.public_bytes(pem), key_pem
+
+
+def write_private(path, data: bytes):
+    """Write a file that holds a secret: created 0600 (never readable by others, not even for a moment)."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
 
 
 class AksProvisioningConfiguration:
@@ -185,15 +213,19 @@ class ComputeTarget:
 
     @property
     def ssl_certificate_pem(self):
-        """The cluster's TLS certificate (PEM bytes) for clients to trust, or None without TLS."""
+        """The certificate clients trust for this cluster (PEM bytes): the CA that signed a generated certificate,
+        or your own certificate; None without TLS."""
         p = self.ssl_certificate_file
         return p.read_bytes() if p else None
 
     @property
     def ssl_certificate_file(self):
-        """The path of the cluster's TLS certificate (for HTTP clients' ``verify=``), or None without TLS."""
-        p = self.run_dir / cluster.TLS_CERT_FILE
-        return p if p.is_file() else None
+        """The path of that certificate (for HTTP clients' ``verify=``), or None without TLS."""
+        for name in (cluster.TLS_CA_FILE, cluster.TLS_CERT_FILE):
+            p = self.run_dir / name
+            if p.is_file():
+                return p
+        return None
 
     def endpoints(self, wait=0.0) -> cluster.Endpoints:
         """Where the cluster's front end listens (waits up to ``wait`` s for it to start); UserError if it is down."""
@@ -237,8 +269,11 @@ class ComputeTarget:
             raise UserError(f"compute {self.name!r} is {self.provisioning_state}: {self.provisioning_errors}")
         if self.running():
             return self
-        if not (self.run_dir / cluster.SPEC_FILE).is_file():
-            self.apply([])
+        try:
+            cluster.read(cluster.ClusterSpec, self.run_dir)
+        except Exception:  # noqa: BLE001 - missing, or written by an older accel_lib: the records say what runs
+            from . import webservice
+            self.apply(webservice.service_specs(self.workspace, self))
         (self.run_dir / cluster.ENDPOINTS_FILE).unlink(missing_ok=True)
         with open(self.run_dir / cluster.LOG_FILE, "ab") as log:
             subprocess.Popen(frontend.command(sys.executable, self.run_dir), stdin=subprocess.DEVNULL, stdout=log,
@@ -298,23 +333,23 @@ class ComputeTarget:
         return target
 
     def _provision(self, cfg):
-        """Write the cluster's folder (and certificate) and start its front end and supervisor."""
+        """Write the cluster's folder (0700; its key 0600) and certificate, and start its front end and
+        supervisor."""
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
-        tls = self.run_dir / "tls"
+        self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700)
         if cfg.ssl:
-            tls.mkdir(parents=True)
+            (self.run_dir / "tls").mkdir(mode=0o700)
             if "leaf_domain_label" in cfg.ssl:
                 import secrets
                 cn = f"{cfg.ssl['leaf_domain_label']}{secrets.token_hex(3)}.{cfg.location}.cloudapp.azure.com"
-                cert, key = generate_certificate(cn)
+                ca, cert, key = generate_certificate(cn)
+                (self.run_dir / cluster.TLS_CA_FILE).write_bytes(ca)
             else:
                 cert, key = Path(cfg.ssl["cert"]).read_bytes(), Path(cfg.ssl["key"]).read_bytes()
             (self.run_dir / cluster.TLS_CERT_FILE).write_bytes(cert)
-            key_file = self.run_dir / cluster.TLS_KEY_FILE
-            key_file.write_bytes(key)
-            os.chmod(key_file, 0o600)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_private(self.run_dir / cluster.TLS_KEY_FILE, key)
         self.apply([])
         self.restart()
 

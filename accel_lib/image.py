@@ -28,6 +28,8 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY fpga/ fpga/
 COPY package/ package/
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin accel
+USER 10001
 EXPOSE 50051
 CMD {cmd}
 """
@@ -116,24 +118,26 @@ class Image:
                         json.dumps(image_config.tags), json.dumps(image_config.properties), "Running",
                         str(ctx.relative_to(workspace.path)), _now()))
         bar = progress.bar(total=3, desc=f"image {name}:{version}")
-        try:
-            _write_context(ctx, model, name, version)
-            bar.update(1)
-            _smoke_test(ctx)
-            bar.update(1)
-            engine = shutil.which("docker") or shutil.which("podman")
-            if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and engine:
-                _docker_build(engine, ctx, f"{name}:{version}")
-            bar.update(1)
-            state = "Succeeded"
-        except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
-            with open(ctx / "build.log", "a") as log:
-                log.write(f"FAILED: {type(e).__name__}: {e}\n")
-            state = "Failed"
-        finally:
-            bar.close()
-        with workspace.connect(immediate=True) as db:
-            db.execute("UPDATE images SET creation_state=? WHERE name=? AND version=?", (state, name, version))
+        log_rel = str((ctx / "build.log").relative_to(workspace.path))
+        with workspace.pending("image", name=name, version=version, log=log_rel):   # a kill: Failed on next open
+            try:
+                _write_context(ctx, model, name, version)
+                bar.update(1)
+                _smoke_test(ctx)
+                bar.update(1)
+                engine = shutil.which("docker") or shutil.which("podman")
+                if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and engine:
+                    _docker_build(engine, ctx, f"{name}:{version}")
+                bar.update(1)
+                state = "Succeeded"
+            except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
+                with open(ctx / "build.log", "a") as log:
+                    log.write(f"FAILED: {type(e).__name__}: {e}\n")
+                state = "Failed"
+            finally:
+                bar.close()
+            with workspace.connect(immediate=True) as db:
+                db.execute("UPDATE images SET creation_state=? WHERE name=? AND version=?", (state, name, version))
         return Image(workspace, name, version)
 
     def wait_for_creation(self, show_output=False):
@@ -192,7 +196,7 @@ def _write_context(ctx: Path, model: Model, name, version):
         except metadata.PackageNotFoundError:
             raise UserError(f"{dist} is not installed; reinstall accel_lib (make venv).") from None
     (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    cmd = server.command("python", host="0.0.0.0", port=50051)
+    cmd = server.command("python", host="0.0.0.0", port=50051)      # TCP: in a container, Docker or Kubernetes
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version, cmd=json.dumps(cmd)))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fpga import server
+from .fpga import cluster, server
 
 FPGA_RESOURCE = "microsoft.com/fpga"
 PORT = 50051
@@ -16,13 +16,12 @@ KEYS_DIR = "/etc/accel-keys"
 KEYS_FILE = "keys"
 
 
-def manifests(name, image, replicas, keys=None, flash_seconds=0.0, max_message_mb=64.0, max_images=server.MAX_IMAGES,
-              max_pixels=None, cpus=6):
+def manifests(name, image, replicas, keys=None, flash_seconds=0.0, limits=None, cpus=6):
     """The Deployment, Service and (with keys) Secret of a service, as dicts, in the order to apply them."""
     labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
     cmd = server.command("python", host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
-                         max_message_mb=max_message_mb, max_images=max_images, max_pixels=max_pixels,
-                         threads=cpus, keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
+                         limits=limits or cluster.ServiceLimits(), threads=cpus,
+                         keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
     probe = {"grpc": {"port": PORT}}
     container = {
         "name": "replica", "image": image, "workingDir": "/app", "command": cmd,
@@ -51,13 +50,20 @@ def manifests(name, image, replicas, keys=None, flash_seconds=0.0, max_message_m
 
 
 def write(docs, folder):
-    """Write each manifest as ``<kind>.yaml`` into ``folder``; returns the paths, in the order to apply them."""
+    """Write each manifest as ``<kind>.yaml`` into ``folder``; returns the paths, in the order to apply them. The
+    Secret, which holds the keys, is created 0600."""
     import yaml
+
+    from .compute import write_private
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, doc in enumerate(docs):
         p = folder / f"{i:02d}-{doc['kind'].lower()}.yaml"
-        p.write_text(yaml.safe_dump(doc, sort_keys=False))
+        text = yaml.safe_dump(doc, sort_keys=False)
+        if doc["kind"] == "Secret":
+            write_private(p, text.encode())
+        else:
+            p.write_text(text)
         paths.append(p)
     return paths

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import UserError
 from .workspace import Workspace, _now
 
-NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,254}$")
+NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
 NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
                   "starting with a letter or digit")
 
@@ -83,19 +83,20 @@ class Model:
         for label, d in (("tags", tags), ("properties", properties)):
             if d is not None and not (isinstance(d, dict) and all(isinstance(k, str) for k in d)):
                 raise UserError(f"{label} must be a dict with string keys, got {d!r}.")
-        if src.is_file():
-            entries = {src.name: src}
-        else:
-            entries = {p.relative_to(src).as_posix(): p for p in sorted(src.rglob("*")) if p.is_file()}
-            if not entries:
-                raise UserError(f"model folder {str(model_path)!r} is empty.")
-        files = {rel: workspace.put_blob(p) for rel, p in entries.items()}   # outside the lock: idempotent
-        with workspace.connect(immediate=True) as db:
-            (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name=?",
-                                 (model_name,)).fetchone()
-            db.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
-                       (model_name, last + 1, description, json.dumps(tags or {}), json.dumps(properties or {}),
-                        _now(), json.dumps(files), "file" if src.is_file() else "folder"))
+        entries = {src.name: src} if src.is_file() else _folder_files(src)
+        if not entries:
+            raise UserError(f"model folder {str(model_path)!r} is empty.")
+        with workspace.pending("register", digests=[]) as note:      # a kill from here on is cleaned up later
+            files = {}
+            for rel, p in entries.items():                           # outside the lock: idempotent
+                files[rel] = workspace.put_blob(p)
+                note(digests=list(files.values()))
+            with workspace.connect(immediate=True) as db:
+                (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name=?",
+                                     (model_name,)).fetchone()
+                db.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
+                           (model_name, last + 1, description, json.dumps(tags or {}), json.dumps(properties or {}),
+                            _now(), json.dumps(files), "file" if src.is_file() else "folder"))
         return cls(workspace, model_name, last + 1)
 
     @staticmethod
@@ -182,6 +183,27 @@ class Model:
         if rel not in self.files:
             raise UserError(f"model {self.id} has no file {rel!r}; it has {sorted(self.files)}.")
         return self.workspace.blob_path(self.files[rel]).read_bytes()
+
+
+def _folder_files(src: Path) -> dict:
+    """Every file under a model folder, by its relative path; UserError for a link that leads out of the folder
+    (registering copies what it points at)."""
+    import os
+    root = src.resolve()
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        for name in sorted(dirnames) + sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                raise UserError(f"{p} is a link to {p.resolve()}, outside the model folder {src}: copy what it "
+                                "points at into the folder, or remove the link.")
+            if name in dirnames and p.is_symlink():
+                dirnames.remove(name)                # a link to a folder inside: its files are walked there
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file():
+                out[p.relative_to(src).as_posix()] = p
+    return dict(sorted(out.items()))
 
 
 def _matches(d, query):

@@ -14,52 +14,68 @@ from pathlib import Path
 
 from .compute import ComputeTarget
 from .errors import OperationTimeout, UserError
-from .fpga.host import MAX_PIXELS
-from .fpga.server import MAX_IMAGES
+from .fpga import cluster
+from .fpga.manifest import ManifestError
 from .image import Image
 from .model import check_name
 from .workspace import _now
 
+_LIMITS = cluster.ServiceLimits()
+
 
 class AksServiceDeploymentConfiguration:
-    """Deployment settings: replicas, auth, flashing time, message size."""
+    """Deployment settings: replicas, auth, flashing time, and what one request may hold (``limits``)."""
 
-    def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
-                 max_message_mb=64, description=None, tags=None, max_images=MAX_IMAGES, max_pixels=MAX_PIXELS):
+    def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=None, flash_seconds=1.0,
+                 max_message_mb=_LIMITS.max_message_mb, description=None, tags=None, max_images=_LIMITS.max_images,
+                 max_pixels=_LIMITS.max_pixels, max_request_mb=_LIMITS.max_request_mb):
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
                             "num_replicas instead.")
         if not isinstance(num_replicas, int) or num_replicas < 1:
             raise UserError(f"num_replicas must be a whole number of at least 1, got {num_replicas!r}.")
-        if flash_seconds < 0 or max_message_mb <= 0:
-            raise UserError("flash_seconds must be >= 0 and max_message_mb > 0.")
-        if not isinstance(max_images, int) or max_images < 1 or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise UserError("max_images and max_pixels must be whole numbers of at least 1.")
+        if flash_seconds < 0:
+            raise UserError(f"flash_seconds must be >= 0, got {flash_seconds!r}.")
+        limits = cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images, max_pixels=max_pixels,
+                                       max_request_mb=max_request_mb)
+        try:
+            limits.validate()
+        except ManifestError as e:
+            raise UserError(str(e)) from None
         self.autoscale_enabled = False
         self.num_replicas = num_replicas
-        self.auth_enabled = bool(auth_enabled)
+        self.auth_enabled = None if auth_enabled is None else bool(auth_enabled)    # None: as the target says
         self.flash_seconds = float(flash_seconds)
-        self.max_message_mb = float(max_message_mb)
         self.description = description
         self.tags = dict(tags or {})
-        self.max_images = max_images
-        self.max_pixels = max_pixels
+        self.limits = limits
 
     def to_dict(self):
-        return dict(vars(self))
+        import dataclasses
+        return {**{k: v for k, v in vars(self).items() if k != "limits"}, **dataclasses.asdict(self.limits)}
 
 
 class AksWebservice:
     """The AKS web service type."""
 
     @staticmethod
-    def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=False, flash_seconds=1.0,
-                             max_message_mb=64, description=None, tags=None, max_images=MAX_IMAGES,
-                             max_pixels=MAX_PIXELS):
-        """A deployment configuration (validated at once). Limits per request: ``max_message_mb``, ``max_images``;
-        per image: ``max_pixels`` (checked before decoding)."""
+    def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=None, flash_seconds=1.0,
+                             max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
+                             max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
+                             max_request_mb=_LIMITS.max_request_mb):
+        """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
+        Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
+        ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding)."""
         return AksServiceDeploymentConfiguration(autoscale_enabled, num_replicas, auth_enabled, flash_seconds,
-                                                 max_message_mb, description, tags, max_images, max_pixels)
+                                                 max_message_mb, description, tags, max_images, max_pixels,
+                                                 max_request_mb)
+
+
+def limits_of(cfg: dict) -> cluster.ServiceLimits:
+    """The limits a stored deployment config holds (an older accel_lib's config: the defaults where it has none)."""
+    import dataclasses
+    return cluster.ServiceLimits(**{f.name: cfg[f.name] for f in dataclasses.fields(cluster.ServiceLimits)
+                                    if f.name in cfg})
 
 
 def schedule(nodes, held, num_replicas, edge=False):
@@ -81,9 +97,8 @@ def schedule(nodes, held, num_replicas, edge=False):
     return free[:num_replicas], []
 
 
-def _service_specs(workspace, target):
+def service_specs(workspace, target):
     """The services a cluster runs, as its spec declares them (built from the workspace's records)."""
-    from .fpga import cluster
     with workspace.connect() as db:
         rows = db.execute("SELECT * FROM services WHERE compute=? AND state != 'Replaced' ORDER BY name",
                           (target.name,)).fetchall()
@@ -97,13 +112,11 @@ def _service_specs(workspace, target):
             name=row["name"], context=str(img.context), log_dir=str(workspace.path / "services" / row["name"]),
             replicas=[cluster.ReplicaSpec(idx=r["idx"], node=r["fpga"]) for r in reps if r["service"] == row["name"]],
             keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg["flash_seconds"],
-            max_message_mb=cfg["max_message_mb"], max_images=cfg.get("max_images", MAX_IMAGES),
-            max_pixels=cfg.get("max_pixels", MAX_PIXELS), generation=cfg.get("generation", 0)))
+            limits=limits_of(cfg), generation=cfg.get("generation", 0)))
     return out
 
 
 def _note(log_dir, idx, note):
-    from .fpga import cluster
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(cluster.replica_log(log_dir, idx), "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
@@ -166,6 +179,8 @@ class Webservice:
         if target.provisioning_state != "Succeeded":
             raise UserError(f"compute {target.name!r} is {target.provisioning_state}: {target.provisioning_errors}")
         cfg = {**deployment_config.to_dict(), "generation": time.time_ns() // 1000}
+        if cfg["auth_enabled"] is None:                 # AKS: keys on, as in Azure ML; an edge device: off
+            cfg["auth_enabled"] = target.type == "aks"
         keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg["auth_enabled"] else None
         with workspace.connect(immediate=True) as db:
             if db.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
@@ -195,7 +210,7 @@ class Webservice:
             _note(svc.run_dir, 0, note)
         svc.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            target.apply(_service_specs(workspace, target))
+            target.apply(service_specs(workspace, target))
             target.restart()
         except Exception:
             svc.delete()
@@ -205,7 +220,6 @@ class Webservice:
     # -- state --------------------------------------------------------------------------------
     def replica_status(self):
         """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet."""
-        from .fpga import cluster
         target = self.compute
         st = cluster.read_optional(cluster.ClusterStatus, target.run_dir) if target.running() else None
         mine = st.service(self.name) if st else None
@@ -242,7 +256,6 @@ class Webservice:
     def wait_for_deployment(self, show_output=False, timeout=600):
         """Wait until every replica serves; UserError (with the log) if a replica fails or keeps crashing."""
         from . import progress
-        from .fpga import cluster
         start = time.monotonic()
         n = self.deployment_config["num_replicas"]
         bar = progress.bar(total=n, desc=f"deploying {self.name}", unit="replica", show=not show_output)
@@ -303,7 +316,6 @@ class Webservice:
 
     def get_logs(self, num_lines=5000):
         """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
-        from .fpga import cluster
         parts = []
         for i in range(self.deployment_config["num_replicas"]):
             p = cluster.replica_log(self.run_dir, i)
@@ -319,9 +331,7 @@ class Webservice:
         row = self._row()
         docs = kubernetes.manifests(self.name, self.image.image_location, cfg["num_replicas"],
                                     keys=json.loads(row["keys"]) if row["keys"] else None,
-                                    flash_seconds=cfg["flash_seconds"], max_message_mb=cfg["max_message_mb"],
-                                    max_images=cfg.get("max_images", MAX_IMAGES),
-                                    max_pixels=cfg.get("max_pixels", MAX_PIXELS))
+                                    flash_seconds=cfg["flash_seconds"], limits=limits_of(cfg))
         return kubernetes.write(docs, folder)
 
     @staticmethod
@@ -341,7 +351,7 @@ class Webservice:
             target = self.compute
         except UserError:
             return
-        target.apply(_service_specs(self.workspace, target), timeout)
+        target.apply(service_specs(self.workspace, target), timeout)
 
 
 def stop_all(workspace_path):

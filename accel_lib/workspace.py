@@ -1,7 +1,10 @@
 """Workspace: a local folder that stands in for an Azure ML workspace.
 
 The folder holds ``config.json`` (name, subscription_id, resource_group, location), the state in
-``state.sqlite`` and every artifact in a content-addressed blob store (``blobs/sha256/..``).
+``state.sqlite`` and every artifact in a content-addressed blob store (``blobs/sha256/..``). The folder is private
+(0700) and the state file 0600: it holds the services' keys. Work that may be interrupted (registering a model,
+building an image) notes itself in ``pending/`` while it runs; opening the workspace cleans up after any whose
+process is gone (its half-copied and orphaned blobs, an image left "Running").
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,12 +73,19 @@ class Workspace:
         self.resource_group = cfg["resource_group"]
         self.location = cfg["location"]
         self.fpga_quota_vcpus = int(cfg.get("fpga_quota_vcpus", 12))
-        db = sqlite3.connect(self.path / STATE_FILE, timeout=60)
+        self.config_path = None
+        state = self.path / STATE_FILE
+        if not state.exists():
+            os.close(os.open(state, os.O_WRONLY | os.O_CREAT, 0o600))        # the keys live here: 0600 from birth
+        elif state.stat().st_mode & 0o077:
+            os.chmod(state, 0o600)                                            # made by an older accel_lib
+        db = sqlite3.connect(state, timeout=60)
         try:
             db.execute("PRAGMA busy_timeout = 60000")
             db.executescript(_SCHEMA)
         finally:
             db.close()
+        self._recover()
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -89,7 +100,8 @@ class Workspace:
             if not exist_ok:
                 raise UserError(f"a workspace already exists in {folder}; pass exist_ok=True to reuse it.")
             return cls(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
         cfg = {"name": name, "subscription_id": subscription_id, "resource_group": resource_group,
                "location": location, "fpga_quota_vcpus": int(fpga_quota_vcpus)}
         _atomic_write(cfg_path, json.dumps(cfg, indent=2) + "\n")
@@ -97,13 +109,20 @@ class Workspace:
 
     @classmethod
     def from_config(cls, path=None):
-        """Find config.json (or .azureml/config.json) in ``path`` (default: cwd) or its parents."""
+        """Find config.json (or .azureml/config.json) in ``path`` (default: cwd), then in its parents, as Azure ML
+        does; a config owned by another user is skipped (a folder above yours may be writable by others, /tmp is),
+        and one found in a parent folder is named on stderr. ``ws.config_path`` says which one was used."""
         start = Path(path if path is not None else os.getcwd()).resolve()
         if start.is_file():
-            return cls(start.parent)
+            ws = cls(start.parent)
+            ws.config_path = start
+            return ws
         for d in (start, *start.parents):
             for cand in (d / CONFIG_FILE, d / ".azureml" / CONFIG_FILE):
                 if cand.is_file():
+                    if cand.stat().st_uid != os.getuid():
+                        print(f"Workspace.from_config: skipped {cand}, which another user owns", file=sys.stderr)
+                        continue
                     cfg = json.loads(cand.read_text())
                     if {"name", "subscription_id", "resource_group"} <= cfg.keys():
                         folder = cand.parent.parent if cand.parent.name == ".azureml" else cand.parent
@@ -113,7 +132,11 @@ class Workspace:
                                 raise UserError(f"{cand} points to the workspace {folder}, which no longer exists; "
                                                 "create it again or remove the stale config.")
                         cfg.setdefault("location", "eastus")
-                        return cls(folder, _config=cfg)
+                        ws = cls(folder, _config=cfg)
+                        ws.config_path = cand
+                        if d != start:
+                            print(f"Workspace.from_config: using {cand}", file=sys.stderr)
+                        return ws
         raise UserError(f"no workspace config.json found in {start} or its parents; "
                         "create one with Workspace.create(name, path=...) or write_config().")
 
@@ -161,7 +184,7 @@ class Workspace:
         dst = self.blob_path(digest)
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp-{os.getpid()}-")
             os.close(fd)
             shutil.copyfile(src, tmp)
             if sha256_file(Path(tmp)) != digest:
@@ -169,6 +192,58 @@ class Workspace:
                 raise OSError(f"{src} changed while it was being copied; register it again.")
             os.replace(tmp, dst)
         return digest
+
+    # -- interrupted work ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def pending(self, kind, **what):
+        """Note work of ``kind`` ("register" with its blobs' digests, "image" with name and version) under way in
+        this process; the note goes when it ends, and a note left by a process that is gone is acted on by the
+        next open of the workspace (``_recover``)."""
+        folder = self.path / "pending"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        note = folder / f"{kind}-{os.getpid()}-{os.urandom(4).hex()}.json"
+        _atomic_write(note, json.dumps({"kind": kind, "pid": os.getpid(), **what}))
+
+        def update(**more):
+            what.update(more)
+            _atomic_write(note, json.dumps({"kind": kind, "pid": os.getpid(), **what}))
+        try:
+            yield update
+        finally:
+            note.unlink(missing_ok=True)
+
+    def _recover(self):
+        """Clean up after work whose process is gone: its temporary files, the blobs it copied that no model holds,
+        an image it left "Running" (now Failed)."""
+        folder = self.path / "pending"
+        notes = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        for tmp in (self.path / "blobs").glob("sha256/*/.tmp-*"):
+            pid = tmp.name.split("-")[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+        for note in notes:
+            try:
+                info = json.loads(note.read_text())
+            except (OSError, ValueError):
+                continue
+            if _pid_alive(int(info.get("pid", 0))):
+                continue
+            if info["kind"] == "register":
+                with self.connect(immediate=True) as db:
+                    held = {d for (files,) in db.execute("SELECT files FROM models")
+                            for d in json.loads(files).values()}
+                for digest in set(info.get("digests", [])) - held:
+                    self.blob_path(digest).unlink(missing_ok=True)
+            elif info["kind"] == "image":
+                with self.connect(immediate=True) as db:
+                    db.execute("UPDATE images SET creation_state='Failed' WHERE name=? AND version=? AND "
+                               "creation_state='Running'", (info["name"], info["version"]))
+                log = self.path / info.get("log", "")
+                if info.get("log") and log.parent.is_dir():
+                    with open(log, "a") as f:
+                        f.write(f"FAILED: the build was interrupted (process {info['pid']} ended before it "
+                                "finished)\n")
+            note.unlink(missing_ok=True)
 
     def conversion_cache(self, name, version) -> Path:
         """Where the fp32 graphs converted from model ``name`` version ``version`` are kept for its further
@@ -180,6 +255,23 @@ class Workspace:
         d = self.path.joinpath(*parts)
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def _pid_alive(pid) -> bool:
+    """Whether a process with this pid runs (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def _atomic_write(path: Path, text: str):

@@ -1,5 +1,6 @@
 """The cluster like AKS: the front end (routing, keys, TLS, REST, balancing, retries), supervised replicas, limits."""
 import base64
+import ssl
 import struct
 import threading
 import time
@@ -13,6 +14,7 @@ import requests
 
 from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, UserError, Webservice, client_from_service, samples)
 from accel_lib.fpga import supervisor
+from accel_lib.fpga.cluster import TLS_KEY_FILE
 from accel_lib.fpga.package import AcceleratorPackage
 from accel_lib.webservice import schedule
 
@@ -20,6 +22,8 @@ SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 
 
 def _deploy(img, target, name, **cfg):
+    """Deploy and wait; without keys unless the test asks (test_keys_are_on_by_default_on_aks checks the default)."""
+    cfg.setdefault("auth_enabled", False)
     svc = Webservice.deploy_from_image(img.workspace, name, img, AksWebservice.deploy_configuration(**cfg), target)
     svc.wait_for_deployment(timeout=120)
     return svc
@@ -125,7 +129,7 @@ def test_routing_by_header_by_model_name_and_to_the_only_service(built_image, cl
         np.testing.assert_array_equal(ask(md=_route("svc-b") + [("authorization", f"Bearer {key}")]), ref)
         np.testing.assert_array_equal(ask(model="svc-a"), ref)                  # no header: model_spec.name
         for md, code, msg in [((), "NOT_FOUND", "x-ms-aml-grpc-service-route"),
-                              (_route("ghost"), "NOT_FOUND", "no service 'ghost'.*svc-a"),
+                              (_route("ghost"), "NOT_FOUND", r"^no service 'ghost' on this cluster\.$"),
                               (_route("svc-b"), "UNAUTHENTICATED", "Bearer"),
                               (_route("svc-b") + [("authorization", "Bearer wrong")], "UNAUTHENTICATED", "Bearer")]:
             with pytest.raises(grpc.RpcError) as e:
@@ -171,13 +175,13 @@ def test_rest_api_like_tensorflow_serving(built_image, cluster):
     r = requests.post(url, data=b"{not json", headers=auth, timeout=30)
     assert r.status_code == 400 and "not JSON" in r.json()["error"]
     r = requests.post(base.replace("svc-rest", "ghost") + ":predict", json={"instances": b64}, timeout=30)
-    assert r.status_code == 404 and "ghost" in r.json()["error"]
+    assert r.status_code == 404 and r.json()["error"] == "no service 'ghost' on this cluster."   # no list of others
     assert svc.state == "Healthy"
 
 
 def test_rest_answers_503_while_the_fpga_is_flashed(built_image, cluster):
     svc = Webservice.deploy_from_image(built_image.workspace, "svc-slow", built_image,
-                                       AksWebservice.deploy_configuration(flash_seconds=30.0), cluster)
+                                       AksWebservice.deploy_configuration(flash_seconds=30.0, auth_enabled=False), cluster)
     r = requests.post(svc.rest_uri, json={"instances": [{"b64": base64.b64encode(b"x").decode()}]}, timeout=30)
     assert r.status_code == 503 and "no ready replica" in r.json()["error"]
     assert requests.get(svc.rest_uri.rsplit(":", 1)[0], timeout=30).json()["model_version_status"][0]["state"] \
@@ -194,10 +198,16 @@ def test_tls_with_a_generated_certificate(built_image, tmp_path):
         pem = target.ssl_certificate_pem
         assert b"BEGIN CERTIFICATE" in pem
         from cryptography import x509
-        names = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value
+        ca = x509.load_pem_x509_certificate(pem)                           # what clients trust: a CA that can
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0   # sign no CA
+        served = x509.load_pem_x509_certificate(
+            ssl.get_server_certificate(("127.0.0.1", int(svc.scoring_uri.rsplit(":", 1)[1]))).encode())
+        assert not served.extensions.get_extension_for_class(x509.BasicConstraints).value.ca     # a leaf
+        assert served.issuer == ca.subject
+        names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert any(n.endswith(".eastus.cloudapp.azure.com") and n.startswith("myservice")
                    for n in names.get_values_for_type(x509.DNSName))
+        assert oct((target.run_dir / TLS_KEY_FILE).stat().st_mode & 0o777) == "0o600"
         data = samples.sample_images(1, seed=6)[0]
         ref = AcceleratorPackage(built_image.context / "package").run([data], [SOFTMAX])[SOFTMAX]
         with client_from_service(svc) as c:
@@ -205,7 +215,8 @@ def test_tls_with_a_generated_certificate(built_image, tmp_path):
         key = svc.get_keys()[0]
         ch, stub = _stub(svc.scoring_uri, grpc.ssl_channel_credentials(root_certificates=pem))
         with ch:
-            stub.Predict(_request([data]), timeout=30, metadata=_route("svc-tls") + [("authorization", f"Bearer {key}")])
+            stub.Predict(_request([data]), timeout=30,
+                         metadata=_route("svc-tls") + [("authorization", f"Bearer {key}")])
         ch, stub = _stub(svc.scoring_uri)                                    # plain text to the TLS port
         with ch, pytest.raises(grpc.RpcError) as e:
             stub.Predict(_request([data]), timeout=5, metadata=_route("svc-tls"))
@@ -251,8 +262,8 @@ def test_bad_input_battery_each_with_its_status_and_the_service_keeps_serving(bu
          "DT_STRING"),
         ("shape/value mismatch", req(inputs={"images": mismatch}), "INVALID_ARGUMENT", "holds 1 strings"),
         ("no inputs", req(inputs={}), "INVALID_ARGUMENT", "exactly one input"),
-        ("too many images", req([good] * 5), "INVALID_ARGUMENT", "at most 4"),
-        ("oversize", req([good + b"\0" * 1_100_000]), "RESOURCE_EXHAUSTED", "at most"),
+        ("too many images", req([good] * 5), "RESOURCE_EXHAUSTED", "at most 4"),
+        ("oversize", req([good + b"\0" * 1_100_000]), "RESOURCE_EXHAUSTED", "1048576"),   # gRPC's own limit: 1 MB
     ]
     ch, stub = _stub(svc.scoring_uri)
     md = _route("svc-bad") + [("authorization", f"Bearer {key}")]

@@ -3,7 +3,6 @@ inside a whole network, and the pure-ONNX path still used when the operator is n
 import os
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest

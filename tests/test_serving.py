@@ -70,17 +70,17 @@ def test_image_takes_one_converted_model(converted):
 
 
 def test_context_copied_elsewhere_serves_alone(built_image, tmp_path):
+    import socket
     copy = tmp_path / "elsewhere"
     shutil.copytree(built_image.context, copy)
-    port_file = tmp_path / "port"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(copy)}
-    proc = subprocess.Popen([sys.executable, "-m", "fpga.server", "--package", "package", "--port-file", str(port_file)],
+    proc = subprocess.Popen([sys.executable, "-m", "fpga.server", "--package", "package", "--port", str(port)],
                             cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with PredictionClient(f"127.0.0.1:{port_file.read_text()}") as c:
+        with PredictionClient(f"127.0.0.1:{port}", retry_seconds=60) as c:      # it answers once it has loaded
             data = samples.sample_images(1, seed=3)[0]
             got = c.score_numpy_arrays({"images": [data]}, outputs=SOFTMAX)
         ref = AcceleratorPackage(copy / "package").run([data], [SOFTMAX])[SOFTMAX]
@@ -244,7 +244,10 @@ def test_client_rides_through_flashing_and_a_killed_replica_is_restarted(built_i
 def test_unknown_service_and_missing_keys(built_image, cluster):
     with pytest.raises(UserError, match="no service 'ghost'"):
         Webservice(built_image.workspace, "ghost")
-    svc = _deploy(built_image, cluster, "svc-nokey")
+    keyed = _deploy(built_image, cluster, "svc-keyed")                  # keys by default on AKS, as Azure ML
+    assert len(keyed.get_keys()) == 2 and all(len(k) >= 32 for k in keyed.get_keys())
+    keyed.delete()
+    svc = _deploy(built_image, cluster, "svc-nokey", auth_enabled=False)
     with pytest.raises(UserError, match="auth_enabled=True"):
         svc.get_keys()
     with pytest.raises(UserError, match="autoscale"):
@@ -273,6 +276,8 @@ def test_edge_device_runs_one_model_and_a_new_deployment_replaces_it(built_image
         with pytest.raises(UserError, match="one FPGA"):
             Webservice.deploy_from_image(ws, "e2", built_image, AksWebservice.deploy_configuration(num_replicas=2), edge)
         first = _deploy(built_image, edge, "edge-a")
+        with pytest.raises(UserError, match="auth_enabled=True"):       # an edge device: no keys by default
+            first.get_keys()
         img_q = Image.create("small-q-edge", [converted_q[2].result], AccelContainerImage.image_configuration(), ws)
         second = _deploy(img_q, edge, "edge-b")
         assert first.state == "Replaced" and second.state == "Healthy"

@@ -3,10 +3,15 @@
 A cluster is a folder. The workspace writes the desired state (``cluster.json``: the services, their replicas and
 keys, TLS); the cluster process (``python -m fpga.frontend``: front end + supervisor) reads it, runs the replicas
 and reports what it sees (``status.json``) and where it listens (``endpoints.json``). Like Kubernetes: the spec is
-declared, the controller reconciles. Deleting ``cluster.json`` tells the cluster process to stop.
+declared, the controller reconciles. Deleting ``cluster.json`` tells the cluster process to stop. Every file here is
+written 0600: the spec holds the services' keys. Replicas listen on Unix sockets in a private (0700) folder the
+cluster process makes, so nothing but the front end (and root) can call them.
+
+``ServiceLimits`` owns what one request may hold; each limit's default is spelled there and nowhere else.
 """
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +22,9 @@ SPEC_FILE = "cluster.json"
 STATUS_FILE = "status.json"
 ENDPOINTS_FILE = "endpoints.json"
 LOG_FILE = "frontend.log"
-TLS_CERT_FILE = "tls/cert.pem"
-TLS_KEY_FILE = "tls/key.pem"
+TLS_CERT_FILE = "tls/cert.pem"        # what the front end presents: the leaf, then its CA
+TLS_KEY_FILE = "tls/key.pem"          # its key (0600)
+TLS_CA_FILE = "tls/ca.pem"            # what clients trust: the CA that signed a generated certificate
 ROUTE_HEADER = "x-ms-aml-grpc-service-route"
 ROUTE_PREFIX = "/api/v1/service/"
 
@@ -26,6 +32,62 @@ ROUTE_PREFIX = "/api/v1/service/"
 STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", "CrashLoopBackOff", "Failed"
 REPLICA_STATES = (STARTING, LOADING, HEALTHY, BACKOFF, FAILED)
 EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
+
+
+def _limit(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServiceLimits:
+    """What one request to a service may hold; the front end and the replicas check it before doing the work."""
+    max_message_mb: float = _limit(64.0, "the most bytes one message may have (gRPC or REST), in MB")
+    max_images: int = _limit(64, "the most images (rows) one request may hold")
+    max_pixels: int = _limit(40_000_000, "the most pixels one image may have, read from its header before decoding")
+    max_request_mb: float = _limit(256.0, "what one request may decode to, in MB: its images' pixels, its tensors' "
+                                          "filled-out values, its strings")
+
+    def validate(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            whole = f.type in (int, "int")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (whole and v != int(v)):
+                kind = "a whole number" if whole else "a number"
+                raise manifest.ManifestError(f"limit {f.name} must be {kind} above 0 ({f.metadata['help']}), "
+                                             f"got {v!r}.")
+        if self.max_request_mb < self.max_message_mb:
+            raise manifest.ManifestError(f"limit max_request_mb ({self.max_request_mb:g}) must be at least "
+                                         f"max_message_mb ({self.max_message_mb:g}): a message decodes to no less.")
+
+    @property
+    def message_bytes(self) -> int:
+        return int(self.max_message_mb * 2**20)
+
+    @property
+    def request_bytes(self) -> int:
+        return int(self.max_request_mb * 2**20)
+
+    def flags(self) -> list[str]:
+        """The replica's command-line flags for these limits (``add_arguments`` reads them back)."""
+        return [a for f in dataclasses.fields(self) for a in (_flag(f.name), str(getattr(self, f.name)))]
+
+    @classmethod
+    def add_arguments(cls, parser):
+        """Add one flag per limit to an argparse parser, with its default and help."""
+        for f in dataclasses.fields(cls):
+            parser.add_argument(_flag(f.name), dest=f.name, type=float if f.type in (float, "float") else int,
+                                default=f.default, help=f.metadata["help"])
+
+    @classmethod
+    def from_args(cls, args) -> "ServiceLimits":
+        """The limits an argparse namespace holds (from ``add_arguments``)."""
+        lim = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        lim.validate()
+        return lim
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -44,9 +106,7 @@ class ServiceSpec:
     replicas: list[ReplicaSpec]
     keys: list[str] = field(default_factory=list)
     flash_seconds: float = 0.0
-    max_message_mb: float = 64.0
-    max_images: int = 64
-    max_pixels: int = 40_000_000
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
     generation: int = 0           # bumped on each deployment, so a redeploy under the same name restarts
 
 
@@ -59,15 +119,16 @@ class ClusterSpec:
     services: list[ServiceSpec] = field(default_factory=list)
     tls: bool = False
     revision: int = 0             # grows with every write; the status says which revision it reflects
-    format: str = "accel_lib.cluster/1"
+    format: str = "accel_lib.cluster/2"
 
     FILE: typing.ClassVar[str] = SPEC_FILE
-    FORMAT: typing.ClassVar[str] = "accel_lib.cluster/1"
-    HOW: typing.ClassVar[str] = "delete the compute target and create it again with this accel_lib"
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster/2"
+    HOW: typing.ClassVar[str] = "ComputeTarget(ws, name).restart() writes it again from the workspace's records"
 
     def validate(self):
         held = {}
         for s in self.services:
+            s.limits.validate()
             for r in s.replicas:
                 if not 0 <= r.node < self.nodes:
                     raise manifest.ManifestError(f"{SPEC_FILE}: service {s.name!r} replica {r.idx} is on node "
@@ -81,6 +142,10 @@ class ClusterSpec:
         """The service called ``name`` (None if there is none)."""
         return next((s for s in self.services if s.name == name), None)
 
+    def largest_message(self) -> int:
+        """Bytes of the largest message any service here takes (the listeners' own receive limit)."""
+        return max((s.limits.message_bytes for s in self.services), default=ServiceLimits().message_bytes)
+
 
 @dataclass
 class ReplicaStatus:
@@ -90,7 +155,6 @@ class ReplicaStatus:
     state: str
     restarts: int = 0
     pid: int = 0
-    port: int = 0
     last_exit: typing.Optional[int] = None
     message: str = ""
 
@@ -108,10 +172,10 @@ class ClusterStatus:
     pid: int
     revision: int = 0             # the spec revision the supervisor has applied
     services: list[ServiceStatus] = field(default_factory=list)
-    format: str = "accel_lib.cluster-status/1"
+    format: str = "accel_lib.cluster-status/2"
 
     FILE: typing.ClassVar[str] = STATUS_FILE
-    FORMAT: typing.ClassVar[str] = "accel_lib.cluster-status/1"
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster-status/2"
     HOW: typing.ClassVar[str] = "restart the cluster process (ComputeTarget(ws, name).restart())"
 
     def validate(self):
@@ -159,8 +223,8 @@ def read_optional(cls, folder):
 
 
 def write(obj, folder):
-    """Write one of this module's files atomically."""
-    return manifest.write(obj, folder)
+    """Write one of this module's files atomically, readable by its owner only (0600)."""
+    return manifest.write(obj, folder, mode=0o600)
 
 
 def replica_log(log_dir, idx) -> Path:
@@ -168,9 +232,16 @@ def replica_log(log_dir, idx) -> Path:
     return Path(log_dir) / f"replica-{idx}.log"
 
 
-def replica_port_file(log_dir, idx) -> Path:
-    """Where replica ``idx`` writes the port it listens on."""
-    return Path(log_dir) / f"replica-{idx}.port"
+def make_socket_dir() -> Path:
+    """A private folder (0700) for the replicas' Unix sockets: short enough for a socket's path (108 bytes)."""
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix="accel-cluster-"))
+
+
+def replica_sockets(socket_dir, serial) -> tuple:
+    """(scoring socket, health socket) of the replica process the supervisor numbered ``serial``."""
+    base = Path(socket_dir) / f"r{serial}"
+    return Path(f"{base}.sock"), Path(f"{base}.health")
 
 
 def route(service_name) -> str:

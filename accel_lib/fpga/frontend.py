@@ -1,15 +1,25 @@
 """The cluster's front end (the simulated AKS ingress) and the process that hosts it with the supervisor.
 
-One process per cluster: ``python -m accel_lib.fpga.frontend --cluster-dir DIR`` (``command()`` builds it). It listens on 127.0.0.1 with a gRPC port
-and a REST port (TLS on both when the cluster has a certificate), routes each call to a service by the
-``x-ms-aml-grpc-service-route: /api/v1/service/<name>`` header (else by ``model_spec.name``, else to the only
-service), checks the service's keys (``authorization: Bearer <key>``), balances round-robin over the service's
-healthy replicas and retries a call that a replica failed with UNAVAILABLE on another one.
+One process per cluster: ``python -m accel_lib.fpga.frontend --cluster-dir DIR`` (``command()`` builds it). It
+listens on 127.0.0.1 with a gRPC port and a REST port (TLS on both when the cluster has a certificate), routes each
+call to a service by the ``x-ms-aml-grpc-service-route: /api/v1/service/<name>`` header (else by
+``model_spec.name``, else to the only service), checks the service's keys (``authorization: Bearer <key>``, in
+constant time), balances round-robin over the service's healthy replicas and retries a call that a replica failed
+with UNAVAILABLE on another one. Replicas are reached on Unix sockets only (``cluster.replica_sockets``).
 
-Why asyncio (grpc.aio + aiohttp): one event loop holds thousands of waiting calls without a thread each, the gRPC
-and REST servers and the supervisor share the routing table without locks, and gRPC calls are forwarded as the
-bytes that came in (no decoding, no re-encoding) unless a request carries no route header.
-The process stops when the cluster's spec file disappears or on SIGTERM, and stops its replicas first.
+Checks come before work. A gRPC call's route, key and service are checked from its metadata before its message is
+read (the handlers take the request as a stream, so nothing is read until they ask); the listener's own receive
+limit is the largest service limit; a REST body is read in chunks against its service's limit, with a
+Content-Length or without, and its JSON is parsed (and the reply encoded) in a small process pool, one request of a
+service at a time, so that a service's huge or deep body never holds the event loop that every service shares.
+Connections: at most ``MAX_CONNECTIONS`` per listener, TLS handshakes and a request's headers within
+``HEADER_SECONDS``, idle connections closed after ``IDLE_SECONDS``, at most ``MAX_STREAMS`` calls per gRPC
+connection.
+
+Why asyncio (grpc.aio + aiohttp's low-level server): one event loop holds thousands of waiting calls without a
+thread each, the listeners and the supervisor share the routing table without locks, and gRPC calls are forwarded
+as the bytes that came in (no decoding, no re-encoding) unless a call carries no route header. The process stops
+when the cluster's spec file disappears or on SIGTERM, and stops its replicas first.
 """
 from __future__ import annotations
 
@@ -19,20 +29,26 @@ import base64
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
 
 from . import cluster
-from .supervisor import Supervisor
+from .server import key_ok
+from .supervisor import ErrorLog, Supervisor
 
 SERVICE = "/tensorflow.serving.PredictionService/"
 PREDICT, METADATA = SERVICE + "Predict", SERVICE + "GetModelMetadata"
-MB = 1024 * 1024
-MAX_RECEIVE = 1 << 30           # the listener's own cap; each service's limit is checked per call
+MAX_CONNECTIONS = 256           # per listener
+MAX_STREAMS = 100               # concurrent calls on one gRPC connection
+MAX_CALLS = 1024                # concurrent gRPC calls in all
+HEADER_SECONDS = 10.0           # a TLS handshake, or a request's headers, must arrive within this
+IDLE_SECONDS = 60.0             # a connection with nothing to do is closed after this
+REST_WORKERS = 2                # processes that parse REST bodies and encode their replies
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413,
-               "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "UNIMPLEMENTED": 501}
+               "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "UNIMPLEMENTED": 501, "INTERNAL": 500}
 
 
 def _log(msg):
@@ -43,8 +59,11 @@ class CallError(Exception):
     """A call the front end answers itself: a gRPC status code name and a message."""
 
     def __init__(self, code, message):
-        super().__init__(message)
+        super().__init__(code, message)
         self.code, self.message = code, message
+
+    def __str__(self):
+        return self.message
 
 
 class Router:
@@ -55,6 +74,7 @@ class Router:
         self._turn = itertools.count()
 
     def pick_service(self, route_header, model_name) -> cluster.ServiceSpec:
+        """The service a call is for; NOT_FOUND says no more than the caller told (no list of the services)."""
         spec = self.sup.spec
         name = cluster.service_from_route(route_header)
         if name is None and model_name and spec.service(model_name):
@@ -63,29 +83,24 @@ class Router:
             if len(spec.services) == 1:
                 return spec.services[0]
             raise CallError("NOT_FOUND", f"no route: send the header '{cluster.ROUTE_HEADER}: "
-                                         f"{cluster.ROUTE_PREFIX}<service>' (services on this cluster: "
-                                         f"{sorted(s.name for s in spec.services)}).")
+                                         f"{cluster.ROUTE_PREFIX}<service>'.")
         svc = spec.service(name)
         if svc is None:
-            raise CallError("NOT_FOUND", f"no service {name!r} on cluster {spec.name!r} (services: "
-                                         f"{sorted(s.name for s in spec.services)}).")
+            raise CallError("NOT_FOUND", f"no service {name!r} on this cluster.")
         return svc
 
     @staticmethod
     def check_key(svc, authorization):
-        if not svc.keys:
-            return
-        token = authorization[len("Bearer "):] if authorization and authorization.startswith("Bearer ") else None
-        if token not in svc.keys:
+        if svc.keys and not key_ok(authorization or "", svc.keys):
             raise CallError("UNAUTHENTICATED", "missing or wrong key: send 'authorization: Bearer <key>' with a key "
                                                "from service.get_keys().")
 
     @staticmethod
     def check_size(svc, nbytes):
-        limit = int(svc.max_message_mb * MB)
+        limit = svc.limits.message_bytes
         if nbytes > limit:
             raise CallError("RESOURCE_EXHAUSTED", f"the request is {nbytes:,} bytes; service {svc.name!r} takes at "
-                                                  f"most {limit:,} (max_message_mb={svc.max_message_mb:g}).")
+                                                  f"most {limit:,} (max_message_mb={svc.limits.max_message_mb:g}).")
 
     async def forward(self, svc, method, request: bytes, deadline):
         """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one. Returns the reply's bytes."""
@@ -105,7 +120,7 @@ class Router:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise CallError("DEADLINE_EXCEEDED", "the client's deadline passed before a replica answered.")
-            call = self.sup.channel(r.port).unary_unary(method)
+            call = self.sup.channel(r.socket).unary_unary(method)
             try:
                 return await call(request, timeout=left)
             except grpc.aio.AioRpcError as e:
@@ -129,14 +144,28 @@ def _model_name(method, request):
 
 
 def grpc_handler(router: Router):
+    """The generic handler of both methods. The request comes as a stream: nothing is read from it until route,
+    key and service are checked from the metadata (when the call names its service)."""
     import grpc
 
-    async def call(method, request, context):
+    async def call(method, request_iterator, context):
         md = dict(context.invocation_metadata() or ())
         try:
             header = md.get(cluster.ROUTE_HEADER)
-            svc = router.pick_service(header, None if header else _model_name(method, request))
-            router.check_key(svc, md.get("authorization"))
+            svc = None
+            if header is not None:
+                svc = router.pick_service(header, None)
+                router.check_key(svc, md.get("authorization"))
+            request = None
+            async for message in request_iterator:
+                if request is not None:
+                    raise CallError("INVALID_ARGUMENT", "one request message per call.")
+                request = message
+            if request is None:
+                raise CallError("INVALID_ARGUMENT", "the call carried no request message.")
+            if svc is None:
+                svc = router.pick_service(None, _model_name(method, request))
+                router.check_key(svc, md.get("authorization"))
             router.check_size(svc, len(request))
             left = context.time_remaining()
             return await router.forward(svc, method, request, None if left is None else time.monotonic() + left)
@@ -149,11 +178,48 @@ def grpc_handler(router: Router):
                 return None
             method = details.method
 
-            async def behaviour(request, context):
-                return await call(method, request, context)
-            return grpc.unary_unary_rpc_method_handler(behaviour)
+            async def behaviour(request_iterator, context):
+                return await call(method, request_iterator, context)
+            return grpc.stream_unary_rpc_method_handler(behaviour)
 
     return Handler()
+
+
+class GrpcListener:
+    """The gRPC server on one port; rebuilt on the same port when the largest service limit changes (its receive
+    limit must follow it)."""
+
+    def __init__(self, router, host, port, credentials=None):
+        self.router, self.host, self.port, self.credentials = router, host, port, credentials
+        self.server, self.limit = None, None
+
+    def _options(self, limit):
+        return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 1 << 30),
+                ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", MAX_STREAMS),
+                ("grpc.max_connection_idle_ms", int(IDLE_SECONDS * 1000)),
+                ("grpc.server_handshake_timeout_ms", int(HEADER_SECONDS * 1000)),
+                ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS)]
+
+    async def ensure(self, limit):
+        """Listen with receive limit ``limit`` (bytes): start, or rebuild if it differs."""
+        import grpc
+        if self.server is not None and limit == self.limit:
+            return
+        if self.server is not None:
+            await self.server.stop(grace=1)
+        server = grpc.aio.server(options=self._options(limit), maximum_concurrent_rpcs=MAX_CALLS)
+        server.add_generic_rpc_handlers((grpc_handler(self.router),))
+        address = f"{self.host}:{self.port}"
+        bound = (server.add_secure_port(address, self.credentials) if self.credentials
+                 else server.add_insecure_port(address))
+        if not bound:
+            raise OSError(f"could not listen on {address}")
+        await server.start()
+        self.server, self.limit, self.port = server, limit, bound
+
+    async def stop(self):
+        if self.server is not None:
+            await self.server.stop(grace=1)
 
 
 # -- REST (TensorFlow Serving's REST API) -------------------------------------------------------------
@@ -166,7 +232,7 @@ def _b64(item, where):
     raise CallError("INVALID_ARGUMENT", f"{where} must be an object {{\"b64\": \"<base64 JPEG or PNG>\"}}.")
 
 
-def parse_rest_predict(body, input_name):
+def parse_rest_predict(body, input_name, max_images=None):
     """TF Serving's REST request ('instances' rows or 'inputs' columns) -> (list of image bytes, row format?)."""
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise CallError("INVALID_ARGUMENT", "the body must be a JSON object with either 'instances' (rows) or "
@@ -175,6 +241,7 @@ def parse_rest_predict(body, input_name):
         rows = body["instances"]
         if not isinstance(rows, list) or not rows:
             raise CallError("INVALID_ARGUMENT", "'instances' must be a non-empty list.")
+        _count(rows, max_images)
         images = []
         for i, row in enumerate(rows):
             if isinstance(row, dict) and set(row) == {input_name}:
@@ -189,42 +256,114 @@ def parse_rest_predict(body, input_name):
         cols = cols[input_name]
     if not isinstance(cols, list) or not cols:
         raise CallError("INVALID_ARGUMENT", "'inputs' must be a non-empty list of {\"b64\": ...} objects.")
+    _count(cols, max_images)
     return [_b64(c, f"inputs[{i}]") for i, c in enumerate(cols)], False
 
 
-def rest_app(router: Router):
-    from aiohttp import web
+def _count(items, max_images):
+    if max_images is not None and len(items) > max_images:
+        raise CallError("INVALID_ARGUMENT", f"the request holds {len(items):,} images; at most {max_images} per "
+                                            "request. Split it into smaller batches.")
 
+
+def rest_predict_request(body: bytes, service: str, max_images: int) -> tuple:
+    """A REST predict body -> (PredictRequest bytes, row format?, image count); runs in the REST process pool.
+    Any malformed JSON (deep nesting and bad encodings too) is INVALID_ARGUMENT."""
     from . import tensors
     from .protos import serving_pb2, tensorflow_pb2
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise CallError("INVALID_ARGUMENT", "the body is not JSON we take: nested too deeply.") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CallError("INVALID_ARGUMENT", f"the body is not JSON ({str(e)[:200]}).") from None
+    images, rows = parse_rest_predict(doc, "images", max_images)
+    req = serving_pb2.PredictRequest()
+    req.model_spec.name = service
+    req.inputs["images"].CopyFrom(tensors.to_proto(images, tensorflow_pb2.TensorProto))
+    return req.SerializeToString(), rows, len(images)
 
+
+def rest_predict_reply(raw: bytes, rows: bool, n: int) -> bytes:
+    """A PredictResponse's bytes -> TF Serving's REST JSON reply; runs in the REST process pool."""
+    from . import tensors
+    from .protos import serving_pb2
+    outs = {k: tensors.from_proto(v).tolist() for k, v in serving_pb2.PredictResponse.FromString(raw).outputs.items()}
+    if rows:
+        preds = [next(iter(outs.values()))[i] if len(outs) == 1 else {k: v[i] for k, v in outs.items()}
+                 for i in range(n)]
+        return json.dumps({"predictions": preds}).encode()
+    return json.dumps({"outputs": next(iter(outs.values())) if len(outs) == 1 else outs}).encode()
+
+
+def _warm():
+    from . import tensors  # noqa: F401 - the pool's processes import what they parse with once, at start
+    from .protos import serving_pb2  # noqa: F401
+    return True
+
+
+class RestApi:
+    """TensorFlow Serving's REST API on aiohttp's low-level server: the routes, body limits and the pool."""
+
+    ROUTES = [("GET", re.compile(r"/v1/models/([^/:]+)"), "status"),
+              ("GET", re.compile(r"/v1/models/([^/:]+)/metadata"), "metadata"),
+              ("POST", re.compile(r"/v1/models/([^/:]+):predict"), "predict")]
+
+    def __init__(self, router: Router):
+        import concurrent.futures
+        import multiprocessing
+        self.router = router
+        self.pool = concurrent.futures.ProcessPoolExecutor(REST_WORKERS, mp_context=multiprocessing.get_context(
+            "spawn"))
+        self.parsing = {}                        # service name -> a semaphore: one body of a service at a time
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.pool, _warm) for _ in range(REST_WORKERS)))
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
     def fail(code, message):
+        from aiohttp import web
         return web.json_response({"error": message}, status=HTTP_STATUS.get(code, 500))
 
-    def service_for(request):
-        svc = router.pick_service(cluster.route(request.match_info["name"]), None)
-        router.check_key(svc, request.headers.get("Authorization"))
+    async def handle(self, request):
+        for method, pattern, what in self.ROUTES:
+            m = pattern.fullmatch(request.path)
+            if m and request.method == method:
+                try:
+                    return await getattr(self, what)(request, m.group(1))
+                except CallError as e:
+                    return self.fail(e.code, e.message)
+        if any(p.fullmatch(request.path) for _, p, _ in self.ROUTES):
+            return self.fail("UNIMPLEMENTED", f"{request.method} is not served on {request.path}.")
+        return self.fail("NOT_FOUND", f"no route {request.path}; TF Serving's REST API is /v1/models/<service>"
+                                      "[/metadata] and POST /v1/models/<service>:predict.")
+
+    def _service(self, request, name):
+        svc = self.router.pick_service(cluster.route(name), None)
+        self.router.check_key(svc, request.headers.get("Authorization"))
         return svc
 
-    async def status(request):
-        try:
-            svc = service_for(request)
-        except CallError as e:
-            return fail(e.code, e.message)
-        ready = bool(router.sup.ready(svc.name))
+    async def status(self, request, name):
+        from aiohttp import web
+        svc = self._service(request, name)
+        ready = bool(self.router.sup.ready(svc.name))
         return web.json_response({"model_version_status": [{
             "version": "1", "state": "AVAILABLE" if ready else "LOADING",
             "status": {"error_code": "OK", "error_message": ""}}]})
 
-    async def metadata(request):
+    async def metadata(self, request, name):
+        from aiohttp import web
         from google.protobuf import json_format, wrappers_pb2
-        try:
-            svc = service_for(request)
-            req = serving_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-            req.model_spec.name = svc.name
-            raw = await router.forward(svc, METADATA, req.SerializeToString(), time.monotonic() + 30)
-        except CallError as e:
-            return fail(e.code, e.message)
+
+        from .protos import serving_pb2
+        svc = self._service(request, name)
+        req = serving_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        req.model_spec.name = svc.name
+        raw = await self.router.forward(svc, METADATA, req.SerializeToString(), time.monotonic() + 30)
         resp = serving_pb2.GetModelMetadataResponse.FromString(raw)
         sigmap = serving_pb2.SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sigmap)
@@ -235,36 +374,120 @@ def rest_app(router: Router):
                                       sigmap, preserving_proto_field_name=True),
                                                "accel_lib": json.loads(about.value)}})
 
-    async def predict(request):
-        try:
-            svc = service_for(request)
-            router.check_size(svc, request.content_length or 0)
-            body = await request.read()
-            router.check_size(svc, len(body))
-            try:
-                doc = json.loads(body)
-            except ValueError as e:
-                raise CallError("INVALID_ARGUMENT", f"the body is not JSON ({e}).") from None
-            images, rows = parse_rest_predict(doc, "images")
-            req = serving_pb2.PredictRequest()
-            req.model_spec.name = svc.name
-            req.inputs["images"].CopyFrom(tensors.to_proto(images, tensorflow_pb2.TensorProto))
-            raw = await router.forward(svc, PREDICT, req.SerializeToString(), time.monotonic() + 60)
-        except CallError as e:
-            return fail(e.code, e.message)
-        outs = {k: tensors.from_proto(v).tolist() for k, v in serving_pb2.PredictResponse.FromString(raw).outputs.items()}
-        if rows:
-            n = len(images)
-            preds = [next(iter(outs.values()))[i] if len(outs) == 1 else {k: v[i] for k, v in outs.items()}
-                     for i in range(n)]
-            return web.json_response({"predictions": preds})
-        return web.json_response({"outputs": next(iter(outs.values())) if len(outs) == 1 else outs})
+    async def read_body(self, request, svc) -> bytes:
+        """The body, read in chunks against the service's limit (a chunked body too): 413 past it."""
+        self.router.check_size(svc, request.content_length or 0)
+        chunks, size = [], 0
+        while True:
+            chunk = await request.content.read(1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            self.router.check_size(svc, size)
+            chunks.append(chunk)
 
-    app = web.Application(client_max_size=MAX_RECEIVE)
-    app.router.add_get("/v1/models/{name}", status)
-    app.router.add_get("/v1/models/{name}/metadata", metadata)
-    app.router.add_post("/v1/models/{name:[^/:]+}:predict", predict)
-    return app
+    async def predict(self, request, name):
+        from aiohttp import web
+        svc = self._service(request, name)
+        body = await self.read_body(request, svc)
+        loop = asyncio.get_running_loop()
+        gate = self.parsing.setdefault(svc.name, asyncio.Semaphore(1))
+        async with gate:
+            raw_request, rows, n = await loop.run_in_executor(self.pool, rest_predict_request, body, svc.name,
+                                                              svc.limits.max_images)
+        del body
+        raw = await self.router.forward(svc, PREDICT, raw_request, time.monotonic() + 60)
+        async with gate:
+            reply = await loop.run_in_executor(self.pool, rest_predict_reply, raw, rows, n)
+        return web.Response(body=reply, content_type="application/json")
+
+
+def rest_server(api: RestApi):
+    """aiohttp's low-level server for ``api``, with the connection guard."""
+    from aiohttp import web
+
+    class Guarded(web.Server):
+        """At most MAX_CONNECTIONS connections; one that has not sent a request's headers HEADER_SECONDS after it
+        opened (or after its last reply) is closed; idle keep-alive connections close after IDLE_SECONDS."""
+
+        def __init__(self):
+            super().__init__(self.handle, keepalive_timeout=IDLE_SECONDS)
+            self.timers = {}
+
+        async def handle(self, request):
+            proto = request.protocol
+            timer = self.timers.pop(proto, None)
+            if timer:
+                timer.cancel()
+            try:
+                return await api.handle(request)
+            finally:
+                if request.transport is not None and not request.transport.is_closing():
+                    self._arm(proto, request.transport)
+
+        def _arm(self, proto, transport):
+            self.timers[proto] = asyncio.get_running_loop().call_later(HEADER_SECONDS, self._expire, proto,
+                                                                       transport)
+
+        def _expire(self, proto, transport):
+            self.timers.pop(proto, None)
+            if not transport.is_closing():
+                transport.abort()
+
+        def connection_made(self, handler, transport):
+            super().connection_made(handler, transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.abort()
+                return
+            self._arm(handler, transport)
+
+        def connection_lost(self, handler, exc=None):
+            timer = self.timers.pop(handler, None)
+            if timer:
+                timer.cancel()
+            super().connection_lost(handler, exc)
+
+    return Guarded()
+
+
+class Acceptor:
+    """Accepts the REST listener's connections one at a time. Out of file handles, it waits (0.1 s doubling to 2 s)
+    and logs once per interval, where asyncio's own accept loop (Python 3.11) retries in bursts and logs each try."""
+
+    def __init__(self, sock, factory, ssl_ctx, errors):
+        self.sock, self.factory, self.ssl_ctx, self.errors = sock, factory, ssl_ctx, errors
+        self.sock.setblocking(False)
+        self.tasks = set()
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        pause = 0.1
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:
+                self.errors("accepting a REST connection", e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.1
+            task = loop.create_task(self._serve(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, conn):
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self.factory, conn, ssl=self.ssl_ctx, ssl_handshake_timeout=HEADER_SECONDS if self.ssl_ctx else None)
+        except Exception as e:  # noqa: BLE001 - a handshake that failed or timed out: that connection only
+            conn.close()
+            if not isinstance(e, (ConnectionError, asyncio.TimeoutError, OSError)):
+                self.errors("a REST connection", e)
+
+    def close(self):
+        for t in list(self.tasks):
+            t.cancel()
+        self.sock.close()
 
 
 # -- the process -------------------------------------------------------------------------------------
@@ -272,72 +495,99 @@ def _tls_files(cluster_dir):
     return Path(cluster_dir) / cluster.TLS_CERT_FILE, Path(cluster_dir) / cluster.TLS_KEY_FILE
 
 
+def _more_file_handles():
+    """Raise this process's open-file limit to its hard limit: every connection takes one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if os.environ.get("ACCEL_LIB_NOFILE"):                 # a smaller one, for the tests that run out of them
+        want = int(os.environ["ACCEL_LIB_NOFILE"])
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+
+
 async def amain(args):
+    import shutil
+    import socket
+    import ssl
+
     import grpc
-    from aiohttp import web
+    _more_file_handles()
     folder = Path(args.cluster_dir)
     spec = cluster.read(cluster.ClusterSpec, folder)
-    sup = Supervisor(folder, spec)
-    await sup.reconcile(spec)
+    socket_dir = cluster.make_socket_dir()
+    sup = Supervisor(folder, spec, socket_dir)
+    errors = ErrorLog(who="front end")
     router = Router(sup)
-
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE),
-                                      ("grpc.max_send_message_length", MAX_RECEIVE), ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc_handler(router),))
-    ssl_ctx = None
+    api = RestApi(router)
+    credentials = ssl_ctx = None
     if spec.tls:
-        import ssl
         cert, key = _tls_files(folder)
-        creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-        grpc_port = server.add_secure_port(f"{args.host}:{args.grpc_port}", creds)
+        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ssl_ctx.load_cert_chain(cert, key)
-    else:
-        grpc_port = server.add_insecure_port(f"{args.host}:{args.grpc_port}")
-    await server.start()
-    runner = web.AppRunner(rest_app(router), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.rest_port, ssl_context=ssl_ctx)
-    await site.start()
-    rest_port = site._server.sockets[0].getsockname()[1]
-    cluster.write(cluster.Endpoints(pid=os.getpid(), host=args.host, grpc_port=grpc_port, rest_port=rest_port,
-                                    tls=spec.tls), folder)
-    _log(f"front end of cluster {spec.name!r}: gRPC {args.host}:{grpc_port}, REST {args.host}:{rest_port}"
-         f"{' (TLS)' if spec.tls else ''}; pid {os.getpid()}")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    prober = loop.create_task(sup.probe_forever())
-    spec_file = folder / cluster.SPEC_FILE
-    seen = spec_file.stat().st_mtime_ns
+    listener = GrpcListener(router, args.host, args.grpc_port, credentials)
+    rest = None
     try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-            try:
-                mtime = spec_file.stat().st_mtime_ns
-            except FileNotFoundError:
-                _log("the cluster's spec is gone: the cluster was deleted")
-                break
-            if mtime != seen:
-                seen = mtime
+        await sup.reconcile(spec)
+        await listener.ensure(spec.largest_message())
+        await api.start()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, ctx: errors("the event loop", ctx.get("exception")
+                                                         or RuntimeError(ctx.get("message", "?"))))
+        sock = socket.create_server((args.host, args.rest_port), backlog=128)
+        rest_port = sock.getsockname()[1]
+        rest = Acceptor(sock, rest_server(api), ssl_ctx, errors)
+        accepting = loop.create_task(rest.run())
+        cluster.write(cluster.Endpoints(pid=os.getpid(), host=args.host, grpc_port=listener.port,
+                                        rest_port=rest_port, tls=spec.tls), folder)
+        _log(f"front end of cluster {spec.name!r}: gRPC {args.host}:{listener.port}, REST {args.host}:{rest_port}"
+             f"{' (TLS)' if spec.tls else ''}; pid {os.getpid()}")
+
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        prober = loop.create_task(sup.probe_forever())
+        spec_file = folder / cluster.SPEC_FILE
+        seen = spec_file.stat().st_mtime_ns
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+                try:
+                    mtime = spec_file.stat().st_mtime_ns
+                except FileNotFoundError:
+                    _log("the cluster's spec is gone: the cluster was deleted")
+                    break
+                except OSError as e:
+                    errors("reading the spec", e)
+                    continue
+                if mtime == seen:
+                    continue
                 try:
                     new = cluster.read(cluster.ClusterSpec, folder)
-                except Exception as e:  # noqa: BLE001 - a bad spec is logged; the running services stay
-                    _log(f"ignored an unreadable spec: {e}")
-                    continue
-                await sup.reconcile(new)
-                _log(f"services now: {[s.name for s in new.services]}")
+                    await sup.reconcile(new)
+                    await listener.ensure(new.largest_message())
+                    seen = mtime
+                    _log(f"services now: {[s.name for s in new.services]}")
+                except Exception as e:  # noqa: BLE001 - a bad spec or a rebuild that failed: the services stay
+                    errors("taking the new spec", e)
+        finally:
+            prober.cancel()
+            accepting.cancel()
     finally:
         _log("stopping")
-        prober.cancel()
         await sup.stop_all()
-        await server.stop(grace=1)
-        await runner.cleanup()
+        await listener.stop()
+        if rest is not None:
+            rest.close()
+        api.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
         for f in (cluster.ENDPOINTS_FILE, cluster.STATUS_FILE):
             (folder / f).unlink(missing_ok=True)
 

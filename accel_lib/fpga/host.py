@@ -66,8 +66,15 @@ def memory_limit():
     return int(value)
 
 
+DECODED_BYTES_PER_PIXEL = 7      # Pillow's decoded RGB (4 bytes a pixel, padded) and its numpy copy (3)
+
+
 class BadImage(ValueError):
     """An input item that is not a decodable JPEG or PNG."""
+
+
+class TooMuchToDecode(ValueError):
+    """A request whose images would decode to more than its budget (the message names the limit)."""
 
 
 def resize_side_for(output_height, output_width):
@@ -82,25 +89,43 @@ def aspect_size(h, w, side):
     return (h * side * 2 + w) // (2 * w), side
 
 
+def _open(data, index):
+    from PIL import Image
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception as e:
+        why = str(e).split(" <")[0]          # drop PIL's object repr
+        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {why}") from None
+    if im.format not in ("JPEG", "PNG"):
+        im.close()
+        raise BadImage(f"image {index} is {im.format}, not JPEG or PNG; convert it first.")
+    return im
+
+
+def image_size(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> tuple:
+    """(width, height) from an image's header, nothing decoded; BadImage over ``max_pixels`` (a decompression bomb
+    costs nothing) or when it is not a JPEG or PNG."""
+    with _open(data, index) as im:
+        w, h = im.size
+    if w * h > max_pixels:
+        raise BadImage(f"image {index} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
+                       "resize it before sending (the model sees a 256-pixel side anyway).")
+    return w, h
+
+
 def decode(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode JPEG or PNG bytes to an RGB uint8 array; BadImage names the item that failed.
 
     The pixel count is read from the header and checked against ``max_pixels`` before any pixel is decoded, so a
     decompression bomb costs nothing."""
-    from PIL import Image
+    image_size(data, index, max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("JPEG", "PNG"):
-                raise BadImage(f"image {index} is {im.format}, not JPEG or PNG; convert it first.")
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadImage(f"image {index} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
-                               "resize it before sending (the model sees a 256-pixel side anyway).")
+        with _open(data, index) as im:
             return np.asarray(im.convert("RGB"))
     except BadImage:
         raise
     except Exception as e:
-        why = str(e).split(" <")[0]          # drop PIL's object repr
+        why = str(e).split(" <")[0]
         raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {why}") from None
 
 
@@ -116,24 +141,37 @@ def _axis_weights(n_in, n_out):
 
 
 def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres, float32 result (matches tf.image.resize, antialias=False)."""
-    x = img.astype(np.float32)
-    y0, y1, fy = _axis_weights(x.shape[0], out_h)
-    x0, x1, fx = _axis_weights(x.shape[1], out_w)
-    top = x[y0][:, x0] + (x[y0][:, x1] - x[y0][:, x0]) * fx[None, :, None]
-    bot = x[y1][:, x0] + (x[y1][:, x1] - x[y1][:, x0]) * fx[None, :, None]
+    """Bilinear resize with half-pixel centres, float32 result (matches tf.image.resize, antialias=False). Only the
+    rows and columns it reads are taken to float32 (the picture itself stays uint8)."""
+    y0, y1, fy = _axis_weights(img.shape[0], out_h)
+    x0, x1, fx = _axis_weights(img.shape[1], out_w)
+    rows0, rows1 = img[y0], img[y1]
+    a, b = rows0[:, x0].astype(np.float32), rows0[:, x1].astype(np.float32)
+    c, d = rows1[:, x0].astype(np.float32), rows1[:, x1].astype(np.float32)
+    top = a + (b - a) * fx[None, :, None]
+    bot = c + (d - c) * fx[None, :, None]
     return top + (bot - top) * fy[:, None, None]
 
 
 def preprocess(images, order="RGB", scaling_factor=1.0, output_height=224, output_width=224,
-               preserve_aspect_ratio=True, max_pixels=MAX_PIXELS) -> np.ndarray:
-    """A batch of encoded images -> float32 [N, H, W, 3], the device stage's input."""
+               preserve_aspect_ratio=True, max_pixels=MAX_PIXELS, max_decoded_bytes=None) -> np.ndarray:
+    """A batch of encoded images -> float32 [N, H, W, 3], the device stage's input. Every header is read first: an
+    image over ``max_pixels`` is BadImage, and a batch that would decode to more than ``max_decoded_bytes`` (all its
+    images together) is TooMuchToDecode, before a pixel is decoded."""
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    images = [bytes(d) for d in images]
+    sizes = [image_size(d, i, max_pixels) for i, d in enumerate(images)]
+    if max_decoded_bytes is not None:
+        need = sum(w * h for w, h in sizes) * DECODED_BYTES_PER_PIXEL
+        if need > max_decoded_bytes:
+            raise TooMuchToDecode(f"the request's {len(images)} image(s) decode to {need / 2**20:,.0f} MB; at most "
+                                  f"{max_decoded_bytes / 2**20:,.0f} MB per request (max_request_mb): send smaller "
+                                  "or fewer pictures.")
     out = np.empty((len(images), output_height, output_width, 3), np.float32)
     side = resize_side_for(output_height, output_width)
     for i, data in enumerate(images):
-        rgb = decode(bytes(data), i, max_pixels)
+        rgb = decode(data, i, max_pixels)
         if preserve_aspect_ratio:
             nh, nw = aspect_size(rgb.shape[0], rgb.shape[1], side)
             x = resize_bilinear(rgb, nh, nw)

@@ -258,11 +258,16 @@ def dumps(obj) -> str:
     return json.dumps(dataclasses.asdict(obj), indent=2) + "\n"
 
 
-def write(obj, folder):
-    """Write the contract into ``folder`` as its FILE, atomically (readers never see half a file); returns the path."""
+def write(obj, folder, mode=0o644):
+    """Write the contract into ``folder`` as its FILE, atomically (readers never see half a file), created with
+    ``mode`` (0o600 for one that holds secrets: never readable by others, not even for a moment); returns the path."""
     import os
     p = Path(folder) / obj.FILE
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(obj))
+    text = dumps(obj).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)                       # an earlier tmp file of this pid keeps its old mode otherwise
+    with os.fdopen(fd, "wb") as f:
+        f.write(text)
     os.replace(tmp, p)
     return p

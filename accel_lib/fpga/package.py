@@ -17,6 +17,10 @@ class RequestError(ValueError):
     """A request the package cannot answer (bad image, unknown name, wrong dtype or shape)."""
 
 
+class RequestTooLarge(RequestError):
+    """A request over a limit on its size (RESOURCE_EXHAUSTED, not INVALID_ARGUMENT: it may be split)."""
+
+
 def _session(path, threads, spinning, device_graph=False, arena=True):
     import onnxruntime as ort
     opts = ort.SessionOptions()
@@ -40,12 +44,13 @@ class AcceleratorPackage:
     memory back instead of keeping the largest batch's worth (ONNX Runtime's memory arena)."""
 
     def __init__(self, path, threads=0, device_file=None, spinning=True, max_pixels=host.MAX_PIXELS, device=True,
-                 arena=True):
+                 arena=True, max_decoded_bytes=None):
         self.path = Path(path)
         self.manifest = manifest.read(manifest.PackageManifest, self.path)
         m = self.manifest
         self.prep = m.stage("preprocess").params
         self.max_pixels = max_pixels
+        self.max_decoded_bytes = max_decoded_bytes
         threads = threads or host.cpus()
         self.device = (_session(device_file or self.path / m.device.file, threads, spinning, device_graph=True,
                                 arena=arena) if device else None)
@@ -69,7 +74,10 @@ class AcceleratorPackage:
     def preprocess(self, images):
         """Host stage: encoded images -> float32 [N, H, W, 3]."""
         try:
-            return host.preprocess(list(images), max_pixels=self.max_pixels, **self.prep)
+            return host.preprocess(list(images), max_pixels=self.max_pixels, max_decoded_bytes=self.max_decoded_bytes,
+                                   **self.prep)
+        except host.TooMuchToDecode as e:
+            raise RequestTooLarge(str(e)) from None
         except host.BadImage as e:
             raise RequestError(str(e)) from None
 

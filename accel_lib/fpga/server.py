@@ -2,13 +2,21 @@
 
 Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata) and the standard gRPC health service,
 from the project's own compiled subset of TF Serving's protocol (``protos/``): a replica imports no TensorFlow.
-Run from an image's build context: ``python -m fpga.server --package package --port-file PORT ...``; the command
-line is built by ``command()`` and nowhere else. A replica exits on SIGTERM, when its parent (the cluster's
-supervisor) is gone (``--exit-with-parent``), and with ``cluster.EXIT_LOAD_FAILED`` when its package cannot load.
+Run from an image's build context: ``python -m fpga.server --package package --socket PATH ...``; the command line
+is built by ``command()`` and nowhere else, and its limit flags come from ``cluster.ServiceLimits``.
+
+Where it listens: in a local cluster, on a Unix socket in the cluster's private folder (only the front end can call
+it), with the health service also on a socket of its own, answered by its own thread, so that scoring can never
+delay a probe; in an image run by Docker or Kubernetes, on TCP (``--host``/``--port``), checking the keys itself
+(``--keys-file``). Before it allocates, a request is held to the service's limits: its strings, its tensors'
+filled-out values and its images' decoded size (``max_request_mb``). A replica exits on SIGTERM, when its parent
+(the cluster's supervisor) is gone (``--exit-with-parent``), and with ``cluster.EXIT_LOAD_FAILED`` when its package
+cannot load.
 """
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import signal
@@ -18,26 +26,24 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-from .cluster import EXIT_LOAD_FAILED
+from .cluster import EXIT_LOAD_FAILED, ServiceLimits
 
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService")
-MAX_IMAGES = 64               # default: the most images one request may hold
 
 
-def command(python, package="package", port_file=None, service="local", fpga="node-0/fpga-0", flash_seconds=0.0,
-            max_message_mb=64.0, max_images=MAX_IMAGES, max_pixels=None, threads=0, keys_file=None,
-            exit_with_parent=False, host="127.0.0.1", port=0, check=False):
-    """The replica's command line (run with the image's build context as working directory and PYTHONPATH)."""
+def command(python, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0, service="local",
+            fpga="node-0/fpga-0", flash_seconds=0.0, limits=None, threads=0, keys_file=None, exit_with_parent=False,
+            check=False):
+    """The replica's command line (run with the image's build context as working directory and PYTHONPATH): on the
+    Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``."""
     cmd = [python, "-m", "fpga.server", "--package", str(package)]
     if check:
         return cmd + ["--check"]
-    cmd += ["--host", host, "--port", str(port), "--service", service, "--fpga", fpga,
-            "--flash-seconds", str(flash_seconds), "--max-message-mb", str(max_message_mb),
-            "--max-images", str(max_images), "--threads", str(threads)]
-    if max_pixels is not None:
-        cmd += ["--max-pixels", str(max_pixels)]
-    if port_file:
-        cmd += ["--port-file", str(port_file)]
+    cmd += (["--socket", str(socket)] if socket else ["--host", host, "--port", str(port)])
+    if health_socket:
+        cmd += ["--health-socket", str(health_socket)]
+    cmd += ["--service", service, "--fpga", fpga, "--flash-seconds", str(flash_seconds), "--threads", str(threads),
+            *(limits or ServiceLimits()).flags()]
     if keys_file:
         cmd += ["--keys-file", str(keys_file)]
     if exit_with_parent:
@@ -49,7 +55,17 @@ def _log(msg):
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}", flush=True)
 
 
-class Replica:
+def key_ok(authorization, keys) -> bool:
+    """Whether an ``authorization: Bearer <key>`` value carries one of ``keys``, compared in constant time (every
+    key compared, whatever matched)."""
+    token = authorization[len("Bearer "):] if authorization and authorization.startswith("Bearer ") else ""
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(token.encode(), k.encode())
+    return ok and bool(token)
+
+
+class FpgaReplica:
     """The servicer: authenticates, validates and runs requests through the accelerator package."""
 
     def __init__(self, args, keys, health, on_load_failed):
@@ -59,8 +75,7 @@ class Replica:
         self.keys = [k for k in keys if k]
         self.flash_seconds = args.flash_seconds
         self.threads = args.threads
-        self.max_images = args.max_images
-        self.max_pixels = args.max_pixels
+        self.limits = ServiceLimits.from_args(args)
         self.health = health
         self.on_load_failed = on_load_failed
         self.pkg = None
@@ -77,7 +92,7 @@ class Replica:
                  f"(modeled flash time {self.flash_seconds:.1f} s)")
             t0 = time.monotonic()
             pkg = AcceleratorPackage(self.package_dir, threads=self.threads, spinning=False,
-                                     max_pixels=self.max_pixels)
+                                     max_pixels=self.limits.max_pixels, max_decoded_bytes=self.limits.request_bytes)
             rest = self.flash_seconds - (time.monotonic() - t0)
             if rest > 0:
                 time.sleep(rest)
@@ -87,24 +102,23 @@ class Replica:
                  f"{m.model_class} in {pkg.numeric_format}; ready in {time.monotonic() - t0:.1f} s (measured); "
                  f"{self.threads or 'all'} CPU thread(s)")
             for s in HEALTH_SERVICES:
-                self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
+                for h in self.health:
+                    h.set(s, health_pb2.HealthCheckResponse.SERVING)
         except Exception as e:  # noqa: BLE001 - reported through health and the log
             self.error = f"{type(e).__name__}: {e}"
             _log(f"loading failed: {self.error}")
             for s in HEALTH_SERVICES:
-                self.health.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
+                for h in self.health:
+                    h.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
             self.on_load_failed()
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, context):
         import grpc
-        if self.keys:
-            md = dict(context.invocation_metadata())
-            auth = md.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[len("Bearer "):] not in self.keys:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                              "missing or wrong key: send metadata 'authorization: Bearer <key>' with a key from "
-                              "service.get_keys().")
+        if self.keys and not key_ok(dict(context.invocation_metadata()).get("authorization", ""), self.keys):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing or wrong key: send metadata 'authorization: Bearer <key>' with a key from "
+                          "service.get_keys().")
         if self.pkg is None:
             if self.error:
                 context.abort(grpc.StatusCode.INTERNAL, f"the replica could not load its model: {self.error}")
@@ -112,34 +126,36 @@ class Replica:
                           f"{self.fpga} is being flashed with the model; retry in a moment.")
 
     @staticmethod
-    def _bad(context, msg):
+    def _fail(context, code, msg):
         import grpc
-        _log(f"INVALID_ARGUMENT: {msg}")
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg)
+        _log(f"{code}: {msg}")
+        context.abort(getattr(grpc.StatusCode, code), msg)
 
     # -- PredictionService --------------------------------------------------------------------
     def Predict(self, request, context):
         import grpc
 
         from . import tensors
-        from .package import RequestError
+        from .package import RequestError, RequestTooLarge
         from .protos import serving_pb2, tensorflow_pb2
         self._check(context)
         left = context.time_remaining()
         if left is not None and left <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed before scoring began.")
         t0 = time.perf_counter()
-        pkg = self.pkg
+        pkg, lim = self.pkg, self.limits
         if len(request.inputs) != 1:
-            self._bad(context, f"expected exactly one input ({pkg.input_name!r}), got {sorted(request.inputs)}.")
+            self._fail(context, "INVALID_ARGUMENT", f"expected exactly one input ({pkg.input_name!r}), got "
+                                                    f"{sorted(request.inputs)}.")
         name, proto = next(iter(request.inputs.items()))
         if name not in pkg.input_names():
-            self._bad(context, f"unknown input {name!r}; this model's input is {pkg.input_name!r}.")
+            self._fail(context, "INVALID_ARGUMENT", f"unknown input {name!r}; this model's input is "
+                                                    f"{pkg.input_name!r}.")
         try:
-            value = tensors.from_proto(proto)
+            value = tensors.from_proto(proto, max_bytes=lim.request_bytes, max_strings=lim.max_images)
             outputs = list(request.output_filter) or None
-            if len(value) > self.max_images:
-                raise RequestError(f"the request holds {len(value)} images; at most {self.max_images} per request. "
+            if len(value) > lim.max_images:
+                raise RequestError(f"the request holds {len(value)} images; at most {lim.max_images} per request. "
                                    "Split it into smaller batches.")
             if proto.dtype == tensors.DT_STRING:
                 if not value:
@@ -151,8 +167,14 @@ class Replica:
                 got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
                 raise RequestError(f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or DT_FLOAT "
                                    f"[N, H, W, 3] (preprocessed), got {got} of shape {list(value.shape)}.")
+        except tensors.TensorTooLarge as e:
+            limit = {"max_bytes": "max_request_mb", "max_strings": "max_images"}[e.limit]
+            self._fail(context, "RESOURCE_EXHAUSTED", f"{e} The service's limit is {limit}="
+                                                      f"{getattr(lim, limit):g} (deploy_configuration).")
+        except RequestTooLarge as e:
+            self._fail(context, "RESOURCE_EXHAUSTED", str(e))
         except (RequestError, ValueError) as e:
-            self._bad(context, str(e))
+            self._fail(context, "INVALID_ARGUMENT", str(e))
         resp = serving_pb2.PredictResponse()
         resp.model_spec.name = request.model_spec.name or self.service
         for k, v in result.items():
@@ -168,7 +190,7 @@ class Replica:
         from .protos import serving_pb2, tensorflow_pb2
         self._check(context)
         if list(request.metadata_field) not in ([], ["signature_def"]):
-            self._bad(context, "only metadata_field 'signature_def' is available.")
+            self._fail(context, "INVALID_ARGUMENT", "only metadata_field 'signature_def' is available.")
         m = self.pkg.manifest
         sig = tensorflow_pb2.SignatureDef(method_name="tensorflow/serving/predict")
         sig.inputs[m.input.name].name = m.input.name
@@ -192,57 +214,68 @@ class Replica:
 
 
 def serve(args, on_load_failed=lambda: None):
-    """Start the gRPC server; return (server, replica, port)."""
+    """Start the gRPC server(s); return (servers, replica, where it listens)."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from .protos import serving_pb2_grpc
 
-    max_bytes = int(args.max_message_mb * 1024 * 1024)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers),
-                         options=[("grpc.max_receive_message_length", max_bytes),
-                                  ("grpc.max_send_message_length", max_bytes),
-                                  ("grpc.so_reuseport", 0)])
-    health_servicer = health.HealthServicer()
-    for s in HEALTH_SERVICES:
-        health_servicer.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
+    limits = ServiceLimits.from_args(args)
+    opts = [("grpc.max_receive_message_length", limits.message_bytes),
+            ("grpc.max_send_message_length", limits.request_bytes), ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=opts)
+    healths = [health.HealthServicer()]
+    servers = [server]
+    if args.health_socket:                  # health on its own server and thread: scoring cannot hold a probe up
+        probe = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
+        healths.append(health.HealthServicer())
+        health_pb2_grpc.add_HealthServicer_to_server(healths[-1], probe)
+        if probe.add_insecure_port(f"unix:{args.health_socket}") == 0:
+            raise SystemExit(f"could not listen on {args.health_socket}")
+        servers.append(probe)
+    for h in healths:
+        for s in HEALTH_SERVICES:
+            h.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
     keys = Path(args.keys_file).read_text().split() if args.keys_file else []
-    replica = Replica(args, keys, health_servicer, on_load_failed)
+    replica = FpgaReplica(args, keys, healths, on_load_failed)
     servicer = type("PredictionServicer", (serving_pb2_grpc.PredictionServiceServicer,), {
         "Predict": lambda self, req, ctx: replica.Predict(req, ctx),
         "GetModelMetadata": lambda self, req, ctx: replica.GetModelMetadata(req, ctx)})()
     serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
-    if port == 0:
-        raise SystemExit(f"could not bind {args.host}:{args.port}")
-    server.start()
-    return server, replica, port
+    health_pb2_grpc.add_HealthServicer_to_server(healths[0], server)
+    if args.socket:
+        where = f"unix:{args.socket}"
+        if server.add_insecure_port(where) == 0:
+            raise SystemExit(f"could not listen on {args.socket}")
+    else:
+        port = server.add_insecure_port(f"{args.host}:{args.port}")
+        if port == 0:
+            raise SystemExit(f"could not bind {args.host}:{args.port}")
+        where = f"{args.host}:{port}"
+    for s in servers:
+        s.start()
+    return servers, replica, where
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--package", required=True)
+    p.add_argument("--socket", help="listen on this Unix socket (a local cluster); else on --host/--port")
+    p.add_argument("--health-socket", help="answer gRPC health on this Unix socket too, from a thread of its own")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file")
     p.add_argument("--service", default="local")
     p.add_argument("--fpga", default="node-0/fpga-0")
-    p.add_argument("--keys-file")
+    p.add_argument("--keys-file", help="check the keys in this file (one a line) on every call")
     p.add_argument("--flash-seconds", type=float, default=0.0)
-    p.add_argument("--max-message-mb", type=float, default=64)
-    p.add_argument("--max-images", type=int, default=MAX_IMAGES)
-    p.add_argument("--max-pixels", type=int, default=None, help="per-image pixel limit (default: host.MAX_PIXELS)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: every core)")
+    ServiceLimits.add_arguments(p)
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: the CPUs this process may use)")
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started it is gone")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--check", action="store_true", help="load the package, score a generated image, exit")
     args = p.parse_args(argv)
     if args.check:
         return _check_package(args.package)
-    if args.max_pixels is None:
-        from .host import MAX_PIXELS
-        args.max_pixels = MAX_PIXELS
     stop = threading.Event()
     exit_code = [0]
 
@@ -251,12 +284,8 @@ def main(argv=None):
         stop.set()
 
     parent = os.getppid()
-    server, replica, port = serve(args, load_failed)
-    _log(f"replica of {args.service!r} listening on {args.host}:{port} (pid {os.getpid()})")
-    if args.port_file:
-        tmp = Path(args.port_file + ".tmp")
-        tmp.write_text(str(port))
-        os.replace(tmp, args.port_file)
+    servers, replica, where = serve(args, load_failed)
+    _log(f"replica of {args.service!r} listening on {where} (pid {os.getpid()})")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=replica.load, daemon=True).start()
@@ -265,7 +294,8 @@ def main(argv=None):
             _log("the cluster's supervisor is gone")
             break
     _log("stopping")
-    server.stop(grace=2).wait()
+    for s in servers:
+        s.stop(grace=2).wait()
     return exit_code[0]
 
 

@@ -2,14 +2,20 @@
 
 A replica that exits or is killed is started again (its FPGA flashed again; the front end routes around it
 meanwhile) and its restart count grows. The first restart is immediate; when a replica keeps crashing the wait
-doubles (CrashLoopBackOff) up to a cap, and resets once a replica has stayed up long enough. Kubernetes waits
-10 s doubling to 300 s and resets after 10 min; the simulation scales these down tenfold (1 s, 30 s, 60 s:
-*modeled*) so that a learner sees a restart within seconds. A replica whose package cannot load exits with
-``cluster.EXIT_LOAD_FAILED`` and is reported Failed, never restarted.
+doubles (CrashLoopBackOff) up to a cap, and resets once a replica has stayed up long enough. A replica that stops
+answering its health probe while it served (hung) is killed and restarted, as a liveness probe would. Kubernetes
+waits 10 s doubling to 300 s, resets after 10 min and probes liveness every 10 s, three failures in a row; the
+simulation scales these down tenfold (*modeled*) so that a learner sees a restart within seconds. A replica whose
+package cannot load exits with ``cluster.EXIT_LOAD_FAILED`` and is reported Failed, never restarted.
+
+The loops never stop on their own errors (a status file that cannot be written, no file handles left, a replica
+that cannot be started): each step catches what it raises, logs each distinct error once per ``LOG_EVERY`` seconds,
+and tries again with a back-off.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -21,7 +27,10 @@ BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kuber
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
 BACKOFF_RESET = 60.0         # up this long, and the back-off starts again from nothing (Kubernetes: 10 min)
 PROBE_EVERY = 0.25           # seconds between health probes of a replica that is not serving yet
-PROBE_HEALTHY_EVERY = 1.0    # ... and of one that serves
+PROBE_HEALTHY_EVERY = 1.0    # ... and of one that serves (Kubernetes' liveness period: 10 s)
+PROBE_TIMEOUT = 1.0
+LIVENESS_FAILURES = 3        # failed probes in a row of a replica that served, and it is restarted
+LOG_EVERY = 30.0             # seconds between two log lines of the same error
 
 
 def backoff(crashes_in_a_row):
@@ -36,7 +45,30 @@ def _log(path, msg):
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {msg}\n")
 
 
-class Replica:
+class ErrorLog:
+    """Logs each distinct error once per ``every`` seconds (with how many were left out), never raising itself."""
+
+    def __init__(self, every=LOG_EVERY, who="supervisor"):
+        self.every, self.who = every, who
+        self.seen = {}               # key -> [last time logged, times left out since]
+
+    def __call__(self, where, error):
+        key = (where, type(error).__name__, str(error)[:200])
+        now = time.monotonic()
+        last = self.seen.get(key)
+        if last is not None and now - last[0] < self.every:
+            last[1] += 1
+            return
+        more = f" (and {last[1]} more like it)" if last and last[1] else ""
+        self.seen[key] = [now, 0]
+        try:
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.who}: {where}: {type(error).__name__}: {error}{more}",
+                  flush=True)
+        except OSError:
+            pass
+
+
+class ReplicaProcess:
     """One replica's process, restarted as needed; ``state`` is one of ``cluster.REPLICA_STATES``."""
 
     def __init__(self, sup, svc: cluster.ServiceSpec, spec: cluster.ReplicaSpec):
@@ -45,13 +77,13 @@ class Replica:
         self.restarts = 0
         self.crashes_in_a_row = 0
         self.proc = None
-        self.port = 0
+        self.socket = self.health_socket = None
         self.last_exit = None
         self.message = ""
         self.healthy_since = None
+        self.failed_probes = 0
         self.stopping = False
         self.log = cluster.replica_log(svc.log_dir, spec.idx)
-        self.port_file = cluster.replica_port_file(svc.log_dir, spec.idx)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -60,7 +92,7 @@ class Replica:
 
     def status(self) -> cluster.ReplicaStatus:
         return cluster.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
-                                     restarts=self.restarts, pid=self.proc.pid if self.proc else 0, port=self.port,
+                                     restarts=self.restarts, pid=self.proc.pid if self.proc else 0,
                                      last_exit=self.last_exit, message=self.message)
 
     def _set(self, state, message=None):
@@ -73,63 +105,102 @@ class Replica:
         self.sup.changed()
 
     async def _start(self):
-        self.port = 0
-        self.port_file.unlink(missing_ok=True)
-        cmd = server.command(sys.executable, port_file=self.port_file, service=self.svc.name, fpga=self.fpga,
-                             flash_seconds=self.svc.flash_seconds, max_message_mb=self.svc.max_message_mb,
-                             max_images=self.svc.max_images, max_pixels=self.svc.max_pixels,
-                             threads=self.sup.threads, exit_with_parent=True)
+        self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, next(self.sup.serials))
+        cmd = server.command(sys.executable, socket=self.socket, health_socket=self.health_socket,
+                             service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
+                             limits=self.svc.limits, threads=self.sup.threads, exit_with_parent=True)
         env = {**os.environ, "PYTHONPATH": self.svc.context, "PYTHONUNBUFFERED": "1"}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as f:
             self.proc = await asyncio.create_subprocess_exec(*cmd, cwd=self.svc.context, env=env,
                                                              stdin=asyncio.subprocess.DEVNULL, stdout=f,
                                                              stderr=asyncio.subprocess.STDOUT)
+        self.failed_probes = 0
         self._set(cluster.STARTING)
 
     async def _run(self):
+        start_failures = 0
         while not self.stopping:
-            await self._start()
+            try:
+                await self._start()
+            except Exception as e:  # noqa: BLE001 - no file handles, a log that cannot be opened: try again
+                start_failures += 1
+                self.sup.errors(f"starting replica {self.spec.idx} of {self.svc.name!r}", e)
+                self._set(cluster.BACKOFF, f"could not start: {type(e).__name__}: {e}")
+                await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(start_failures, 5), BACKOFF_MAX))
+                continue
+            start_failures = 0
             code = await self.proc.wait()
+            self._forget_sockets()
             if self.stopping:
                 return
             self.last_exit = code
-            self.port = 0
-            if code == cluster.EXIT_LOAD_FAILED:
-                _log(self.log, f"replica {self.spec.idx} could not load its package (exit {code}): Failed, "
-                               "not restarted. Fix the model or image and deploy again.")
-                self._set(cluster.FAILED, "the package could not load; see the replica's log")
+            try:
+                await self._after_exit(code)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the restart goes on even if its log line cannot be written
+                self.sup.errors(f"after replica {self.spec.idx} of {self.svc.name!r} exited", e)
+            if self.state == cluster.FAILED:
                 return
-            up = time.monotonic() - self.healthy_since if self.healthy_since else 0.0
-            self.healthy_since = None
-            self.crashes_in_a_row = 1 if up >= BACKOFF_RESET else self.crashes_in_a_row + 1
-            self.restarts += 1
-            wait = backoff(self.crashes_in_a_row)
-            how = "killed by signal %d" % -code if code < 0 else "exited with code %d" % code
+
+    async def _after_exit(self, code):
+        if code == cluster.EXIT_LOAD_FAILED:
+            self._set(cluster.FAILED, "the package could not load; see the replica's log")
+            _log(self.log, f"replica {self.spec.idx} could not load its package (exit {code}): Failed, "
+                           "not restarted. Fix the model or image and deploy again.")
+            return
+        up = time.monotonic() - self.healthy_since if self.healthy_since else 0.0
+        self.healthy_since = None
+        self.crashes_in_a_row = 1 if up >= BACKOFF_RESET else self.crashes_in_a_row + 1
+        self.restarts += 1
+        wait = backoff(self.crashes_in_a_row)
+        how = "killed by signal %d" % -code if code < 0 else "exited with code %d" % code
+        self._set(cluster.BACKOFF if wait else cluster.STARTING, f"last exit: {how}")
+        try:
             _log(self.log, f"replica {self.spec.idx} {how}; restart {self.restarts} in {wait:.0f} s"
                            + (" (CrashLoopBackOff, modeled back-off)" if wait else ""))
-            self._set(cluster.BACKOFF if wait else cluster.STARTING, f"last exit: {how}")
+        finally:
             if wait:
                 await asyncio.sleep(wait)
 
+    def _forget_sockets(self):
+        for p in (self.socket, self.health_socket):
+            if p is not None:
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
     async def probe(self):
-        """Read the port once the replica listens, then ask its gRPC health service."""
+        """Ask the replica's gRPC health service; a replica that served and fails ``LIVENESS_FAILURES`` probes in
+        a row is hung: it is killed, and restarted like any replica that exits."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         if self.state in (cluster.FAILED, cluster.BACKOFF) or self.proc is None or self.proc.returncode is not None:
             return
-        if not self.port:
-            try:
-                self.port = int(self.port_file.read_text())
-            except (FileNotFoundError, ValueError):
-                return
-        ch = self.sup.channel(self.port)
+        if not self.health_socket or not self.health_socket.exists():
+            return
+        ch = self.sup.channel(self.health_socket)
         try:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                              timeout=PROBE_TIMEOUT)
             serving = resp.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
             serving = False
-        if self.proc.returncode is None and self.state not in (cluster.FAILED, cluster.BACKOFF):
-            self._set(cluster.HEALTHY if serving else cluster.LOADING, "" if serving else None)
+        if self.proc.returncode is not None or self.state in (cluster.FAILED, cluster.BACKOFF):
+            return
+        if serving:
+            self.failed_probes = 0
+            self._set(cluster.HEALTHY, "")
+            return
+        self.failed_probes += 1
+        was_serving = self.healthy_since is not None
+        self._set(cluster.LOADING)
+        if was_serving and self.failed_probes >= LIVENESS_FAILURES:
+            _log(self.log, f"replica {self.spec.idx} failed {self.failed_probes} health probes in a row: hung, "
+                           "killed (liveness, modeled)")
+            self.proc.kill()
 
     def not_ready(self):
         """The front end saw this replica fail a call: take it out of rotation until a probe says otherwise."""
@@ -140,40 +211,51 @@ class Replica:
         """Stop the replica for good (SIGTERM, then SIGKILL after 5 s)."""
         self.stopping = True
         if note:
-            _log(self.log, note)
+            try:
+                _log(self.log, note)
+            except OSError:
+                pass
         p = self.proc
         if p is not None and p.returncode is None:
-            p.send_signal(signal.SIGTERM)
             try:
+                p.send_signal(signal.SIGCONT)           # a stopped (hung) process must wake up to take SIGTERM
+                p.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(p.wait(), 5)
             except asyncio.TimeoutError:
                 p.kill()
                 await p.wait()
+            except ProcessLookupError:
+                pass
+        self._forget_sockets()
         self.task.cancel()
 
 
 class Supervisor:
     """Keeps the replicas of every service in the cluster spec running; reports them in ``status.json``."""
 
-    def __init__(self, cluster_dir, spec: cluster.ClusterSpec):
+    def __init__(self, cluster_dir, spec: cluster.ClusterSpec, socket_dir):
         self.dir = cluster_dir
         self.name = spec.name
+        self.socket_dir = socket_dir
         self.spec = cluster.ClusterSpec(name=spec.name, nodes=spec.nodes, vcpus_per_node=spec.vcpus_per_node)
-        self.services: dict[str, list[Replica]] = {}
+        self.services: dict[str, list[ReplicaProcess]] = {}
         self.generations: dict[str, int] = {}
         self._channels = {}
         self._dirty = True
         self.threads = 1
+        self.serials = itertools.count()
+        self.errors = ErrorLog()
 
-    def channel(self, port):
-        """A (cached) gRPC channel to a replica on this machine."""
+    def channel(self, socket):
+        """A (cached) gRPC channel to a replica's Unix socket."""
         import grpc
-        ch = self._channels.get(port)
+        key = str(socket)
+        ch = self._channels.get(key)
         if ch is None:
             big = 1 << 30
-            ch = self._channels[port] = grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", big),
-                                              ("grpc.max_receive_message_length", big)])
+            ch = self._channels[key] = grpc.aio.insecure_channel(
+                f"unix:{key}", options=[("grpc.max_send_message_length", big),
+                                        ("grpc.max_receive_message_length", big)])
         return ch
 
     def changed(self):
@@ -189,7 +271,7 @@ class Supervisor:
                 await self.remove(name, "the service was deleted or redeployed")
         for name, svc in wanted.items():
             if name not in self.services:
-                self.services[name] = [Replica(self, svc, r) for r in svc.replicas]
+                self.services[name] = [ReplicaProcess(self, svc, r) for r in svc.replicas]
                 self.generations[name] = svc.generation
         self.spec = spec              # only now does the status report this revision
         self.changed()
@@ -197,6 +279,10 @@ class Supervisor:
     async def remove(self, name, note):
         for r in self.services.pop(name, []):
             await r.stop(f"replica {r.spec.idx} stopped: {note}")
+            ch = self._channels.pop(str(r.socket), None), self._channels.pop(str(r.health_socket), None)
+            for c in ch:
+                if c is not None:
+                    await c.close()
         self.generations.pop(name, None)
         self.changed()
 
@@ -205,7 +291,7 @@ class Supervisor:
         for ch in self._channels.values():
             await ch.close()
 
-    def ready(self, name) -> list[Replica]:
+    def ready(self, name) -> list[ReplicaProcess]:
         """The replicas of ``name`` that serve now."""
         return [r for r in self.services.get(name, []) if r.state == cluster.HEALTHY]
 
@@ -213,20 +299,36 @@ class Supervisor:
         return [r.state for r in self.services.get(name, [])]
 
     async def probe_forever(self):
-        """Probe every replica (faster while it is not serving yet) and write status.json when anything changed."""
-        last = {}
+        """Probe every replica (faster while it is not serving yet) and write status.json when anything changed;
+        an error in either is logged (once per LOG_EVERY) and the loop goes on, slower while it lasts."""
+        last, pause = {}, 0.05
         while True:
-            now = time.monotonic()
-            due = [r for rs in self.services.values() for r in rs
-                   if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == cluster.HEALTHY else PROBE_EVERY)]
-            for r in due:
-                last[id(r)] = now
-            if due:
-                await asyncio.gather(*(r.probe() for r in due))
-            if self._dirty:
-                self._dirty = False
-                self.write_status()
-            await asyncio.sleep(0.05)
+            try:
+                now = time.monotonic()
+                due = [r for rs in self.services.values() for r in rs
+                       if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == cluster.HEALTHY
+                                                       else PROBE_EVERY)]
+                for r in due:
+                    last[id(r)] = now
+                if due:
+                    results = await asyncio.gather(*(r.probe() for r in due), return_exceptions=True)
+                    for r, res in zip(due, results):
+                        if isinstance(res, Exception):
+                            self.errors(f"probing replica {r.spec.idx} of {r.svc.name!r}", res)
+                if self._dirty:
+                    self._dirty = False
+                    try:
+                        self.write_status()
+                    except Exception:
+                        self._dirty = True        # written again on the next round
+                        raise
+                pause = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop that supervises must outlive its own errors
+                self.errors("the probe loop", e)
+                pause = min(pause * 2, 2.0)
+            await asyncio.sleep(pause)
 
     def write_status(self):
         st = cluster.ClusterStatus(pid=os.getpid(), revision=self.spec.revision, services=[

@@ -17,7 +17,16 @@ DTYPE_NAMES = {DT_FLOAT: "DT_FLOAT", DT_DOUBLE: "DT_DOUBLE", DT_INT32: "DT_INT32
                DT_STRING: "DT_STRING", DT_INT64: "DT_INT64"}
 
 
-MAX_SPLAT = 1 << 26          # the most values a one-value tensor may be filled out to
+MAX_SPLAT = 1 << 26          # the most values a one-value tensor may be filled out to, by default
+
+
+class TensorTooLarge(ValueError):
+    """A tensor that would take more than the caller allows once decoded; ``limit`` is the argument of
+    ``from_proto`` it passed ("max_bytes" or "max_strings")."""
+
+    def __init__(self, message, limit):
+        super().__init__(message)
+        self.limit = limit
 
 
 def to_proto(value, proto_cls):
@@ -41,25 +50,34 @@ def to_proto(value, proto_cls):
     return t
 
 
-def from_proto(t):
-    """TensorProto -> numpy array, or a list of bytes for DT_STRING."""
+def from_proto(t, max_bytes=MAX_SPLAT * 8, max_strings=None):
+    """TensorProto -> numpy array, or a list of bytes for DT_STRING. Checked before anything is allocated: the
+    shape's product (in Python integers: no int64 wrap-around), at most ``max_bytes`` once decoded (a one-value
+    tensor filled out to its shape included) and at most ``max_strings`` strings; TensorTooLarge names the limit."""
+    import math
     shape = [d.size for d in t.tensor_shape.dim]
     if any(s < 0 for s in shape):
         raise ValueError(f"tensor shape {shape} has a negative dimension.")
+    n = math.prod(shape)
     if t.dtype == DT_STRING:
-        n = int(np.prod(shape)) if shape else 1
-        if len(t.string_val) != n:
-            raise ValueError(f"tensor holds {len(t.string_val)} strings but its shape {shape} needs {n}.")
+        count = len(t.string_val)                # counted in the message, no string copied yet
+        if max_strings is not None and count > max_strings:
+            raise TensorTooLarge(f"the tensor holds {count:,} strings; at most {max_strings:,} per request.",
+                                 "max_strings")
+        if count != n:
+            raise ValueError(f"tensor holds {count} strings but its shape {shape} needs {n}.")
         return list(t.string_val)
     if t.dtype not in _NP:
         raise ValueError(f"tensor dtype {DTYPE_NAMES.get(t.dtype, t.dtype)} is not supported.")
-    dt = _NP[t.dtype]
+    dt = np.dtype(_NP[t.dtype])
+    if n * dt.itemsize > max_bytes:
+        raise TensorTooLarge(f"the tensor's shape {shape} holds {n:,} values ({n * dt.itemsize / 2**20:,.1f} MB); at "
+                             f"most {max_bytes / 2**20:,.1f} MB per request.", "max_bytes")
     if t.tensor_content:
         arr = np.frombuffer(t.tensor_content, dtype=dt)
     else:
         arr = np.asarray(getattr(t, _VALS[t.dtype]), dtype=dt)
-    n = int(np.prod(shape)) if shape else 1
-    if arr.size == 1 and 1 < n <= MAX_SPLAT and not t.tensor_content:     # TF's one-value fill
+    if arr.size == 1 and n > 1 and not t.tensor_content:                 # TF's one-value fill, within max_bytes
         arr = np.full(n, arr[0], dt)
     if arr.size != n:
         raise ValueError(f"tensor holds {arr.size} values but its shape {shape} needs {n}.")
