@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .fpga.cluster import ServiceLimits
 
 
 def parse_address(address, port=None, use_ssl=False):
@@ -31,8 +32,8 @@ def parse_address(address, port=None, use_ssl=False):
 class PredictionClient:
     """A gRPC client for a deployed service; retries with backoff on UNAVAILABLE, never on INVALID_ARGUMENT."""
 
-    def __init__(self, address, port=None, use_ssl=False, access_token="", service_name="", max_message_mb=64,
-                 retry_seconds=30.0, root_certificates=None):
+    def __init__(self, address, port=None, use_ssl=False, access_token="", service_name="",
+                 max_message_mb=ServiceLimits.max_message_mb, retry_seconds=30.0, root_certificates=None):
         import grpc
         self.target = parse_address(address, port, use_ssl)
         self.service_name = service_name
@@ -152,7 +153,7 @@ def client_from_service(service, **kwargs):
         raise UserError(f"the cluster of service {service.name!r} is not running; "
                         f"ComputeTarget(ws, {service.compute_name!r}).restart() starts it again.")
     token = ""
-    if service.deployment_config.get("auth_enabled"):
+    if service.auth_enabled:
         token = service.get_keys()[0]
     ssl = uri.startswith("https")
     if ssl:

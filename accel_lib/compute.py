@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UserError
 from .fpga import cluster, frontend
 from .model import check_name
-from .workspace import LOCATIONS, _now
+from .workspace import LOCATIONS, now
 
 FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
 EDGE_DEVICE = {"vcpus": 0, "fpgas": 1}          # Azure Stack Edge / Data Box Edge: one FPGA, outside the quota
@@ -248,14 +248,23 @@ class ComputeTarget:
         """The cluster's desired state (what services run where)."""
         return cluster.read(cluster.ClusterSpec, self.run_dir)
 
-    def apply(self, services, timeout=30):
-        """Declare the services (``cluster.ServiceSpec``) the cluster runs; if its process runs, wait until its
-        supervisor has taken the change (replicas of new services started, of removed ones stopped)."""
+    def publish(self, timeout=30):
+        """Declare in ``cluster.json`` the services the workspace's records give this cluster, under the cluster's
+        spec lock (``cluster.spec_lock``: no deployment is lost to another at the same time); if its process runs,
+        wait until its supervisor has taken the change (replicas of new services started, of removed ones
+        stopped)."""
+        from . import webservice
         vcpus = FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == "aks" else EDGE_HOST_VCPUS
-        revision = time.time_ns()
-        cluster.write(cluster.ClusterSpec(name=self.name, nodes=self.fpgas, vcpus_per_node=vcpus,
-                                          services=list(services), tls=self.ssl_enabled, revision=revision),
-                      self.run_dir)
+        with cluster.spec_lock(self.run_dir):
+            services = webservice.service_specs(self.workspace, self)
+            try:
+                before = cluster.read_optional(cluster.ClusterSpec, self.run_dir)
+            except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
+                before = None
+            revision = (before.revision if before else 0) + 1
+            cluster.write(cluster.ClusterSpec(name=self.name, nodes=self.fpgas, vcpus_per_node=vcpus,
+                                              services=services, tls=self.ssl_enabled, revision=revision),
+                          self.run_dir)
         deadline = time.monotonic() + timeout
         while self.running() and time.monotonic() < deadline:
             st = cluster.read_optional(cluster.ClusterStatus, self.run_dir)
@@ -272,8 +281,7 @@ class ComputeTarget:
         try:
             cluster.read(cluster.ClusterSpec, self.run_dir)
         except Exception:  # noqa: BLE001 - missing, or written by an older accel_lib: the records say what runs
-            from . import webservice
-            self.apply(webservice.service_specs(self.workspace, self))
+            self.publish()
         (self.run_dir / cluster.ENDPOINTS_FILE).unlink(missing_ok=True)
         with open(self.run_dir / cluster.LOG_FILE, "ab") as log:
             subprocess.Popen(frontend.command(sys.executable, self.run_dir), stdin=subprocess.DEVNULL, stdout=log,
@@ -322,7 +330,7 @@ class ComputeTarget:
             else:
                 state, errors = "Succeeded", None
             db.execute("INSERT INTO computes VALUES (?,?,?,?,?,?,?,?)",
-                       (name, cfg.vm_size, cfg.agent_count, cfg.location, kind, state, errors, _now()))
+                       (name, cfg.vm_size, cfg.agent_count, cfg.location, kind, state, errors, now()))
         target = ComputeTarget(workspace, name)
         if state == "Succeeded":
             try:
@@ -350,7 +358,7 @@ class ComputeTarget:
                 cert, key = Path(cfg.ssl["cert"]).read_bytes(), Path(cfg.ssl["key"]).read_bytes()
             (self.run_dir / cluster.TLS_CERT_FILE).write_bytes(cert)
             write_private(self.run_dir / cluster.TLS_KEY_FILE, key)
-        self.apply([])
+        self.publish()
         self.restart()
 
     def wait_for_completion(self, show_output=False):

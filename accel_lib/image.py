@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .fpga import server
 from .model import Model, check_name
-from .workspace import _now
+from .workspace import now
 
 SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\
@@ -33,6 +33,11 @@ USER 10001
 EXPOSE 50051
 CMD {cmd}
 """
+
+
+def image_name(model_name) -> str:
+    """The tutorial's name for the image of model ``model_name``: '<model_name>-image' (image names are lowercase)."""
+    return f"{model_name}-image"
 
 
 class ImageConfiguration:
@@ -116,7 +121,7 @@ class Image:
             db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (name, version, model.name, model.version, image_config.description,
                         json.dumps(image_config.tags), json.dumps(image_config.properties), "Running",
-                        str(ctx.relative_to(workspace.path)), _now()))
+                        str(ctx.relative_to(workspace.path)), now()))
         bar = progress.bar(total=3, desc=f"image {name}:{version}")
         log_rel = str((ctx / "build.log").relative_to(workspace.path))
         with workspace.pending("image", name=name, version=version, log=log_rel):   # a kill: Failed on next open
@@ -151,14 +156,14 @@ class Image:
     @staticmethod
     def list(workspace, tags=None, model_name=None):
         """Images in the workspace, filtered by tags (keys or [key, value] pairs) and model name."""
-        from .model import _matches
+        from .model import matches_query
         with workspace.connect() as db:
             rows = db.execute("SELECT * FROM images ORDER BY name, version").fetchall()
         out = []
         for r in rows:
             img = Image.__new__(Image)
             img._load(workspace, r)
-            if _matches(img.tags, tags) and (model_name is None or img.model_name == model_name):
+            if matches_query(img.tags, tags) and (model_name is None or img.model_name == model_name):
                 out.append(img)
         return out
 

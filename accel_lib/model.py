@@ -9,9 +9,25 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .workspace import Workspace, _now
+from .workspace import Workspace, now
 
 NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
+CONVERTED_SUFFIX = ".accelonnx"
+
+
+def converted_name(name, version) -> str:
+    """The name a conversion of model ``name`` version ``version`` is registered under: '<name>.<version>.accelonnx'."""
+    return f"{name}.{version}{CONVERTED_SUFFIX}"
+
+
+def of_family(model_name, candidate) -> bool:
+    """Whether ``candidate`` is the model ``model_name`` or one of its conversions ('<model_name>.<v>.accelonnx')."""
+    if candidate == model_name:
+        return True
+    head, _, tail = candidate.removesuffix(CONVERTED_SUFFIX).rpartition(".")
+    return candidate.endswith(CONVERTED_SUFFIX) and head == model_name and tail.isdigit()
+
+
 NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
                   "starting with a letter or digit")
 
@@ -96,7 +112,7 @@ class Model:
                                      (model_name,)).fetchone()
                 db.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
                            (model_name, last + 1, description, json.dumps(tags or {}), json.dumps(properties or {}),
-                            _now(), json.dumps(files), "file" if src.is_file() else "folder"))
+                            now(), json.dumps(files), "file" if src.is_file() else "folder"))
         return cls(workspace, model_name, last + 1)
 
     @staticmethod
@@ -105,7 +121,7 @@ class Model:
         with workspace.connect() as db:
             rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
         out = [Model._from_row(workspace, r) for r in rows if name is None or r["name"] == name]
-        out = [m for m in out if _matches(m.tags, tags) and _matches(m.properties, properties)]
+        out = [m for m in out if matches_query(m.tags, tags) and matches_query(m.properties, properties)]
         if latest:
             newest = {m.name: m for m in out}
             out = list(newest.values())
@@ -159,6 +175,11 @@ class Model:
         return str(dest)
 
     @property
+    def converted_name(self) -> str:
+        """The name its conversion is registered under ('<name>.<version>.accelonnx')."""
+        return converted_name(self.name, self.version)
+
+    @property
     def manifest(self):
         """The typed manifest of a converted model (fpga.manifest.PackageManifest); UserError for other models."""
         return self._contract("PackageManifest", "convert it first with AccelOnnxConverter.convert_tf_model(...)")
@@ -206,7 +227,8 @@ def _folder_files(src: Path) -> dict:
     return dict(sorted(out.items()))
 
 
-def _matches(d, query):
+def matches_query(d, query):
+    """Whether tags or properties ``d`` hold every query item: a key, or a [key, value] pair."""
     if not query:
         return True
     for q in query:

@@ -6,6 +6,7 @@ Scheduling is the pure function ``schedule()``; supervision lives in ``fpga.supe
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -18,64 +19,38 @@ from .fpga import cluster
 from .fpga.manifest import ManifestError
 from .image import Image
 from .model import check_name
-from .workspace import _now
+from .workspace import now
 
-_LIMITS = cluster.ServiceLimits()
-
-
-class AksServiceDeploymentConfiguration:
-    """Deployment settings: replicas, auth, flashing time, and what one request may hold (``limits``)."""
-
-    def __init__(self, autoscale_enabled=False, num_replicas=1, auth_enabled=None, flash_seconds=1.0,
-                 max_message_mb=_LIMITS.max_message_mb, description=None, tags=None, max_images=_LIMITS.max_images,
-                 max_pixels=_LIMITS.max_pixels, max_request_mb=_LIMITS.max_request_mb):
-        if autoscale_enabled:
-            raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
-                            "num_replicas instead.")
-        if not isinstance(num_replicas, int) or num_replicas < 1:
-            raise UserError(f"num_replicas must be a whole number of at least 1, got {num_replicas!r}.")
-        if flash_seconds < 0:
-            raise UserError(f"flash_seconds must be >= 0, got {flash_seconds!r}.")
-        limits = cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images, max_pixels=max_pixels,
-                                       max_request_mb=max_request_mb)
-        try:
-            limits.validate()
-        except ManifestError as e:
-            raise UserError(str(e)) from None
-        self.autoscale_enabled = False
-        self.num_replicas = num_replicas
-        self.auth_enabled = None if auth_enabled is None else bool(auth_enabled)    # None: as the target says
-        self.flash_seconds = float(flash_seconds)
-        self.description = description
-        self.tags = dict(tags or {})
-        self.limits = limits
-
-    def to_dict(self):
-        import dataclasses
-        return {**{k: v for k, v in vars(self).items() if k != "limits"}, **dataclasses.asdict(self.limits)}
+_LIMITS, _CFG = cluster.ServiceLimits(), cluster.ServiceConfig()      # the defaults, spelled there only
+AksServiceDeploymentConfiguration = cluster.ServiceConfig     # what deploy_configuration() returns, typed
 
 
 class AksWebservice:
     """The AKS web service type."""
 
     @staticmethod
-    def deploy_configuration(autoscale_enabled=False, num_replicas=1, auth_enabled=None, flash_seconds=1.0,
+    def deploy_configuration(autoscale_enabled=False, num_replicas=_CFG.num_replicas, auth_enabled=None,
+                             flash_seconds=_CFG.flash_seconds,
                              max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
                              max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
-                             max_request_mb=_LIMITS.max_request_mb):
+                             max_request_mb=_LIMITS.max_request_mb) -> cluster.ServiceConfig:
         """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
         Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
         ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding)."""
-        return AksServiceDeploymentConfiguration(autoscale_enabled, num_replicas, auth_enabled, flash_seconds,
-                                                 max_message_mb, description, tags, max_images, max_pixels,
-                                                 max_request_mb)
-
-
-def limits_of(cfg: dict) -> cluster.ServiceLimits:
-    """The limits a stored deployment config holds (an older accel_lib's config: the defaults where it has none)."""
-    import dataclasses
-    return cluster.ServiceLimits(**{f.name: cfg[f.name] for f in dataclasses.fields(cluster.ServiceLimits)
-                                    if f.name in cfg})
+        if autoscale_enabled:
+            raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
+                            "num_replicas instead.")
+        cfg = cluster.ServiceConfig(
+            num_replicas=num_replicas, auth_enabled=None if auth_enabled is None else bool(auth_enabled),
+            flash_seconds=float(flash_seconds) if isinstance(flash_seconds, (int, float)) else flash_seconds,
+            description=description, tags=dict(tags or {}),
+            limits=cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images,
+                                         max_pixels=max_pixels, max_request_mb=max_request_mb))
+        try:
+            cfg.validate()
+        except ManifestError as e:
+            raise UserError(str(e)) from None
+        return cfg
 
 
 def schedule(nodes, held, num_replicas, edge=False):
@@ -106,13 +81,13 @@ def service_specs(workspace, target):
                           (target.name,)).fetchall()
     out = []
     for row in rows:
-        cfg = json.loads(row["config"])
+        cfg = cluster.ServiceConfig.from_json(row["config"])
         img = Image(workspace, row["image_name"], row["image_version"])
         out.append(cluster.ServiceSpec(
             name=row["name"], context=str(img.context), log_dir=str(workspace.path / "services" / row["name"]),
             replicas=[cluster.ReplicaSpec(idx=r["idx"], node=r["fpga"]) for r in reps if r["service"] == row["name"]],
-            keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg["flash_seconds"],
-            limits=limits_of(cfg), generation=cfg.get("generation", 0)))
+            keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg.flash_seconds,
+            limits=cfg.limits, generation=cfg.generation))
     return out
 
 
@@ -136,7 +111,7 @@ class Webservice:
         self.compute_type = "AKS"
         self.compute_name = row["compute"]
         self.created_time = row["created_time"]
-        self.deployment_config = json.loads(row["config"])
+        self.deployment_config = cluster.ServiceConfig.from_json(row["config"])     # typed
 
     def __repr__(self):
         return f"Webservice(name={self.name!r}, image={self.image_id!r}, compute={self.compute_name!r})"
@@ -178,17 +153,17 @@ class Webservice:
         target = ComputeTarget(workspace, deployment_target.name)
         if target.provisioning_state != "Succeeded":
             raise UserError(f"compute {target.name!r} is {target.provisioning_state}: {target.provisioning_errors}")
-        cfg = {**deployment_config.to_dict(), "generation": time.time_ns() // 1000}
-        if cfg["auth_enabled"] is None:                 # AKS: keys on, as in Azure ML; an edge device: off
-            cfg["auth_enabled"] = target.type == "aks"
-        keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg["auth_enabled"] else None
+        cfg = dataclasses.replace(deployment_config, generation=time.time_ns() // 1000)
+        if cfg.auth_enabled is None:                    # AKS: keys on, as in Azure ML; an edge device: off
+            cfg.auth_enabled = target.type == "aks"
+        keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg.auth_enabled else None
         with workspace.connect(immediate=True) as db:
             if db.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
                 raise UserError(f"a service named {name!r} exists; delete it (Webservice(ws, {name!r}).delete()) or "
                                 "choose another name.")
             held = dict(db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,)).fetchall())
             try:
-                nodes, replaced = schedule(target.fpgas, held, cfg["num_replicas"], edge=target.type == "edge")
+                nodes, replaced = schedule(target.fpgas, held, cfg.num_replicas, edge=target.type == "edge")
             except UserError as e:
                 raise UserError(f"deployment of {name!r} to {target.name!r} failed: {e}") from None
             for old in replaced:
@@ -196,8 +171,8 @@ class Webservice:
                            (f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})", old))
                 db.execute("DELETE FROM replicas WHERE service=?", (old,))
             db.execute("INSERT INTO services VALUES (?,?,?,?,?,?,?,?,?)",
-                       (name, image.name, image.version, target.name, json.dumps(cfg), "Transitioning",
-                        json.dumps(keys) if keys else None, None, _now()))
+                       (name, image.name, image.version, target.name, cfg.to_json(), "Transitioning",
+                        json.dumps(keys) if keys else None, None, now()))
             for idx, node in enumerate(nodes):
                 db.execute("INSERT INTO replicas (service, idx, compute, fpga) VALUES (?,?,?,?)",
                            (name, idx, target.name, node))
@@ -210,7 +185,7 @@ class Webservice:
             _note(svc.run_dir, 0, note)
         svc.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            target.apply(service_specs(workspace, target))
+            target.publish()
             target.restart()
         except Exception:
             svc.delete()
@@ -223,7 +198,7 @@ class Webservice:
         target = self.compute
         st = cluster.read_optional(cluster.ClusterStatus, target.run_dir) if target.running() else None
         mine = st.service(self.name) if st else None
-        if mine is None or mine.generation != self.deployment_config.get("generation", 0):
+        if mine is None or mine.generation != self.deployment_config.generation:
             return []
         return mine.replicas
 
@@ -257,7 +232,7 @@ class Webservice:
         """Wait until every replica serves; UserError (with the log) if a replica fails or keeps crashing."""
         from . import progress
         start = time.monotonic()
-        n = self.deployment_config["num_replicas"]
+        n = self.deployment_config.num_replicas
         bar = progress.bar(total=n, desc=f"deploying {self.name}", unit="replica", show=not show_output)
         last = None
         try:
@@ -307,6 +282,11 @@ class Webservice:
         ep = self._endpoints()
         return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v1/models/{self.name}:predict" if ep else None
 
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether calls must carry one of the service's keys (``authorization: Bearer <key>``)."""
+        return bool(self.deployment_config.auth_enabled)
+
     def get_keys(self):
         """(primary, secondary) auth keys; UserError when auth is off."""
         row = self._row()
@@ -317,7 +297,7 @@ class Webservice:
     def get_logs(self, num_lines=5000):
         """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
         parts = []
-        for i in range(self.deployment_config["num_replicas"]):
+        for i in range(self.deployment_config.num_replicas):
             p = cluster.replica_log(self.run_dir, i)
             lines = p.read_text(errors="replace").splitlines()[-num_lines:] if p.exists() else []
             parts.append(f"--- replica {i} ({self.compute_name}) ---\n" + "\n".join(lines))
@@ -329,9 +309,9 @@ class Webservice:
         from . import kubernetes
         cfg = self.deployment_config
         row = self._row()
-        docs = kubernetes.manifests(self.name, self.image.image_location, cfg["num_replicas"],
+        docs = kubernetes.manifests(self.name, self.image.image_location, cfg.num_replicas,
                                     keys=json.loads(row["keys"]) if row["keys"] else None,
-                                    flash_seconds=cfg["flash_seconds"], limits=limits_of(cfg))
+                                    flash_seconds=cfg.flash_seconds, limits=cfg.limits)
         return kubernetes.write(docs, folder)
 
     @staticmethod
@@ -351,7 +331,7 @@ class Webservice:
             target = self.compute
         except UserError:
             return
-        target.apply(service_specs(self.workspace, target), timeout)
+        target.publish(timeout)
 
 
 def stop_all(workspace_path):

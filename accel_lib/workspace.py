@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS replicas (
 """
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now (UTC, ISO 8601, to the second), as the records store it."""
     import datetime as _dt
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -84,9 +84,11 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
         stock_req.output_filter.append(name)
         stock_channel = grpc.insecure_channel(svc.scoring_uri.split("://")[1])
         stock = prediction_service_pb2_grpc.PredictionServiceStub(stock_channel)
-        route = [("x-ms-aml-grpc-service-route", f"/api/v1/service/{svc.name}")]
+        key = svc.get_keys()[0]                              # keys are on, as by default on AKS
+        route = [("x-ms-aml-grpc-service-route", f"/api/v1/service/{svc.name}"), ("authorization", f"Bearer {key}")]
         body = {"instances": [{"b64": base64.b64encode(data).decode()}]}
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
         session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
         paths = {
             "in-process": lambda: pkg.run([data], [name]),

@@ -15,16 +15,17 @@ _WORKER = textwrap.dedent("""
     from pathlib import Path
     from accel_lib import AksWebservice, ComputeTarget, Image, Webservice, Workspace
     ws = Workspace(Path(sys.argv[1]))
-    target, image, me = ComputeTarget(ws, sys.argv[2]), Image(ws, sys.argv[3]), sys.argv[4]
+    name, version = sys.argv[3].split(":")
+    target, image, me = ComputeTarget(ws, sys.argv[2]), Image(ws, name, int(version)), sys.argv[4]
     cfg = AksWebservice.deploy_configuration(flash_seconds=0.0, auth_enabled=False)
     print("ready", flush=True)
     for line in sys.stdin:
         verb, n = line.split()
-        name = f"{me}-{n}"
+        svc = f"{me}-{n}"
         if verb == "deploy":
-            Webservice.deploy_from_image(ws, name, image, cfg, target).wait_for_deployment(timeout=120)
+            Webservice.deploy_from_image(ws, svc, image, cfg, target).wait_for_deployment(timeout=120)
         else:
-            Webservice(ws, name).delete()
+            Webservice(ws, svc).delete()
         print("done", flush=True)
 """)
 

@@ -48,3 +48,23 @@ def test_not_json_and_other_versions(tmp_path):
         manifest.loads(SavedModelMetadata, json.dumps({"format": "accel_lib.saved_model/1"}))
     with pytest.raises(ManifestError, match="has no manifest.json: convert the source model again"):
         manifest.read(PackageManifest, tmp_path)
+
+
+def test_service_config_is_stored_as_itself_and_older_flat_configs_still_read():
+    from accel_lib import AksWebservice, UserError
+    from accel_lib.fpga.cluster import ServiceConfig, ServiceLimits
+    cfg = AksWebservice.deploy_configuration(num_replicas=2, max_images=8, tags={"a": "b"})
+    back = ServiceConfig.from_json(cfg.to_json())
+    assert back == cfg and back.limits.max_images == 8 and back.limits.max_message_mb == ServiceLimits.max_message_mb
+    flat = ('{"autoscale_enabled": false, "num_replicas": 1, "auth_enabled": true, "flash_seconds": 1.0, '
+            '"max_message_mb": 2, "description": null, "tags": {}, "max_images": 64, "max_pixels": 40000000, '
+            '"generation": 17}')                                  # as an older accel_lib stored it
+    old = ServiceConfig.from_json(flat)
+    assert old.auth_enabled is True and old.generation == 17 and old.limits.max_message_mb == 2
+    assert old.limits.max_request_mb == ServiceLimits.max_request_mb
+    with pytest.raises(UserError, match="num_replicas must be a whole number"):
+        AksWebservice.deploy_configuration(num_replicas=0)
+    with pytest.raises(UserError, match="limit max_images must be a whole number"):
+        AksWebservice.deploy_configuration(max_images=2.5)
+    with pytest.raises(ManifestError, match="field 'limits.max_images' must be int"):
+        ServiceConfig.from_json(cfg.to_json().replace('"max_images": 8', '"max_images": "8"'))

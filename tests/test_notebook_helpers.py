@@ -42,3 +42,26 @@ def test_upload_widget_scores_what_is_picked(converted):
     [shown] = scorer.output.outputs
     assert shown["output_type"] == "stream" and "notes.txt: could not be scored" in shown["text"]
     assert scorer.on_upload(data, "again.jpg")[0][0] == int(ref.argmax())     # and the widget still works
+
+
+def test_names_the_notebooks_use():
+    from accel_lib.image import image_name
+    from accel_lib.model import converted_name, of_family
+    assert converted_name("resnet50", 3) == "resnet50.3.accelonnx" and image_name("resnet50") == "resnet50-image"
+    assert of_family("resnet50", "resnet50") and of_family("resnet50", "resnet50.12.accelonnx")
+    for other in ("resnet50-image", "resnet50x.1.accelonnx", "resnet50.x.accelonnx", "resnet5", "resnet50.1"):
+        assert not of_family("resnet50", other), other
+
+
+def test_clean_up_deletes_in_order_and_twice_is_harmless(ws, tmp_path):
+    from accel_lib import AksCompute, ComputeTarget, Model
+    from accel_lib.cleanup import clean_up, what_is_left
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    for name in ("m", "m", "m.1.accelonnx", "m2", "mx.1.accelonnx"):
+        Model.register(ws, f, name)
+    ComputeTarget.create(ws, "c1", AksCompute.provisioning_configuration(agent_count=1))
+    gone = clean_up(ws, services=["nope"], computes=["c1"], images=["nope-image"], models=["m"])
+    assert gone == {"services": [], "computes": ["c1"], "images": [], "models": ["m.1.accelonnx:1", "m:1", "m:2"]}
+    assert what_is_left(ws) == {"services": [], "computes": [], "images": [], "models": ["m2:1", "mx.1.accelonnx:1"]}
+    assert clean_up(ws, computes=["c1"], models=["m"]) == {"services": [], "computes": [], "images": [], "models": []}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import OperationTimeout, UserError
 from ..model import Model
-from ..workspace import _now
+from ..workspace import now
 
 
 def split_names(outputs_nodes):
@@ -53,7 +53,7 @@ class AccelOnnxConverter:
         with workspace.connect(immediate=True) as db:
             db.execute("INSERT INTO operations (id, kind, status, log, request, created_time) VALUES (?,?,?,?,?,?)",
                        (op_id, "convert", "Queued", str(log.relative_to(workspace.path)), json.dumps(request),
-                        _now()))
+                        now()))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as f:
             proc = subprocess.Popen(worker.command(workspace.path, op_id), stdout=f, stderr=subprocess.STDOUT,

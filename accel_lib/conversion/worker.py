@@ -51,7 +51,7 @@ def _work(ws, op_id):
     m.parity, m.device_check = state.parity, state.device_check
     m.report = manifest.REPORT_FILE if state.report else None
     manifest.write(m, state.package_dir)
-    name = f"{src.name}.{src.version}.accelonnx"
+    name = src.converted_name
     parity = state.parity
     conv = Model.register(ws, state.package_dir, name,
                           tags={"accelonnx": "true", "numeric_format": req["numeric_format"]},

@@ -11,6 +11,7 @@ cluster process makes, so nothing but the front end (and root) can call them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ SPEC_FILE = "cluster.json"
 STATUS_FILE = "status.json"
 ENDPOINTS_FILE = "endpoints.json"
 LOG_FILE = "frontend.log"
+LOCK_FILE = ".spec.lock"              # held while the spec is derived from the records and written (spec_lock)
 TLS_CERT_FILE = "tls/cert.pem"        # what the front end presents: the leaf, then its CA
 TLS_KEY_FILE = "tls/key.pem"          # its key (0600)
 TLS_CA_FILE = "tls/ca.pem"            # what clients trust: the CA that signed a generated certificate
@@ -88,6 +90,49 @@ class ServiceLimits:
 
 def _flag(name):
     return "--" + name.replace("_", "-")
+
+
+@dataclass
+class ServiceConfig:
+    """How a service is deployed, as ``AksWebservice.deploy_configuration()`` makes it and the workspace stores it:
+    replicas (one FPGA each), keys on or off (None: as the target's kind says), the modeled flash time, a
+    description and tags, and what one request may hold."""
+    num_replicas: int = 1
+    auth_enabled: typing.Optional[bool] = None
+    flash_seconds: float = 1.0
+    description: typing.Optional[str] = None
+    tags: dict = field(default_factory=dict)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    generation: int = 0           # set at each deployment, so that a redeploy under the same name restarts
+    format: str = "accel_lib.service-config/1"
+
+    FILE: typing.ClassVar[str] = "deployment_config"
+    FORMAT: typing.ClassVar[str] = "accel_lib.service-config/1"
+    HOW: typing.ClassVar[str] = "deploy the service again"
+
+    def validate(self):
+        if isinstance(self.num_replicas, bool) or not isinstance(self.num_replicas, int) or self.num_replicas < 1:
+            raise manifest.ManifestError(f"num_replicas must be a whole number of at least 1, got "
+                                         f"{self.num_replicas!r}.")
+        if isinstance(self.flash_seconds, bool) or not isinstance(self.flash_seconds, (int, float)) \
+                or self.flash_seconds < 0:
+            raise manifest.ManifestError(f"flash_seconds must be a number >= 0, got {self.flash_seconds!r}.")
+        self.limits.validate()
+
+    def to_json(self) -> str:
+        return manifest.dumps(self)
+
+    @classmethod
+    def from_json(cls, text) -> "ServiceConfig":
+        """Read a stored config; one stored flat by an older accel_lib (no format, the limits beside the rest) too."""
+        import json
+        data = json.loads(text)
+        if "format" not in data:
+            names = {f.name for f in dataclasses.fields(ServiceLimits)}
+            data = {**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}},
+                    "limits": {k: v for k, v in data.items() if k in names}, "format": cls.FORMAT}
+            text = json.dumps(data)
+        return manifest.loads(cls, text)
 
 
 @dataclass
@@ -225,6 +270,31 @@ def read_optional(cls, folder):
 def write(obj, folder):
     """Write one of this module's files atomically, readable by its owner only (0600)."""
     return manifest.write(obj, folder, mode=0o600)
+
+
+@contextlib.contextmanager
+def spec_lock(folder):
+    """Hold the cluster's spec lock (an flock, released if its holder dies): whoever derives the spec from the
+    workspace's records and writes it does both under it, so the last writer has read every change committed before
+    it wrote (two deployments at once cannot lose each other's service)."""
+    import fcntl
+    import os
+    fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                       # closing releases the lock
+
+
+def spec_version(folder) -> tuple:
+    """What changes whenever the spec is written again (its file is replaced: a new inode), even twice in one
+    timestamp tick; None if there is no spec."""
+    try:
+        st = (Path(folder) / SPEC_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def replica_log(log_dir, idx) -> Path:

@@ -551,8 +551,7 @@ async def amain(args):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         prober = loop.create_task(sup.probe_forever())
-        spec_file = folder / cluster.SPEC_FILE
-        seen = spec_file.stat().st_mtime_ns
+        seen = cluster.spec_version(folder)
         try:
             while not stop.is_set():
                 try:
@@ -560,20 +559,20 @@ async def amain(args):
                 except asyncio.TimeoutError:
                     pass
                 try:
-                    mtime = spec_file.stat().st_mtime_ns
-                except FileNotFoundError:
-                    _log("the cluster's spec is gone: the cluster was deleted")
-                    break
+                    version = cluster.spec_version(folder)
                 except OSError as e:
                     errors("reading the spec", e)
                     continue
-                if mtime == seen:
+                if version is None:
+                    _log("the cluster's spec is gone: the cluster was deleted")
+                    break
+                if version == seen:
                     continue
                 try:
                     new = cluster.read(cluster.ClusterSpec, folder)
                     await sup.reconcile(new)
                     await listener.ensure(new.largest_message())
-                    seen = mtime
+                    seen = version
                     _log(f"services now: {[s.name for s in new.services]}")
                 except Exception as e:  # noqa: BLE001 - a bad spec or a rebuild that failed: the services stay
                     errors("taking the new spec", e)
