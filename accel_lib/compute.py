@@ -244,19 +244,15 @@ class ComputeTarget:
         ep = cluster.read_optional(cluster.Endpoints, self.run_dir)
         return ep is not None and _alive(ep.pid, self.run_dir)
 
-    def spec(self) -> cluster.ClusterSpec:
-        """The cluster's desired state (what services run where)."""
-        return cluster.read(cluster.ClusterSpec, self.run_dir)
-
     def publish(self, timeout=30):
         """Declare in ``cluster.json`` the services the workspace's records give this cluster, under the cluster's
         spec lock (``cluster.spec_lock``: no deployment is lost to another at the same time); if its process runs,
         wait until its supervisor has taken the change (replicas of new services started, of removed ones
         stopped)."""
-        from . import webservice
+        from .deployment import service_specs
         vcpus = FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == "aks" else EDGE_HOST_VCPUS
         with cluster.spec_lock(self.run_dir):
-            services = webservice.service_specs(self.workspace, self)
+            services = service_specs(self.workspace, self)
             try:
                 before = cluster.read_optional(cluster.ClusterSpec, self.run_dir)
             except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now

@@ -2,7 +2,8 @@
 (``fpga.frontend``) runs the replicas, each a gRPC server holding one FPGA, and routes calls to them.
 
 A service outlives the kernel that deployed it; ``Webservice(ws, name)`` re-attaches from any process.
-Scheduling is the pure function ``schedule()``; supervision lives in ``fpga.supervisor``.
+Scheduling and the translation of records into the cluster's spec live in ``deployment``; supervision lives in
+``fpga.supervisor``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from .compute import ComputeTarget
+from .deployment import schedule
 from .errors import OperationTimeout, UserError
 from .fpga import cluster
 from .fpga.manifest import ManifestError
@@ -53,44 +55,6 @@ class AksWebservice:
         return cfg
 
 
-def schedule(nodes, held, num_replicas, edge=False):
-    """Pick FPGAs for a new service: ``held`` maps node -> the service holding its FPGA. Returns (nodes chosen,
-    services replaced). An edge device runs one model at a time, so a new service replaces whatever ran there;
-    an AKS cluster schedules only on free FPGAs and refuses like Kubernetes when there are too few."""
-    if edge:
-        if num_replicas != 1:
-            raise UserError(f"an edge device has one FPGA: deploy with num_replicas=1, not {num_replicas}.")
-        return [0], sorted(set(held.values()))
-    free = [n for n in range(nodes) if n not in held]
-    if len(free) < num_replicas:
-        holders = sorted(set(held.values()))
-        raise UserError(
-            f"0/{nodes} nodes are available: {nodes - len(free)} Insufficient microsoft.com/fpga "
-            f"({num_replicas} replica(s) need {num_replicas} free FPGA(s); {len(free)} of {nodes} free). Remedy: "
-            f"delete the service that holds them ({', '.join(holders) or 'none'}), lower num_replicas, or create a "
-            "cluster with a larger agent_count.")
-    return free[:num_replicas], []
-
-
-def service_specs(workspace, target):
-    """The services a cluster runs, as its spec declares them (built from the workspace's records)."""
-    with workspace.connect() as db:
-        rows = db.execute("SELECT * FROM services WHERE compute=? AND state != 'Replaced' ORDER BY name",
-                          (target.name,)).fetchall()
-        reps = db.execute("SELECT service, idx, fpga FROM replicas WHERE compute=? ORDER BY service, idx",
-                          (target.name,)).fetchall()
-    out = []
-    for row in rows:
-        cfg = cluster.ServiceConfig.from_json(row["config"])
-        img = Image(workspace, row["image_name"], row["image_version"])
-        out.append(cluster.ServiceSpec(
-            name=row["name"], context=str(img.context), log_dir=str(workspace.path / "services" / row["name"]),
-            replicas=[cluster.ReplicaSpec(idx=r["idx"], node=r["fpga"]) for r in reps if r["service"] == row["name"]],
-            keys=json.loads(row["keys"]) if row["keys"] else [], flash_seconds=cfg.flash_seconds,
-            limits=cfg.limits, generation=cfg.generation))
-    return out
-
-
 def _note(log_dir, idx, note):
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(cluster.replica_log(log_dir, idx), "a") as f:
@@ -108,7 +72,7 @@ class Webservice:
             raise UserError(f"no service {name!r} in workspace {workspace.name!r}; deploy one with "
                             "Webservice.deploy_from_image(...).")
         self.image_id = f"{row['image_name']}:{row['image_version']}"
-        self.compute_type = "AKS"
+        self.compute_type = "AKS" if self._compute_kind() == "aks" else "Edge"
         self.compute_name = row["compute"]
         self.created_time = row["created_time"]
         self.deployment_config = cluster.ServiceConfig.from_json(row["config"])     # typed
@@ -119,6 +83,12 @@ class Webservice:
     def _row(self):
         with self.workspace.connect() as db:
             return db.execute("SELECT * FROM services WHERE name=?", (self.name,)).fetchone()
+
+    def _compute_kind(self):
+        with self.workspace.connect() as db:
+            row = db.execute("SELECT kind FROM computes WHERE name=(SELECT compute FROM services WHERE name=?)",
+                             (self.name,)).fetchone()
+        return row[0] if row else "aks"
 
     @property
     def image(self) -> Image:
@@ -132,9 +102,9 @@ class Webservice:
         return ComputeTarget(self.workspace, self.compute_name)
 
     @property
-    def run_dir(self) -> Path:
-        """Where the replicas' logs are."""
-        return self.workspace.path / "services" / self.name
+    def log_dir(self) -> Path:
+        """Where the replicas' logs are (``cluster.replica_log(log_dir, i)``)."""
+        return self.workspace.service_folder(self.name)
 
     # -- deployment ---------------------------------------------------------------------------
     @staticmethod
@@ -177,13 +147,13 @@ class Webservice:
                 db.execute("INSERT INTO replicas (service, idx, compute, fpga) VALUES (?,?,?,?)",
                            (name, idx, target.name, node))
         svc = Webservice(workspace, name)
-        shutil.rmtree(svc.run_dir, ignore_errors=True)           # a new service: logs of an earlier one go
+        shutil.rmtree(svc.log_dir, ignore_errors=True)           # a new service: logs of an earlier one go
         for old in replaced:
             note = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
                     "one model runs on the FPGA at a time")
-            _note(workspace.path / "services" / old, 0, note)
-            _note(svc.run_dir, 0, note)
-        svc.run_dir.mkdir(parents=True, exist_ok=True)
+            _note(workspace.service_folder(old), 0, note)
+            _note(svc.log_dir, 0, note)
+        svc.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             target.publish()
             target.restart()
@@ -298,7 +268,7 @@ class Webservice:
         """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
         parts = []
         for i in range(self.deployment_config.num_replicas):
-            p = cluster.replica_log(self.run_dir, i)
+            p = cluster.replica_log(self.log_dir, i)
             lines = p.read_text(errors="replace").splitlines()[-num_lines:] if p.exists() else []
             parts.append(f"--- replica {i} ({self.compute_name}) ---\n" + "\n".join(lines))
         return "\n".join(parts)
@@ -316,11 +286,12 @@ class Webservice:
 
     @staticmethod
     def list(workspace, compute_type=None, image_name=None):
-        """Services in the workspace."""
+        """Services in the workspace, filtered by compute type ("AKS" or "Edge") and image name."""
         with workspace.connect() as db:
             names = [r[0] for r in db.execute("SELECT name FROM services ORDER BY name")]
         out = [Webservice(workspace, n) for n in names]
-        return [s for s in out if image_name is None or s.image_id.split(":")[0] == image_name]
+        return [s for s in out if (image_name is None or s.image_id.split(":")[0] == image_name)
+                and (compute_type is None or s.compute_type == compute_type)]
 
     def delete(self, timeout=30):
         """Remove the service: its replicas stop (the call waits for them) and their FPGAs are free again."""

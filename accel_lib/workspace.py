@@ -246,6 +246,10 @@ class Workspace:
                                 "finished)\n")
             note.unlink(missing_ok=True)
 
+    def service_folder(self, name) -> Path:
+        """Where the logs of service ``name``'s replicas are kept."""
+        return self.path / "services" / name
+
     def conversion_cache(self, name, version) -> Path:
         """Where the fp32 graphs converted from model ``name`` version ``version`` are kept for its further
         conversions (removed with the model)."""

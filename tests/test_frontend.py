@@ -16,7 +16,7 @@ from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTa
 from accel_lib.fpga import supervisor
 from accel_lib.fpga.cluster import TLS_KEY_FILE
 from accel_lib.fpga.package import AcceleratorPackage
-from accel_lib.webservice import schedule
+from accel_lib.deployment import schedule
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 
