@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import UserError
 from .fpga import cluster, frontend
 from .model import check_name
-from .workspace import LOCATIONS, now
+from .records import now
+from .workspace import LOCATIONS
 
 FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
 EDGE_DEVICE = {"vcpus": 0, "fpgas": 1}          # Azure Stack Edge / Data Box Edge: one FPGA, outside the quota

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .fpga import server
 from .model import Model, check_name
-from .workspace import now
+from .records import now
 
 SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\

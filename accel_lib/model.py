@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .workspace import Workspace, now
+from .records import now
+from .workspace import Workspace
 
 NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
 CONVERTED_SUFFIX = ".accelonnx"

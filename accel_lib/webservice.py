@@ -21,7 +21,7 @@ from .fpga import cluster
 from .fpga.manifest import ManifestError
 from .image import Image
 from .model import check_name
-from .workspace import now
+from .records import now
 
 _LIMITS, _CFG = cluster.ServiceLimits(), cluster.ServiceConfig()      # the defaults, spelled there only
 AksServiceDeploymentConfiguration = cluster.ServiceConfig     # what deploy_configuration() returns, typed
@@ -76,6 +76,7 @@ class Webservice:
         self.compute_name = row["compute"]
         self.created_time = row["created_time"]
         self.deployment_config = cluster.ServiceConfig.from_json(row["config"])     # typed
+        self.error = row["error"]           # why it stopped serving (on an edge device: replaced by which service)
 
     def __repr__(self):
         return f"Webservice(name={self.name!r}, image={self.image_id!r}, compute={self.compute_name!r})"

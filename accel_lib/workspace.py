@@ -18,40 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import records
 from .errors import UserError
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.sqlite"
 LOCATIONS = ("eastus", "southeastasia", "westeurope", "westus2")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT NOT NULL, version INTEGER NOT NULL, description TEXT, tags TEXT NOT NULL,
-    properties TEXT NOT NULL, created_time TEXT NOT NULL, files TEXT NOT NULL, kind TEXT NOT NULL,
-    PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS operations (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, log TEXT NOT NULL,
-    request TEXT NOT NULL, result TEXT, error TEXT, pid INTEGER, created_time TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    name TEXT NOT NULL, version INTEGER NOT NULL, model_name TEXT NOT NULL, model_version INTEGER NOT NULL,
-    description TEXT, tags TEXT NOT NULL, properties TEXT NOT NULL, creation_state TEXT NOT NULL,
-    context TEXT NOT NULL, created_time TEXT NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS computes (
-    name TEXT PRIMARY KEY, vm_size TEXT NOT NULL, agent_count INTEGER NOT NULL, location TEXT NOT NULL,
-    kind TEXT NOT NULL, provisioning_state TEXT NOT NULL, provisioning_errors TEXT, created_time TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS services (
-    name TEXT PRIMARY KEY, image_name TEXT NOT NULL, image_version INTEGER NOT NULL, compute TEXT NOT NULL,
-    config TEXT NOT NULL, state TEXT NOT NULL, keys TEXT, error TEXT, created_time TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS replicas (
-    service TEXT NOT NULL, idx INTEGER NOT NULL, compute TEXT NOT NULL, fpga INTEGER NOT NULL,
-    pid INTEGER, port INTEGER, log TEXT, PRIMARY KEY (service, idx), UNIQUE (compute, fpga));
-"""
-
-
-def now() -> str:
-    """The time now (UTC, ISO 8601, to the second), as the records store it."""
-    import datetime as _dt
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def sha256_file(path: Path) -> str:
@@ -75,17 +47,7 @@ class Workspace:
         self.location = cfg["location"]
         self.fpga_quota_vcpus = int(cfg.get("fpga_quota_vcpus", 12))
         self.config_path = None
-        state = self.path / STATE_FILE
-        if not state.exists():
-            os.close(os.open(state, os.O_WRONLY | os.O_CREAT, 0o600))        # the keys live here: 0600 from birth
-        elif state.stat().st_mode & 0o077:
-            os.chmod(state, 0o600)                                            # made by an older accel_lib
-        db = sqlite3.connect(state, timeout=60)
-        try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
+        records.open_state(self.path / STATE_FILE)                           # created, or migrated from older
         self._recover()
 
     # -- construction ---------------------------------------------------------------------------

@@ -281,6 +281,7 @@ def test_edge_device_runs_one_model_and_a_new_deployment_replaces_it(built_image
         img_q = Image.create("small-q-edge", [converted_q[2].result], AccelContainerImage.image_configuration(), ws)
         second = _deploy(img_q, edge, "edge-b")
         assert first.state == "Replaced" and second.state == "Healthy"
+        assert "by service 'edge-b'" in Webservice(ws, "edge-a").error and second.error is None
         assert second.compute_type == "Edge" and "edge-b" not in [s.name for s in Webservice.list(ws, "AKS")]
         assert [s.name for s in Webservice.list(ws, compute_type="Edge")] == ["edge-a", "edge-b"]
         assert "service 'edge-a' replaced by 'edge-b'" in (first.log_dir / "replica-0.log").read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import OperationTimeout, UserError
 from ..model import Model
-from ..workspace import now
+from ..records import now
 
 
 def split_names(outputs_nodes):
