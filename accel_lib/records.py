@@ -6,6 +6,7 @@ version 0 (accel_lib before it) also had pid, port and log columns that nothing 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -55,14 +56,10 @@ def open_state(path: Path):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))        # the keys live here: 0600 from birth
     elif path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)                                            # made by an older accel_lib
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout = 60000")
-        db.execute("BEGIN IMMEDIATE")
+    with transaction(path, immediate=True) as db:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         fresh = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] == 0
         if version > SCHEMA_VERSION:
-            db.execute("ROLLBACK")
             raise UserError(f"{path} was written by a newer accel_lib (records version {version}; this one reads "
                             f"up to {SCHEMA_VERSION}): upgrade accel_lib to open this workspace.")
         if not fresh:
@@ -72,6 +69,18 @@ def open_state(path: Path):
         for statement in filter(str.strip, SCHEMA.split(";")):
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextlib.contextmanager
+def transaction(path, immediate=False):
+    """A SQLite connection to the state file ``path`` inside one transaction (committed at the end, rolled back on
+    any error); ``immediate`` takes the write lock at once. Rows read as ``sqlite3.Row``."""
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("PRAGMA busy_timeout = 60000")
+        db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        yield db
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

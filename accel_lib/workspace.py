@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -119,22 +118,10 @@ class Workspace:
         return f"Workspace(name={self.name!r}, location={self.location!r}, path={str(self.path)!r})"
 
     # -- state --------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def connect(self, immediate=False):
-        """A SQLite connection to the workspace state; ``immediate`` takes the write lock at once."""
-        db = sqlite3.connect(self.path / STATE_FILE, timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        """A transaction on the workspace state (``records.transaction``); ``immediate`` takes the write lock at
+        once."""
+        return records.transaction(self.path / STATE_FILE, immediate)
 
     # -- blobs --------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
