@@ -13,10 +13,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from . import records
 from .errors import UserError
 from .fpga import server
 from .model import Model, check_name
-from .records import now
+
+BUILD_LOG = "build.log"           # in the build context
 
 SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\
@@ -63,24 +65,29 @@ class Image:
 
     def __init__(self, workspace, name, version=None):
         with workspace.connect() as db:
-            if version is None:
-                row = db.execute("SELECT * FROM images WHERE name=? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
-            else:
-                row = db.execute("SELECT * FROM images WHERE name=? AND version=?", (name, int(version))).fetchone()
-        if row is None:
+            rec = (records.latest(db, records.ImageRecord, name) if version is None
+                   else records.get(db, records.ImageRecord, name=name, version=int(version)))
+        if rec is None:
             raise UserError(f"no image {name!r}" + (f" version {version}" if version else "")
                             + f" in workspace {workspace.name!r}; create it with Image.create(...).")
-        self._load(workspace, row)
+        self._load(workspace, rec)
 
-    def _load(self, workspace, row):
+    def _load(self, workspace, rec: records.ImageRecord):
         self.workspace = workspace
-        self.name, self.version = row["name"], row["version"]
-        self.model_name, self.model_version = row["model_name"], row["model_version"]
-        self.description = row["description"]
-        self.tags, self.properties = json.loads(row["tags"]), json.loads(row["properties"])
-        self.creation_state = row["creation_state"]
-        self.created_time = row["created_time"]
-        self.context = workspace.path / row["context"]
+        self.name, self.version = rec.name, rec.version
+        self.model_name, self.model_version = rec.model_name, rec.model_version
+        self.description = rec.description
+        self.tags, self.properties = rec.tags, rec.properties
+        self.creation_state = rec.creation_state
+        self.created_time = rec.created_time
+        self.context = workspace.layout.resolve(rec.context)
+
+    @classmethod
+    def from_record(cls, workspace, rec: records.ImageRecord) -> "Image":
+        """The image of a record (no query)."""
+        img = cls.__new__(cls)
+        img._load(workspace, rec)
+        return img
 
     @property
     def image_location(self):
@@ -90,7 +97,7 @@ class Image:
     @property
     def image_build_log_uri(self):
         """The build log, relative to the workspace."""
-        return str((self.context / "build.log").relative_to(self.workspace.path))
+        return self.workspace.layout.relative(self.context / BUILD_LOG)
 
     id = property(lambda self: f"{self.name}:{self.version}")
     models = property(lambda self: [Model(self.workspace, self.model_name, self.model_version)])
@@ -114,16 +121,17 @@ class Image:
         model.manifest               # UserError unless a converted model of this package format
         if not isinstance(image_config, ImageConfiguration):
             raise UserError("image_config must come from AccelContainerImage.image_configuration(...).")
+        layout = workspace.layout
         with workspace.connect(immediate=True) as db:
-            (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM images WHERE name=?", (name,)).fetchone()
-            version = last + 1
-            ctx = workspace.path / "images" / name / str(version)
-            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (name, version, model.name, model.version, image_config.description,
-                        json.dumps(image_config.tags), json.dumps(image_config.properties), "Running",
-                        str(ctx.relative_to(workspace.path)), now()))
+            version = records.next_version(db, records.ImageRecord, name)
+            ctx = layout.image_context(name, version)
+            records.insert(db, records.ImageRecord(
+                name=name, version=version, model_name=model.name, model_version=model.version,
+                description=image_config.description, tags=dict(image_config.tags),
+                properties=dict(image_config.properties), creation_state="Running", context=layout.relative(ctx),
+                created_time=records.now()))
         bar = progress.bar(total=3, desc=f"image {name}:{version}")
-        log_rel = str((ctx / "build.log").relative_to(workspace.path))
+        log_rel = layout.relative(ctx / BUILD_LOG)
         with workspace.pending("image", name=name, version=version, log=log_rel):   # a kill: Failed on next open
             try:
                 _write_context(ctx, model, name, version)
@@ -136,19 +144,19 @@ class Image:
                 bar.update(1)
                 state = "Succeeded"
             except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
-                with open(ctx / "build.log", "a") as log:
+                with open(ctx / BUILD_LOG, "a") as log:
                     log.write(f"FAILED: {type(e).__name__}: {e}\n")
                 state = "Failed"
             finally:
                 bar.close()
             with workspace.connect(immediate=True) as db:
-                db.execute("UPDATE images SET creation_state=? WHERE name=? AND version=?", (state, name, version))
+                records.set_status(db, records.ImageRecord, {"name": name, "version": version}, state)
         return Image(workspace, name, version)
 
     def wait_for_creation(self, show_output=False):
         """Wait for the build (it is finished when create() returns); show_output prints the build log."""
         if show_output:
-            print((self.context / "build.log").read_text())
+            print((self.context / BUILD_LOG).read_text())
         if self.creation_state != "Succeeded":
             raise UserError(f"image {self.id} failed to build; see {self.image_build_log_uri}.")
         return True
@@ -158,24 +166,18 @@ class Image:
         """Images in the workspace, filtered by tags (keys or [key, value] pairs) and model name."""
         from .model import matches_query
         with workspace.connect() as db:
-            rows = db.execute("SELECT * FROM images ORDER BY name, version").fetchall()
-        out = []
-        for r in rows:
-            img = Image.__new__(Image)
-            img._load(workspace, r)
-            if matches_query(img.tags, tags) and (model_name is None or img.model_name == model_name):
-                out.append(img)
-        return out
+            recs = records.find(db, records.ImageRecord)
+        return [Image.from_record(workspace, r) for r in recs
+                if matches_query(r.tags, tags) and (model_name is None or r.model_name == model_name)]
 
     def delete(self):
         """Delete the image and its build context; refused while a service runs it."""
         with self.workspace.connect(immediate=True) as db:
-            users = [r[0] for r in db.execute("SELECT name FROM services WHERE image_name=? AND image_version=?",
-                                              (self.name, self.version))]
+            users = [r.name for r in records.users_of(db, records.ImageRecord(name=self.name, version=self.version))]
             if users:
                 raise UserError(f"image {self.id} is used by service {', '.join(users)}; delete the service first "
                                 "(service.delete()).")
-            db.execute("DELETE FROM images WHERE name=? AND version=?", (self.name, self.version))
+            records.delete(db, records.ImageRecord, name=self.name, version=self.version)
         shutil.rmtree(self.context, ignore_errors=True)
 
 
@@ -183,7 +185,7 @@ def _write_context(ctx: Path, model: Model, name, version):
     if ctx.exists():
         shutil.rmtree(ctx)
     ctx.mkdir(parents=True)
-    log = open(ctx / "build.log", "w")
+    log = open(ctx / BUILD_LOG, "w")
     log.write(f"building {name}:{version} from {model.id}\n")
     pkg = ctx / "package"
     pkg.mkdir()
@@ -212,7 +214,7 @@ def _smoke_test(ctx: Path):
     env = {**os.environ, "PYTHONPATH": str(ctx), "TF_CPP_MIN_LOG_LEVEL": "2"}
     r = subprocess.run(server.command(sys.executable, check=True), cwd=ctx, env=env, capture_output=True, text=True,
                        timeout=300)
-    with open(ctx / "build.log", "a") as log:
+    with open(ctx / BUILD_LOG, "a") as log:
         log.write(f"smoke test (python -m fpga.server --check): exit {r.returncode} {r.stdout.strip()}\n")
         if r.returncode:
             log.write(r.stderr[-4000:])
@@ -223,7 +225,7 @@ def _smoke_test(ctx: Path):
 def _docker_build(engine, ctx: Path, tag):
     """Opt-in (ACCEL_LIB_DOCKER_BUILD=1): build the context with docker or podman."""
     r = subprocess.run([engine, "build", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=3600)
-    with open(ctx / "build.log", "a") as log:
+    with open(ctx / BUILD_LOG, "a") as log:
         log.write(f"{Path(engine).name} build -t {tag}: exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
     if r.returncode:
         raise RuntimeError(f"{Path(engine).name} build failed")

@@ -54,7 +54,7 @@ def write(docs, folder):
     Secret, which holds the keys, is created 0600."""
     import yaml
 
-    from .compute import write_private
+    from .fpga.cluster import write_private
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

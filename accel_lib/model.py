@@ -1,15 +1,14 @@
 """Model: register, get, list and delete versioned models in a workspace."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from . import records
 from .errors import UserError
-from .records import now
 from .workspace import Workspace
 
 NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
@@ -50,38 +49,38 @@ class Model:
             name, _, v = id.rpartition(":")
             version = int(v)
         with workspace.connect() as db:
-            if version is None:
-                row = db.execute("SELECT * FROM models WHERE name=? ORDER BY version DESC LIMIT 1",
-                                 (name,)).fetchone()
-            else:
-                row = db.execute("SELECT * FROM models WHERE name=? AND version=?", (name, int(version))).fetchone()
-            if row is None:
-                known = [r[0] for r in db.execute("SELECT DISTINCT name FROM models ORDER BY name")]
-                versions = [r[0] for r in db.execute("SELECT version FROM models WHERE name=? ORDER BY version",
-                                                     (name,))]
-        if row is None:
+            rec = (records.latest(db, records.ModelRecord, name) if version is None
+                   else records.get(db, records.ModelRecord, name=name, version=int(version)))
+            if rec is None:
+                known = records.names(db, records.ModelRecord)
+                versions = records.versions(db, records.ModelRecord, name)
+        if rec is None:
             if versions:
                 raise UserError(f"model {name!r} has no version {version}; it has versions {versions}.")
             raise UserError(f"no model named {name!r} in workspace {workspace.name!r}; "
                             f"registered models: {known or 'none'}. Register it with Model.register(...).")
-        self._load(workspace, row)
+        self._load(workspace, rec)
 
-    def _load(self, workspace, row):
+    def _load(self, workspace, rec: records.ModelRecord):
         self.workspace = workspace
-        self.name = row["name"]
-        self.version = row["version"]
-        self.description = row["description"]
-        self.tags = json.loads(row["tags"])
-        self.properties = json.loads(row["properties"])
-        self.created_time = row["created_time"]
-        self.files = json.loads(row["files"])   # relative path -> sha256
-        self.kind = row["kind"]                 # "file" or "folder"
+        self.name, self.version, self.description = rec.name, rec.version, rec.description
+        self.tags, self.properties = rec.tags, rec.properties
+        self.created_time = rec.created_time
+        self.files = rec.files                  # relative path -> sha256
+        self.kind = rec.kind                    # "file" or "folder"
 
     @classmethod
-    def _from_row(cls, workspace, row):
+    def from_record(cls, workspace, rec: records.ModelRecord) -> "Model":
+        """The model of a record (no query)."""
         m = cls.__new__(cls)
-        m._load(workspace, row)
+        m._load(workspace, rec)
         return m
+
+    def record(self) -> records.ModelRecord:
+        """This model as its record."""
+        return records.ModelRecord(name=self.name, version=self.version, description=self.description,
+                                   tags=self.tags, properties=self.properties, created_time=self.created_time,
+                                   files=self.files, kind=self.kind)
 
     id = property(lambda self: f"{self.name}:{self.version}", doc="name:version")
     url = property(lambda self: f"models/{self.name}/{self.version}", doc="where the model lives in the workspace")
@@ -109,19 +108,21 @@ class Model:
                 files[rel] = workspace.put_blob(p)
                 note(digests=list(files.values()))
             with workspace.connect(immediate=True) as db:
-                (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name=?",
-                                     (model_name,)).fetchone()
-                db.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
-                           (model_name, last + 1, description, json.dumps(tags or {}), json.dumps(properties or {}),
-                            now(), json.dumps(files), "file" if src.is_file() else "folder"))
-        return cls(workspace, model_name, last + 1)
+                rec = records.ModelRecord(name=model_name, version=records.next_version(db, records.ModelRecord,
+                                                                                        model_name),
+                                          description=description, tags=dict(tags or {}),
+                                          properties=dict(properties or {}), created_time=records.now(),
+                                          files=files, kind="file" if src.is_file() else "folder")
+                records.insert(db, rec)
+        return cls.from_record(workspace, rec)
 
     @staticmethod
     def list(workspace, name=None, tags=None, properties=None, latest=False):
         """Models in the workspace, filtered by name, tags (keys or [key, value] pairs) and properties."""
         with workspace.connect() as db:
-            rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
-        out = [Model._from_row(workspace, r) for r in rows if name is None or r["name"] == name]
+            recs = records.find(db, records.ModelRecord) if name is None else records.find(db, records.ModelRecord,
+                                                                                          name=name)
+        out = [Model.from_record(workspace, r) for r in recs]
         out = [m for m in out if matches_query(m.tags, tags) and matches_query(m.properties, properties)]
         if latest:
             newest = {m.name: m for m in out}
@@ -131,27 +132,26 @@ class Model:
     def delete(self):
         """Delete this version; refused while an image uses it (the message names the image)."""
         with self.workspace.connect(immediate=True) as db:
-            users = db.execute("SELECT name, version FROM images WHERE model_name=? AND model_version=?",
-                               (self.name, self.version)).fetchall()
+            users = records.users_of(db, self.record())
             if users:
-                names = ", ".join(f"{r[0]} (version {r[1]})" for r in users)
+                names = ", ".join(f"{r.name} (version {r.version})" for r in users)
                 raise UserError(f"model {self.id} is used by image {names}; delete the image first "
                                 "(image.delete()), then the model.")
-            db.execute("DELETE FROM models WHERE name=? AND version=?", (self.name, self.version))
+            records.delete(db, records.ModelRecord, name=self.name, version=self.version)
         shutil.rmtree(self.workspace.conversion_cache(self.name, self.version), ignore_errors=True)
 
     def update(self, tags=None, description=None, properties=None):
-        """Add tags / properties (merged) or replace the description."""
+        """Add tags / properties (merged into what is recorded now) or replace the description."""
         with self.workspace.connect(immediate=True) as db:
-            if tags:
-                self.tags = {**self.tags, **tags}
-            if properties:
-                self.properties = {**self.properties, **properties}
+            rec = records.get(db, records.ModelRecord, name=self.name, version=self.version)
+            if rec is None:
+                raise UserError(f"model {self.id} was deleted; register it again.")
+            rec.tags = {**rec.tags, **(tags or {})}
+            rec.properties = {**rec.properties, **(properties or {})}
             if description is not None:
-                self.description = description
-            db.execute("UPDATE models SET tags=?, properties=?, description=? WHERE name=? AND version=?",
-                       (json.dumps(self.tags), json.dumps(self.properties), self.description,
-                        self.name, self.version))
+                rec.description = description
+            records.update(db, rec, "tags", "properties", "description")
+        self._load(self.workspace, rec)
 
     # -- files --------------------------------------------------------------------------------
     def download(self, target_dir=".", exist_ok=False) -> str:

@@ -1,7 +1,9 @@
 """Helpers the notebooks call, so that their cells hold no logic: the top-k table, the chart, the upload widget."""
 from __future__ import annotations
 
+import dataclasses
 import io
+import typing
 
 import numpy as np
 
@@ -134,25 +136,68 @@ def picture_grid(images, titles, columns=10):
     return fig
 
 
+@dataclasses.dataclass
+class FormatResult:
+    """One numeric format tried on a model: its bits per value, held-out accuracy (measured) and report."""
+    format: str
+    block: typing.Optional[int]
+    bits: float
+    accuracy: float
+    report: typing.Any          # fpga.manifest.QuantizationReport, None for fp32
+    model: typing.Any           # the converted Model
+
+    @property
+    def label(self) -> str:
+        return self.format + (f" /{self.block}" if self.block else "")
+
+
+def compare_formats(ws, source, saved, variants, images, labels, work_dir) -> list[FormatResult]:
+    """Convert registered model ``source`` (saved as ``saved``) into each (format, block) of ``variants`` and score
+    every package on the labelled held-out ``images`` in-process; one FormatResult per variant, in order."""
+    from .conversion import AccelOnnxConverter
+    from .fpga import formats
+    from .report import held_out_accuracy, load_report
+    out = []
+    for fmt, block in variants:
+        op = AccelOnnxConverter.convert_tf_model(ws, source, saved.input_tensors, saved.output_tensors,
+                                                 numeric_format=fmt, block_size=block)
+        if not op.wait_for_completion():
+            raise RuntimeError(f"the {fmt} conversion failed: {op.error}")
+        converted = op.result
+        f = formats.get(fmt, block)
+        out.append(FormatResult(format=fmt, block=f.block if f else None, bits=bits_per_value(fmt, block),
+                                accuracy=held_out_accuracy(converted, images, labels,
+                                                           f"{work_dir}/{converted.version}"),
+                                report=load_report(converted), model=converted))
+    return out
+
+
+def print_format_results(results):
+    """A table of FormatResults: format, block, bits per value, held-out accuracy, feature SQNR."""
+    print(f"{'format':<8}{'block':>6}{'bits/value':>12}{'held-out accuracy':>19}{'feature SQNR':>14}")
+    for r in results:
+        sqnr = f"{r.report.feature_sqnr_db:.1f} dB" if r.report else "-"
+        print(f"{r.format:<8}{str(r.block or '-'):>6}{r.bits:>12.2f}{r.accuracy:>19.1%}{sqnr:>14}")
+
+
 def format_cost_plots(results, random_report=None):
-    """Held-out accuracy against bits per value, and SQNR per layer for each format (and a random-weights twin)."""
+    """Held-out accuracy against bits per value, and SQNR per layer for each FormatResult (and the report of a
+    random-weights twin)."""
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
     for r in results:
-        label = r["format"] + (f" /{r['block']}" if r["block"] else "")
-        ax1.scatter(r["bits"], 100 * r["accuracy"], s=40)
-        ax1.annotate(label, (r["bits"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax1.scatter(r.bits, 100 * r.accuracy, s=40)
+        ax1.annotate(r.label, (r.bits, 100 * r.accuracy), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("bits per value (log scale)")
     ax1.set_ylabel("held-out accuracy, % (measured)")
     ax1.set_title("Accuracy against storage per value")
     ax1.grid(alpha=0.3)
     for r in results:
-        if r["report"]:
-            ax2.plot([x["output_sqnr_db"] for x in r["report"]["layers"]], "o-", ms=3,
-                     label=r["format"] + (f" /{r['block']}" if r["block"] else ""))
+        if r.report:
+            ax2.plot([x.output_sqnr_db for x in r.report.layers], "o-", ms=3, label=r.label)
     if random_report:
-        ax2.plot([x["output_sqnr_db"] for x in random_report["layers"]], "k--", label="ms-fp9, random weights")
+        ax2.plot([x.output_sqnr_db for x in random_report.layers], "k--", label="ms-fp9, random weights")
     ax2.set_xlabel("layer (Conv / MatMul, in graph order)")
     ax2.set_ylabel("layer output SQNR vs fp32, dB")
     ax2.set_title("Error per layer (measured)")

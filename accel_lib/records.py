@@ -1,5 +1,7 @@
-"""The workspace's records: the schema of ``state.sqlite``, its version and the migrations that open older ones,
-and the time stamps the records hold.
+"""The workspace's records and folder layout. This module owns ``state.sqlite``: its schema and version, the
+migrations that open older ones, one typed record per table with its row mapping, and the queries the Azure-shaped
+classes share (get, latest and next version, users-of, set-status). No other module writes SQL. ``Layout`` owns
+where everything else in the workspace folder lives.
 
 Version 1 (this accel_lib): the replicas table holds only where each replica runs (service, idx, compute, fpga);
 version 0 (accel_lib before it) also had pid, port and log columns that nothing wrote or read.
@@ -7,9 +9,12 @@ version 0 (accel_lib before it) also had pid, port and log columns that nothing 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import UserError
 
@@ -48,6 +53,307 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# -- the workspace folder ---------------------------------------------------------------------------
+class Layout:
+    """Where each thing lives in a workspace folder ``root`` (every path the workspace's classes use)."""
+
+    CONFIG_FILE = "config.json"
+    STATE_FILE = "state.sqlite"
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / self.CONFIG_FILE, doc="the workspace's config.json")
+    state = property(lambda self: self.root / self.STATE_FILE, doc="the records (state.sqlite)")
+    blobs = property(lambda self: self.root / "blobs" / "sha256", doc="the content-addressed blob store")
+    pending = property(lambda self: self.root / "pending", doc="notes of work under way (Workspace.pending)")
+
+    def blob(self, digest) -> Path:
+        """Where the blob with this sha256 lives."""
+        return self.blobs / digest[:2] / digest[2:]
+
+    def image_context(self, name, version) -> Path:
+        """The build context of image ``name`` version ``version``."""
+        return self.root / "images" / name / str(int(version))
+
+    def compute_dir(self, name) -> Path:
+        """The folder of cluster ``name``: its spec, status, endpoints, certificate and the front end's log."""
+        return self.root / "computes" / name
+
+    def service_logs(self, name) -> Path:
+        """Where the logs of service ``name``'s replicas are kept."""
+        return self.root / "services" / name
+
+    def conversion_cache(self, name, version) -> Path:
+        """The fp32 graphs converted from model ``name`` version ``version``, kept for its further conversions."""
+        return self.root / "cache" / "conversion" / f"{name}.{int(version)}"
+
+    def operation_dir(self, op_id) -> Path:
+        """The folder of operation ``op_id``: its log and its working files."""
+        return self.root / "operations" / op_id
+
+    def operation_log(self, op_id) -> Path:
+        """The log of operation ``op_id`` (what its process prints)."""
+        return self.operation_dir(op_id) / "log.txt"
+
+    def operation_work(self, op_id) -> Path:
+        """The working folder of operation ``op_id`` (removed when it succeeds)."""
+        return self.operation_dir(op_id) / "work"
+
+    def relative(self, path) -> str:
+        """``path`` as the records store it: relative to the workspace folder."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def resolve(self, rel) -> Path:
+        """A path the records store, made absolute."""
+        return self.root / rel
+
+
+# -- typed records ----------------------------------------------------------------------------------
+def _json(default=None):
+    """A field stored as JSON text (``None`` stays NULL)."""
+    return dataclasses.field(default=default, metadata={"codec": (json.dumps, json.loads)})
+
+
+def _config_codec():
+    from .fpga import cluster
+    return (lambda c: c.to_json(), cluster.ServiceConfig.from_json)
+
+
+@dataclasses.dataclass
+class Record:
+    """One row of a table: TABLE names it, KEY its primary key, STATUS the column ``set_status`` writes."""
+    TABLE: ClassVar[str] = ""
+    KEY: ClassVar[tuple] = ("name",)
+    STATUS: ClassVar[str | None] = None
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def _codec(cls, f):
+        codec = f.metadata.get("codec")
+        return codec() if callable(codec) else codec
+
+    @classmethod
+    def from_row(cls, row) -> "Record":
+        """The record of a ``sqlite3.Row`` of its table."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            v, codec = row[f.name], cls._codec(f)
+            values[f.name] = codec[1](v) if codec and v is not None else v
+        return cls(**values)
+
+    def to_row(self) -> tuple:
+        """The column values, in the table's order, as stored."""
+        out = []
+        for f in dataclasses.fields(self):
+            v, codec = getattr(self, f.name), self._codec(f)
+            out.append(codec[0](v) if codec and v is not None else v)
+        return tuple(out)
+
+    @property
+    def key(self) -> dict:
+        return {k: getattr(self, k) for k in self.KEY}
+
+
+@dataclasses.dataclass
+class ModelRecord(Record):
+    TABLE: ClassVar[str] = "models"
+    KEY: ClassVar[tuple] = ("name", "version")
+    name: str = ""
+    version: int = 0
+    description: str | None = None
+    tags: dict = _json()
+    properties: dict = _json()
+    created_time: str = ""
+    files: dict = _json()              # relative path -> sha256
+    kind: str = "folder"               # "file" or "folder"
+
+
+@dataclasses.dataclass
+class OperationRecord(Record):
+    TABLE: ClassVar[str] = "operations"
+    KEY: ClassVar[tuple] = ("id",)
+    STATUS: ClassVar[str] = "status"
+    QUEUED: ClassVar[str] = "Queued"
+    RUNNING: ClassVar[str] = "Running"
+    SUCCEEDED: ClassVar[str] = "Succeeded"
+    FAILED: ClassVar[str] = "Failed"
+    UNDER_WAY: ClassVar[tuple] = ("Queued", "Running")
+    id: str = ""
+    kind: str = "convert"
+    status: str = "Queued"             # Queued, Running, Succeeded, Failed
+    log: str = ""                      # relative to the workspace
+    request: dict = _json()
+    result: str | None = None          # the id of the model it made
+    error: str | None = None
+    pid: int | None = None
+    created_time: str = ""
+
+
+@dataclasses.dataclass
+class ImageRecord(Record):
+    TABLE: ClassVar[str] = "images"
+    KEY: ClassVar[tuple] = ("name", "version")
+    STATUS: ClassVar[str] = "creation_state"
+    name: str = ""
+    version: int = 0
+    model_name: str = ""
+    model_version: int = 0
+    description: str | None = None
+    tags: dict = _json()
+    properties: dict = _json()
+    creation_state: str = "Running"    # Running, Succeeded, Failed
+    context: str = ""                  # relative to the workspace
+    created_time: str = ""
+
+
+@dataclasses.dataclass
+class ComputeRecord(Record):
+    TABLE: ClassVar[str] = "computes"
+    KEY: ClassVar[tuple] = ("name",)
+    STATUS: ClassVar[str] = "provisioning_state"
+    name: str = ""
+    vm_size: str = ""
+    agent_count: int = 1
+    location: str = ""
+    kind: str = "aks"                  # "aks" or "edge"
+    provisioning_state: str = "Succeeded"
+    provisioning_errors: str | None = None
+    created_time: str = ""
+
+
+@dataclasses.dataclass
+class ServiceRecord(Record):
+    TABLE: ClassVar[str] = "services"
+    KEY: ClassVar[tuple] = ("name",)
+    STATUS: ClassVar[str] = "state"
+    name: str = ""
+    image_name: str = ""
+    image_version: int = 0
+    compute: str = ""
+    config: object = dataclasses.field(default=None, metadata={"codec": _config_codec})   # fpga.cluster.ServiceConfig
+    state: str = "Transitioning"       # Transitioning, Healthy, Replaced
+    keys: list | None = _json()
+    error: str | None = None           # why it stopped serving (on an edge device: which service replaced it)
+    created_time: str = ""
+
+
+@dataclasses.dataclass
+class ReplicaRecord(Record):
+    TABLE: ClassVar[str] = "replicas"
+    KEY: ClassVar[tuple] = ("service", "idx")
+    service: str = ""
+    idx: int = 0
+    compute: str = ""
+    fpga: int = 0
+
+
+# -- queries ----------------------------------------------------------------------------------------
+def _where(cls, where: dict):
+    bad = set(where) - set(cls.columns())
+    if bad:
+        raise ValueError(f"{cls.__name__} has no column {sorted(bad)}")
+    if not where:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k}=?" for k in where), tuple(where.values())
+
+
+def find(db, cls, order_by=None, **where) -> list:
+    """The records of ``cls``'s table whose columns equal ``where`` (all of them without it), in key order."""
+    clause, args = _where(cls, where)
+    order = order_by or cls.KEY
+    return [cls.from_row(r) for r in db.execute(f"SELECT * FROM {cls.TABLE}{clause} ORDER BY {', '.join(order)}",
+                                                args)]
+
+
+def get(db, cls, **key):
+    """The one record with this key (all of KEY given), or None."""
+    found = find(db, cls, **key)
+    return found[0] if found else None
+
+
+def exists(db, cls, **where) -> bool:
+    """Whether a record with these column values exists."""
+    clause, args = _where(cls, where)
+    return db.execute(f"SELECT 1 FROM {cls.TABLE}{clause} LIMIT 1", args).fetchone() is not None
+
+
+def latest(db, cls, name):
+    """The highest version of ``name`` (a versioned table: models, images), or None."""
+    found = find(db, cls, order_by=("version DESC",), name=name)
+    return found[0] if found else None
+
+
+def next_version(db, cls, name) -> int:
+    """The version the next registration of ``name`` gets (1 for a new name)."""
+    (last,) = db.execute(f"SELECT COALESCE(MAX(version), 0) FROM {cls.TABLE} WHERE name=?", (name,)).fetchone()
+    return last + 1
+
+
+def versions(db, cls, name) -> list[int]:
+    """Every version of ``name``, ascending."""
+    return [r.version for r in find(db, cls, name=name)]
+
+
+def names(db, cls) -> list[str]:
+    """The distinct names in ``cls``'s table, sorted."""
+    return [r[0] for r in db.execute(f"SELECT DISTINCT name FROM {cls.TABLE} ORDER BY name")]
+
+
+def insert(db, record: Record):
+    """Add ``record`` to its table."""
+    cols = record.columns()
+    db.execute(f"INSERT INTO {record.TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+               record.to_row())
+
+
+def update(db, record: Record, *fields):
+    """Write ``fields`` of ``record`` (all but the key without them) to its row."""
+    fields = fields or [c for c in record.columns() if c not in record.KEY]
+    row = dict(zip(record.columns(), record.to_row()))
+    clause, args = _where(type(record), record.key)
+    db.execute(f"UPDATE {record.TABLE} SET {', '.join(f'{f}=?' for f in fields)}{clause}",
+               tuple(row[f] for f in fields) + args)
+
+
+def delete(db, cls, **where) -> int:
+    """Remove the records whose columns equal ``where`` (at least one column); returns how many."""
+    if not where:
+        raise ValueError("delete needs a condition")
+    clause, args = _where(cls, where)
+    return db.execute(f"DELETE FROM {cls.TABLE}{clause}", args).rowcount
+
+
+def set_status(db, cls, key: dict, status, only_from=(), **more) -> bool:
+    """Set the status column of one record (and other columns ``more``), only while it is one of ``only_from``
+    when given; returns whether it changed."""
+    values = {cls.STATUS: status, **more}
+    clause, args = _where(cls, key)
+    if only_from:
+        clause += f" AND {cls.STATUS} IN ({', '.join('?' * len(only_from))})"
+        args += tuple(only_from)
+    cur = db.execute(f"UPDATE {cls.TABLE} SET {', '.join(f'{k}=?' for k in values)}{clause}",
+                     tuple(values.values()) + args)
+    return cur.rowcount > 0
+
+
+USED_BY = {   # a record -> the records that refer to it (what must go before it may be deleted)
+    ModelRecord: (ImageRecord, {"model_name": "name", "model_version": "version"}),
+    ImageRecord: (ServiceRecord, {"image_name": "name", "image_version": "version"}),
+    ComputeRecord: (ServiceRecord, {"compute": "name"}),
+}
+
+
+def users_of(db, record: Record) -> list:
+    """The records that use ``record`` (images of a model, services of an image or a compute)."""
+    cls, refs = USED_BY[type(record)]
+    return find(db, cls, **{col: getattr(record, attr) for col, attr in refs.items()})
+
+
+# -- the state file ---------------------------------------------------------------------------------
 def open_state(path: Path):
     """Make ``path`` a state file of this version: created 0600 (it holds the services' keys) with the schema, or
     an older one migrated in one transaction (two processes opening it at once migrate it once)."""

@@ -61,7 +61,7 @@ PHOTO_CREDIT = "Chelsea the cat: a photograph by Stefan van der Walt (CC0), ship
 
 
 def write_photo(path) -> str:
-    """Write the tutorial's sample photograph (a tabby cat, from scikit-image's bundled pictures) to ``path`` as JPEG."""
+    """Write the tutorial's sample photograph (a tabby cat, from scikit-image's pictures) to ``path`` as JPEG."""
     from pathlib import Path
 
     from skimage import data

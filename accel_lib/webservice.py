@@ -1,27 +1,26 @@
-"""Web services: records and lifecycle. A deployment is declared in the cluster's spec; the cluster's process
-(``fpga.frontend``) runs the replicas, each a gRPC server holding one FPGA, and routes calls to them.
+"""Web services, the Azure-shaped face: deploy, state, wait, keys, logs, the Kubernetes export, delete. A deployment
+is declared in the cluster's spec; the cluster's process (``fpga.frontend``) runs the replicas, each a gRPC server
+holding one FPGA, and routes calls to them.
 
-A service outlives the kernel that deployed it; ``Webservice(ws, name)`` re-attaches from any process.
-Scheduling and the translation of records into the cluster's spec live in ``deployment``; supervision lives in
-``fpga.supervisor``.
+A service outlives the kernel that deployed it; ``Webservice(ws, name)`` re-attaches from any process. Scheduling,
+the records of a deployment, their translation into the cluster's spec and the reading of what the cluster reports
+live in ``deployment``; supervision lives in ``fpga.supervisor``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 import shutil
 import time
 from pathlib import Path
 
+from . import deployment, records
 from .compute import ComputeTarget
-from .deployment import schedule
 from .errors import OperationTimeout, UserError
 from .fpga import cluster
 from .fpga.manifest import ManifestError
 from .image import Image
 from .model import check_name
-from .records import now
 
 _LIMITS, _CFG = cluster.ServiceLimits(), cluster.ServiceConfig()      # the defaults, spelled there only
 AksServiceDeploymentConfiguration = cluster.ServiceConfig     # what deploy_configuration() returns, typed
@@ -55,41 +54,41 @@ class AksWebservice:
         return cfg
 
 
-def _note(log_dir, idx, note):
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(cluster.replica_log(log_dir, idx), "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {note}\n")
-
-
 class Webservice:
     """A deployed service. ``Webservice(ws, name)`` re-attaches to it."""
 
     def __init__(self, workspace, name):
-        self.workspace = workspace
-        self.name = name
-        row = self._row()
-        if row is None:
+        with workspace.connect() as db:
+            rec = records.get(db, records.ServiceRecord, name=name)
+            compute = records.get(db, records.ComputeRecord, name=rec.compute) if rec else None
+        if rec is None:
             raise UserError(f"no service {name!r} in workspace {workspace.name!r}; deploy one with "
                             "Webservice.deploy_from_image(...).")
-        self.image_id = f"{row['image_name']}:{row['image_version']}"
-        self.compute_type = "AKS" if self._compute_kind() == "aks" else "Edge"
-        self.compute_name = row["compute"]
-        self.created_time = row["created_time"]
-        self.deployment_config = cluster.ServiceConfig.from_json(row["config"])     # typed
-        self.error = row["error"]           # why it stopped serving (on an edge device: replaced by which service)
+        self._load(workspace, rec, compute.kind if compute else "aks")
+
+    def _load(self, workspace, rec: records.ServiceRecord, compute_kind):
+        self.workspace = workspace
+        self.name = rec.name
+        self.image_id = f"{rec.image_name}:{rec.image_version}"
+        self.compute_type = "AKS" if compute_kind == "aks" else "Edge"
+        self.compute_name = rec.compute
+        self.created_time = rec.created_time
+        self.deployment_config: cluster.ServiceConfig = rec.config
+        self.error = rec.error              # why it stopped serving (on an edge device: replaced by which service)
+
+    @classmethod
+    def from_record(cls, workspace, rec: records.ServiceRecord, compute_kind) -> "Webservice":
+        """The service of a record on a compute of kind ``compute_kind`` ("aks" or "edge"; no query)."""
+        svc = cls.__new__(cls)
+        svc._load(workspace, rec, compute_kind)
+        return svc
 
     def __repr__(self):
         return f"Webservice(name={self.name!r}, image={self.image_id!r}, compute={self.compute_name!r})"
 
-    def _row(self):
+    def _record(self):
         with self.workspace.connect() as db:
-            return db.execute("SELECT * FROM services WHERE name=?", (self.name,)).fetchone()
-
-    def _compute_kind(self):
-        with self.workspace.connect() as db:
-            row = db.execute("SELECT kind FROM computes WHERE name=(SELECT compute FROM services WHERE name=?)",
-                             (self.name,)).fetchone()
-        return row[0] if row else "aks"
+            return records.get(db, records.ServiceRecord, name=self.name)
 
     @property
     def image(self) -> Image:
@@ -128,32 +127,14 @@ class Webservice:
         if cfg.auth_enabled is None:                    # AKS: keys on, as in Azure ML; an edge device: off
             cfg.auth_enabled = target.type == "aks"
         keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg.auth_enabled else None
-        with workspace.connect(immediate=True) as db:
-            if db.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
-                raise UserError(f"a service named {name!r} exists; delete it (Webservice(ws, {name!r}).delete()) or "
-                                "choose another name.")
-            held = dict(db.execute("SELECT fpga, service FROM replicas WHERE compute=?", (target.name,)).fetchall())
-            try:
-                nodes, replaced = schedule(target.fpgas, held, cfg.num_replicas, edge=target.type == "edge")
-            except UserError as e:
-                raise UserError(f"deployment of {name!r} to {target.name!r} failed: {e}") from None
-            for old in replaced:
-                db.execute("UPDATE services SET state='Replaced', error=? WHERE name=?",
-                           (f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})", old))
-                db.execute("DELETE FROM replicas WHERE service=?", (old,))
-            db.execute("INSERT INTO services VALUES (?,?,?,?,?,?,?,?,?)",
-                       (name, image.name, image.version, target.name, cfg.to_json(), "Transitioning",
-                        json.dumps(keys) if keys else None, None, now()))
-            for idx, node in enumerate(nodes):
-                db.execute("INSERT INTO replicas (service, idx, compute, fpga) VALUES (?,?,?,?)",
-                           (name, idx, target.name, node))
-        svc = Webservice(workspace, name)
+        rec, replaced = deployment.record_service(workspace, name, image, target, cfg, keys)
+        svc = Webservice.from_record(workspace, rec, target.type)
         shutil.rmtree(svc.log_dir, ignore_errors=True)           # a new service: logs of an earlier one go
         for old in replaced:
             note = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
                     "one model runs on the FPGA at a time")
-            _note(workspace.service_folder(old), 0, note)
-            _note(svc.log_dir, 0, note)
+            deployment.note(workspace.service_folder(old), 0, note)
+            deployment.note(svc.log_dir, 0, note)
         svc.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             target.publish()
@@ -167,11 +148,8 @@ class Webservice:
     def replica_status(self):
         """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet."""
         target = self.compute
-        st = cluster.read_optional(cluster.ClusterStatus, target.run_dir) if target.running() else None
-        mine = st.service(self.name) if st else None
-        if mine is None or mine.generation != self.deployment_config.generation:
-            return []
-        return mine.replicas
+        return deployment.replica_status(target.run_dir, target.running(), self.name,
+                                         self.deployment_config.generation)
 
     @property
     def restart_count(self):
@@ -182,22 +160,9 @@ class Webservice:
     def state(self):
         """Healthy (every replica serves), Transitioning (starting, flashing, restarting), Unhealthy (a replica in
         CrashLoopBackOff, or the cluster's process is down), Failed (a replica cannot load), Replaced, Deleted."""
-        from .fpga import cluster
-        row = self._row()
-        if row is None:
-            return "Deleted"
-        if row["state"] == "Replaced":
-            return "Replaced"
-        if not self.compute.running():
-            return "Unhealthy"
-        states = [r.state for r in self.replica_status()]
-        if cluster.FAILED in states:
-            return "Failed"
-        if states and all(s == cluster.HEALTHY for s in states):
-            return "Healthy"
-        if cluster.BACKOFF in states:
-            return "Unhealthy"
-        return "Transitioning"
+        rec = self._record()
+        running = rec is not None and self.compute.running()
+        return deployment.service_state(rec, running, self.replica_status() if running else [])
 
     def wait_for_deployment(self, show_output=False, timeout=600):
         """Wait until every replica serves; UserError (with the log) if a replica fails or keeps crashing."""
@@ -215,9 +180,8 @@ class Webservice:
                 if show_output and states != last:
                     print(f"{self.name}: replicas {states or ['Scheduled'] * n}", flush=True)
                     last = states
-                crashing = [r for r in reps if r.state == cluster.BACKOFF and r.restarts >= 3]
-                if cluster.FAILED in states or crashing:
-                    why = "cannot load its model" if cluster.FAILED in states else "keeps crashing (CrashLoopBackOff)"
+                why = deployment.failure(reps)
+                if why:
                     raise UserError(f"service {self.name!r} failed: a replica {why}. Its log:\n"
                                     + self.get_logs(num_lines=30))
                 if states and all(s == cluster.HEALTHY for s in states):
@@ -231,8 +195,7 @@ class Webservice:
                 time.sleep(0.1)
         finally:
             bar.close()
-        with self.workspace.connect(immediate=True) as db:
-            db.execute("UPDATE services SET state='Healthy' WHERE name=?", (self.name,))
+        deployment.mark_healthy(self.workspace, self.name)
         if show_output:
             print(f"{self.name}: Healthy at {self.scoring_uri}")
         return True
@@ -260,45 +223,39 @@ class Webservice:
 
     def get_keys(self):
         """(primary, secondary) auth keys; UserError when auth is off."""
-        row = self._row()
-        if not row["keys"]:
+        rec = self._record()
+        if rec is None or not rec.keys:
             raise UserError(f"service {self.name!r} has no keys: deploy it with auth_enabled=True.")
-        return tuple(json.loads(row["keys"]))
+        return tuple(rec.keys)
 
     def get_logs(self, num_lines=5000):
         """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
-        parts = []
-        for i in range(self.deployment_config.num_replicas):
-            p = cluster.replica_log(self.log_dir, i)
-            lines = p.read_text(errors="replace").splitlines()[-num_lines:] if p.exists() else []
-            parts.append(f"--- replica {i} ({self.compute_name}) ---\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return deployment.logs(self.log_dir, self.deployment_config.num_replicas, self.compute_name, num_lines)
 
     def kubernetes_manifests(self, folder):
         """Write the Deployment, Service and Secret a real Kubernetes cluster with FPGA nodes would run for this
         service (``kubectl apply -f folder`` once the image is pushed); returns the files written."""
         from . import kubernetes
         cfg = self.deployment_config
-        row = self._row()
+        rec = self._record()
         docs = kubernetes.manifests(self.name, self.image.image_location, cfg.num_replicas,
-                                    keys=json.loads(row["keys"]) if row["keys"] else None,
+                                    keys=list(rec.keys) if rec and rec.keys else None,
                                     flash_seconds=cfg.flash_seconds, limits=cfg.limits)
         return kubernetes.write(docs, folder)
 
     @staticmethod
     def list(workspace, compute_type=None, image_name=None):
         """Services in the workspace, filtered by compute type ("AKS" or "Edge") and image name."""
-        with workspace.connect() as db:
-            names = [r[0] for r in db.execute("SELECT name FROM services ORDER BY name")]
-        out = [Webservice(workspace, n) for n in names]
-        return [s for s in out if (image_name is None or s.image_id.split(":")[0] == image_name)
-                and (compute_type is None or s.compute_type == compute_type)]
+        with workspace.connect() as db:                  # one transaction, two queries
+            recs = records.find(db, records.ServiceRecord)
+            kinds = {c.name: c.kind for c in records.find(db, records.ComputeRecord)}
+        out = [Webservice.from_record(workspace, r, kinds.get(r.compute, "aks")) for r in recs
+               if image_name is None or r.image_name == image_name]
+        return [s for s in out if compute_type is None or s.compute_type == compute_type]
 
     def delete(self, timeout=30):
         """Remove the service: its replicas stop (the call waits for them) and their FPGAs are free again."""
-        with self.workspace.connect(immediate=True) as db:
-            db.execute("DELETE FROM replicas WHERE service=?", (self.name,))
-            db.execute("DELETE FROM services WHERE name=?", (self.name,))
+        deployment.forget_service(self.workspace, self.name)
         try:
             target = self.compute
         except UserError:

@@ -20,8 +20,8 @@ from pathlib import Path
 from . import records
 from .errors import UserError
 
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.sqlite"
+CONFIG_FILE = records.Layout.CONFIG_FILE
+STATE_FILE = records.Layout.STATE_FILE
 LOCATIONS = ("eastus", "southeastasia", "westeurope", "westus2")
 
 
@@ -39,14 +39,15 @@ class Workspace:
 
     def __init__(self, path, *, _config: dict | None = None):
         self.path = Path(path).resolve()
-        cfg = _config or json.loads((self.path / CONFIG_FILE).read_text())
+        self.layout = records.Layout(self.path)                              # where everything in it lives
+        cfg = _config or json.loads(self.layout.config.read_text())
         self.name = cfg["name"]
         self.subscription_id = cfg["subscription_id"]
         self.resource_group = cfg["resource_group"]
         self.location = cfg["location"]
         self.fpga_quota_vcpus = int(cfg.get("fpga_quota_vcpus", 12))
         self.config_path = None
-        records.open_state(self.path / STATE_FILE)                           # created, or migrated from older
+        records.open_state(self.layout.state)                          # created, or migrated from older
         self._recover()
 
     # -- construction ---------------------------------------------------------------------------
@@ -121,12 +122,12 @@ class Workspace:
     def connect(self, immediate=False):
         """A transaction on the workspace state (``records.transaction``); ``immediate`` takes the write lock at
         once."""
-        return records.transaction(self.path / STATE_FILE, immediate)
+        return records.transaction(self.layout.state, immediate)
 
     # -- blobs --------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
         """Where the blob with this sha256 lives."""
-        return self.path / "blobs" / "sha256" / digest[:2] / digest[2:]
+        return self.layout.blob(digest)
 
     def put_blob(self, src: Path) -> str:
         """Copy a file into the blob store (idempotent) and return its sha256."""
@@ -149,7 +150,7 @@ class Workspace:
         """Note work of ``kind`` ("register" with its blobs' digests, "image" with name and version) under way in
         this process; the note goes when it ends, and a note left by a process that is gone is acted on by the
         next open of the workspace (``_recover``)."""
-        folder = self.path / "pending"
+        folder = self.layout.pending
         folder.mkdir(mode=0o700, exist_ok=True)
         note = folder / f"{kind}-{os.getpid()}-{os.urandom(4).hex()}.json"
         _atomic_write(note, json.dumps({"kind": kind, "pid": os.getpid(), **what}))
@@ -165,9 +166,9 @@ class Workspace:
     def _recover(self):
         """Clean up after work whose process is gone: its temporary files, the blobs it copied that no model holds,
         an image it left "Running" (now Failed)."""
-        folder = self.path / "pending"
+        folder = self.layout.pending
         notes = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        for tmp in (self.path / "blobs").glob("sha256/*/.tmp-*"):
+        for tmp in self.layout.blobs.glob("*/.tmp-*"):
             pid = tmp.name.split("-")[1]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
@@ -180,15 +181,14 @@ class Workspace:
                 continue
             if info["kind"] == "register":
                 with self.connect(immediate=True) as db:
-                    held = {d for (files,) in db.execute("SELECT files FROM models")
-                            for d in json.loads(files).values()}
+                    held = {d for m in records.find(db, records.ModelRecord) for d in m.files.values()}
                 for digest in set(info.get("digests", [])) - held:
                     self.blob_path(digest).unlink(missing_ok=True)
             elif info["kind"] == "image":
                 with self.connect(immediate=True) as db:
-                    db.execute("UPDATE images SET creation_state='Failed' WHERE name=? AND version=? AND "
-                               "creation_state='Running'", (info["name"], info["version"]))
-                log = self.path / info.get("log", "")
+                    records.set_status(db, records.ImageRecord, {"name": info["name"], "version": info["version"]},
+                                       "Failed", only_from=("Running",))
+                log = self.layout.resolve(info.get("log", ""))
                 if info.get("log") and log.parent.is_dir():
                     with open(log, "a") as f:
                         f.write(f"FAILED: the build was interrupted (process {info['pid']} ended before it "
@@ -197,12 +197,12 @@ class Workspace:
 
     def service_folder(self, name) -> Path:
         """Where the logs of service ``name``'s replicas are kept."""
-        return self.path / "services" / name
+        return self.layout.service_logs(name)
 
     def conversion_cache(self, name, version) -> Path:
         """Where the fp32 graphs converted from model ``name`` version ``version`` are kept for its further
         conversions (removed with the model)."""
-        return self.path / "cache" / "conversion" / f"{name}.{int(version)}"
+        return self.layout.conversion_cache(name, version)
 
     def scratch(self, *parts) -> Path:
         """A folder inside the workspace for a stage's working files."""

@@ -14,21 +14,15 @@ import psutil
 import pytest
 import requests
 
-from accel_lib import AksWebservice, Webservice, client_from_service, samples
+from accel_lib import Webservice, client_from_service, samples
 from accel_lib.fpga import cluster as cluster_files
 from accel_lib.fpga import frontend, supervisor
 from accel_lib.fpga.protos import serving_pb2, tensorflow_pb2
+from helpers import deploy as _deploy
 
 PREDICT = frontend.PREDICT
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 BIG = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
-
-
-def _deploy(img, target, name, **cfg):
-    cfg.setdefault("auth_enabled", False)
-    svc = Webservice.deploy_from_image(img.workspace, name, img, AksWebservice.deploy_configuration(**cfg), target)
-    svc.wait_for_deployment(timeout=120)
-    return svc
 
 
 def _md(svc, key=None):

@@ -17,8 +17,8 @@ def test_converted_model_is_named_linked_and_in_parity(converted, tmp_path):
     assert manifest.numeric_format == "fp32" and manifest.source_model == {"name": "small", "version": 1}
     assert manifest.outputs == ["classifier/resnet_v1_50/predictions/Softmax:0", "resnet_v1_50/pool5:0"]
     assert {"tensorflow", "tf2onnx", "onnx", "onnxruntime"} <= set(manifest.tools)
-    assert manifest.parity["top1_agreement"] == 1.0
-    assert manifest.parity["max_relative_error"] < checks.PARITY_TOLERANCE
+    assert manifest.parity.top1_agreement == 1.0
+    assert manifest.parity.max_relative_error < checks.PARITY_TOLERANCE
     assert "parity (fp32): top-1 agreement 100%" in op.get_log()
 
 

@@ -13,13 +13,13 @@ def test_ms_fp9_conversion_records_format_checks_and_report(converted_q, capsys)
     assert conv.name == "small.1.accelonnx" and conv.version == 2 and conv.tags["numeric_format"] == "ms-fp9"
     m = conv.manifest
     assert (m.numeric_format, m.device.block_size, m.device.quantized_layers) == ("ms-fp9", 64, 53)
-    assert m.parity["top1_agreement"] == 1.0 and m.parity["max_relative_error"] < 1e-3     # fp32 conversion
-    assert m.device_check["max_rel_diff"] < 1e-4 and m.device_check["top1_agreement"] == 1.0
+    assert m.parity.top1_agreement == 1.0 and m.parity.max_relative_error < 1e-3     # fp32 conversion
+    assert m.device_check.max_rel_diff < 1e-4 and m.device_check.top1_agreement == 1.0
     rep = load_report(conv)
     from accel_lib.conversion import checks
-    assert rep["random_weights"] and len(rep["layers"]) == 53
-    assert rep["images"] == checks.images_for(m.stage("preprocess").params, checks.REPORT_IMAGES)
-    assert all(15 < r["weight_sqnr_db"] < 30 for r in rep["layers"])    # 3 mantissa bits: ~20 dB on weights
+    assert rep.random_weights and len(rep.layers) == 53
+    assert rep.images == checks.images_for(m.stage("preprocess").params, checks.REPORT_IMAGES)
+    assert all(15 < r.weight_sqnr_db < 30 for r in rep.layers)    # 3 mantissa bits: ~20 dB on weights
     show_report(conv, plot=False)
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "weight SQNR" in out

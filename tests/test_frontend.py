@@ -17,16 +17,9 @@ from accel_lib.fpga import supervisor
 from accel_lib.fpga.cluster import TLS_KEY_FILE
 from accel_lib.fpga.package import AcceleratorPackage
 from accel_lib.deployment import schedule
+from helpers import deploy as _deploy
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
-
-
-def _deploy(img, target, name, **cfg):
-    """Deploy and wait; without keys unless the test asks (test_keys_are_on_by_default_on_aks checks the default)."""
-    cfg.setdefault("auth_enabled", False)
-    svc = Webservice.deploy_from_image(img.workspace, name, img, AksWebservice.deploy_configuration(**cfg), target)
-    svc.wait_for_deployment(timeout=120)
-    return svc
 
 
 def _stub(address, credentials=None):

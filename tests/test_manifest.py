@@ -68,3 +68,26 @@ def test_service_config_is_stored_as_itself_and_older_flat_configs_still_read():
         AksWebservice.deploy_configuration(max_images=2.5)
     with pytest.raises(ManifestError, match="field 'limits.max_images' must be int"):
         ServiceConfig.from_json(cfg.to_json().replace('"max_images": 8', '"max_images": "8"'))
+
+
+def test_checks_and_report_are_typed_and_validated(converted_q, tmp_path):
+    import dataclasses
+
+    from accel_lib.report import load_report
+    conv = converted_q[2].result
+    m = conv.manifest
+    assert isinstance(m.parity, manifest.Parity) and isinstance(m.device_check, manifest.DeviceCheck)
+    assert m.parity.max_relative_error == max(m.parity.relative_error.values())
+    rep = load_report(conv)
+    assert isinstance(rep, manifest.QuantizationReport) and rep.numeric_format == "ms-fp9"
+    assert isinstance(rep.layers[0], manifest.LayerReport) and len(rep.layers) == m.device.quantized_layers
+    assert manifest.loads(manifest.QuantizationReport, manifest.dumps(rep)) == rep
+    data = json.loads(manifest.dumps(rep))
+    data["layers"][2].pop("output_sqnr_db")
+    with pytest.raises(ManifestError, match=r"required field 'layers\[2\].output_sqnr_db' is missing"):
+        manifest.loads(manifest.QuantizationReport, json.dumps(data))
+    with pytest.raises(ManifestError, match="field 'top5_overlap' must be a fraction"):
+        manifest.loads(manifest.QuantizationReport, manifest.dumps(dataclasses.replace(rep, top5_overlap=1.5)))
+    bad = {**dataclasses.asdict(m.parity), "relative_error": {"x": "big"}}
+    with pytest.raises(ManifestError, match="field 'relative_error.x' must be a number"):
+        manifest.build(manifest.Parity, bad)

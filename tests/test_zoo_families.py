@@ -70,12 +70,12 @@ def test_each_classifier_family_saves_converts_and_serves(family, tmp_path):
     assert info.metadata.features[0].shape == [-1, dim] and info.metadata.preprocessing["order"] == order
     for o in (op, qop):
         m = o.result.manifest
-        assert m.parity["top1_agreement"] == 1.0 and m.parity["max_relative_error"] < checks.PARITY_TOLERANCE, m.parity
+        assert m.parity.top1_agreement == 1.0 and m.parity.max_relative_error < checks.PARITY_TOLERANCE, m.parity
         assert "parity (fp32): top-1 agreement 100%" in o.get_log()
         assert m.outputs == [seed_name] and m.labels == "imagenet"
     qm = qop.result.manifest
     assert qm.numeric_format == "ms-fp9" and qm.device.quantized_layers > 0
-    assert qm.device_check["max_rel_diff"] < checks.DEVICE_TOLERANCE
+    assert qm.device_check.max_rel_diff < checks.DEVICE_TOLERANCE
     assert "quantization effect (ms-fp9 vs fp32)" in qop.get_log()
     served, local = _deploy_and_score(ws, op.result, family.lower())
     assert list(served) == [seed_name] and served[seed_name].shape == (2, 1000)

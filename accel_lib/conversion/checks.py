@@ -78,7 +78,7 @@ def tensorflow_reference(loaded, meta, with_heads=True, n=None) -> dict:
     return out
 
 
-def parity_check(reference, meta, pkg) -> dict:
+def parity_check(reference, meta, pkg) -> manifest.Parity:
     """The package with an fp32 device against TensorFlow's outputs (``tensorflow_reference``).
 
     Each converted stage is compared on the same input (the featurizer on the same preprocessed images, the heads
@@ -101,13 +101,13 @@ def parity_check(reference, meta, pkg) -> dict:
         result["max_abs_diff"] = max(float(np.abs(reference[f"feat/{t.key}"] - got_feats[t.key]).max())
                                      for t in meta.features)
         result["top1_agreement"] = 1.0
-    return {**result, "relative_error": errors, "max_relative_error": max(errors.values()),
-            "tolerance": PARITY_TOLERANCE,
-            "measured": "source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime): relative L2 "
-                        "error of each stage's outputs on the same inputs; end to end, top-1 and max abs diff"}
+    return manifest.Parity(
+        **result, relative_error=errors, max_relative_error=max(errors.values()), tolerance=PARITY_TOLERANCE,
+        measured="source SavedModel (TensorFlow) vs fp32 package (numpy host + ONNX Runtime): relative L2 error of "
+                 "each stage's outputs on the same inputs; end to end, top-1 and max abs diff")
 
 
-def device_check(pkg, fp32_model, fmt, n=None) -> dict:
+def device_check(pkg, fp32_model, fmt, n=None) -> manifest.DeviceCheck:
     """The package's device stage (ONNX Runtime, in-graph format) vs the numpy reference device."""
     from ..fpga.reference import reference_device
     from ..samples import sample_images
@@ -122,12 +122,12 @@ def device_check(pkg, fp32_model, fmt, n=None) -> dict:
         top1 = min(top1_agreement(h_ref[k], h_dev[k]) for k in scores)
     else:
         top1 = 1.0
-    return {"images": n, "max_rel_diff": rel, "top1_agreement": top1,
-            "tolerance": DEVICE_TOLERANCE,
-            "measured": "device stage: ONNX Runtime (format in the graph) vs numpy reference device (formats.py)"}
+    return manifest.DeviceCheck(
+        images=n, max_rel_diff=rel, top1_agreement=top1, tolerance=DEVICE_TOLERANCE,
+        measured="device stage: ONNX Runtime (format in the graph) vs numpy reference device (formats.py)")
 
 
-def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=None) -> dict:
+def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=None) -> manifest.QuantizationReport:
     """The format against fp32 on the same package: per-layer SQNR and agreement (the report), on ``n`` images
     run ``REPORT_BATCH`` at a time. The graphs may be given as paths (then they are not kept once their sessions
     exist)."""
@@ -146,6 +146,6 @@ def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=N
         def scores(features):
             return np.concatenate([v.reshape(len(v), -1) for v in features.values()], axis=1)
     report = quantization_report(fp32_model, device_model, layers, fmt.name, batches, scores)
-    report["weights"] = weights
-    report["random_weights"] = str(weights).startswith("random")
+    report.weights = weights
+    report.random_weights = str(weights).startswith("random")
     return report

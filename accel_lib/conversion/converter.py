@@ -1,7 +1,6 @@
 """AccelOnnxConverter: start a conversion (validated at once) and follow it through its operation record."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -9,9 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
+from .. import records
 from ..errors import OperationTimeout, UserError
 from ..model import Model
-from ..records import now
+
+Op = records.OperationRecord
+QUEUED, SUCCEEDED, FAILED, UNDER_WAY = Op.QUEUED, Op.SUCCEEDED, Op.FAILED, Op.UNDER_WAY
 
 
 def split_names(outputs_nodes):
@@ -49,17 +51,18 @@ class AccelOnnxConverter:
         request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
                    "block_size": spec.block if spec else None}
         op_id = uuid.uuid4().hex[:12]
-        log = workspace.scratch("operations", op_id) / "log.txt"
+        log = workspace.layout.operation_log(op_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
         with workspace.connect(immediate=True) as db:
-            db.execute("INSERT INTO operations (id, kind, status, log, request, created_time) VALUES (?,?,?,?,?,?)",
-                       (op_id, "convert", "Queued", str(log.relative_to(workspace.path)), json.dumps(request),
-                        now()))
+            records.insert(db, records.OperationRecord(id=op_id, kind="convert", status=QUEUED,
+                                                       log=workspace.layout.relative(log), request=request,
+                                                       created_time=records.now()))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as f:
             proc = subprocess.Popen(worker.command(workspace.path, op_id), stdout=f, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         with workspace.connect(immediate=True) as db:
-            db.execute("UPDATE operations SET pid=? WHERE id=?", (proc.pid, op_id))
+            records.set_status(db, records.OperationRecord, {"id": op_id}, QUEUED, only_from=(QUEUED,), pid=proc.pid)
         return ModelConvertOperation(workspace, op_id, _proc=proc)
 
 
@@ -72,23 +75,22 @@ class ModelConvertOperation:
         self.workspace = workspace
         self.id = operation_id
         self._proc = _proc
-        self._row()
+        self._record()
 
-    def _row(self) -> dict:
+    def _record(self) -> records.OperationRecord:
         """The operation's record; one whose process is gone without reporting reads as Failed (not written)."""
         with self.workspace.connect() as db:
-            row = db.execute("SELECT * FROM operations WHERE id=?", (self.id,)).fetchone()
-        if row is None:
+            rec = records.get(db, records.OperationRecord, id=self.id)
+        if rec is None:
             raise UserError(f"no operation {self.id!r} in this workspace.")
-        row = dict(row)
-        if row["status"] in ("Queued", "Running") and not self._alive(row["pid"]):
+        if rec.status in UNDER_WAY and not self._alive(rec.pid):
             with self.workspace.connect() as db:      # it may have reported just before it exited
-                row = dict(db.execute("SELECT * FROM operations WHERE id=?", (self.id,)).fetchone())
-            if row["status"] in ("Queued", "Running"):
-                row.update(status="Failed", error=self._how_it_ended(row))
-        return row
+                rec = records.get(db, records.OperationRecord, id=self.id)
+            if rec.status in UNDER_WAY:
+                rec.status, rec.error = FAILED, self._how_it_ended(rec)
+        return rec
 
-    def _how_it_ended(self, row) -> str:
+    def _how_it_ended(self, rec) -> str:
         """Why the worker is gone without reporting: its exit status when this process started it, and the log's
         last lines."""
         import signal
@@ -100,9 +102,9 @@ class ModelConvertOperation:
         elif code is not None:
             why = f"the conversion worker exited with code {code} before it could report"
         else:
-            why = (f"the conversion worker (pid {row['pid']}) was stopped before it could report: killed by a "
+            why = (f"the conversion worker (pid {rec.pid}) was stopped before it could report: killed by a "
                    "signal (SIGKILL, or the out-of-memory killer)")
-        p = self.workspace.path / row["log"]
+        p = self.workspace.layout.resolve(rec.log)
         tail = p.read_text(errors="replace").splitlines()[-self.LOG_TAIL:] if p.exists() else []
         return why + (". The log's last lines:\n" + "\n".join(tail) if tail else "; it wrote no log")
 
@@ -120,17 +122,17 @@ class ModelConvertOperation:
     @property
     def status(self):
         """Queued, Running, Succeeded or Failed."""
-        return self._row()["status"]
+        return self._record().status
 
     @property
     def error(self):
         """Why the operation failed (None otherwise)."""
-        return self._row()["error"]
+        return self._record().error
 
     @property
     def log_path(self) -> Path:
         """The operation's log file."""
-        return self.workspace.path / self._row()["log"]
+        return self.workspace.layout.resolve(self._record().log)
 
     def get_log(self) -> str:
         """The whole log so far."""
@@ -150,16 +152,16 @@ class ModelConvertOperation:
         bar = progress.bar(desc=f"converting ({self.id})", unit="s", show=not show_output)
         try:
             while True:
-                row = self._row()
+                rec = self._record()
                 if show_output:
                     text = self.get_log()
                     if len(text) > shown:
                         print(text[shown:], end="", flush=True)
                         shown = len(text)
-                if row["status"] in ("Succeeded", "Failed"):
+                if rec.status in (SUCCEEDED, FAILED):
                     break
                 if timeout is not None and time.monotonic() - start > timeout:
-                    raise OperationTimeout(f"conversion {self.id} still {row['status']} after {timeout} s; call "
+                    raise OperationTimeout(f"conversion {self.id} still {rec.status} after {timeout} s; call "
                                            "wait_for_completion() again, it keeps running.")
                 bar.update(0.5)
                 time.sleep(0.5)
@@ -167,22 +169,22 @@ class ModelConvertOperation:
             bar.close()
             if self._proc is not None and self._proc.poll() is not None:
                 self._proc.wait()
-        if row["status"] == "Failed":          # record what the wait found (a no-op when the worker reported it)
+        if rec.status == FAILED:          # record what the wait found (a no-op when the worker reported it)
             with self.workspace.connect(immediate=True) as db:
-                db.execute("UPDATE operations SET status='Failed', error=? WHERE id=? AND status IN "
-                           "('Queued', 'Running')", (row["error"], self.id))
+                records.set_status(db, records.OperationRecord, {"id": self.id}, FAILED, only_from=UNDER_WAY,
+                                   error=rec.error)
         if show_output:
-            print(f"\nconversion {self.id}: {row['status']}")
-        if row["status"] == "Failed":
-            print(f"conversion {self.id} failed: {row['error']}\n(run wait_for_completion(show_output=True) "
+            print(f"\nconversion {self.id}: {rec.status}")
+        if rec.status == FAILED:
+            print(f"conversion {self.id} failed: {rec.error}\n(run wait_for_completion(show_output=True) "
                   "to see the log)", file=sys.stderr)
-        return row["status"] == "Succeeded"
+        return rec.status == SUCCEEDED
 
     @property
     def result(self) -> Model:
         """The converted model (UserError while not succeeded)."""
-        row = self._row()
-        if row["status"] != "Succeeded":
-            raise UserError(f"conversion {self.id} is {row['status']}"
-                            + (f": {row['error']}" if row["error"] else "; wait_for_completion() first."))
-        return Model(self.workspace, id=row["result"])
+        rec = self._record()
+        if rec.status != SUCCEEDED:
+            raise UserError(f"conversion {self.id} is {rec.status}"
+                            + (f": {rec.error}" if rec.error else "; wait_for_completion() first."))
+        return Model(self.workspace, id=rec.result)

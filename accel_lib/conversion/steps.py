@@ -16,6 +16,10 @@ check_device              the device graph against the numpy reference device
 report                    the format against fp32, layer by layer (``report.json``)
 ========================  =======================================================================================
 
+When the steps are done, ``record_checks`` writes what the checks measured into the manifest (typed:
+``fpga.manifest.Parity``, ``DeviceCheck``; the report is ``QuantizationReport``). Each step process is
+``step_command`` (the conversion's process entry, ``worker``, given ``STEP_FLAG``).
+
 Memory: every step runs in a process of its own that ends with the step (a process without TensorFlow starts in
 0.25 s); a model whose weights are under ``SMALL_MODEL_BYTES`` runs all its steps in one process. TensorFlow keeps
 the graphs and functions it builds, protobuf's default (upb) implementation keeps every copy of a message that was
@@ -257,15 +261,15 @@ def check_parity(state: ConversionState) -> ConversionState:
     ref = dict(np.load(state.reference))
     pkg = AcceleratorPackage(state.package_dir, device_file=state.fp32["featurize"], arena=False)
     parity = checks.parity_check(ref, state.metadata, pkg)
-    log(f"  parity (fp32): top-1 agreement {parity['top1_agreement']:.0%}, largest relative error "
-        f"{parity['max_relative_error']:.2g} (bar {checks.PARITY_TOLERANCE:g}), max abs difference "
-        f"{parity['max_abs_diff']:.3g} over {parity['images']} images (source TensorFlow model vs fp32 package)")
-    if parity["max_relative_error"] > checks.PARITY_TOLERANCE:
-        worst = max(parity["relative_error"], key=parity["relative_error"].get)
+    log(f"  parity (fp32): top-1 agreement {parity.top1_agreement:.0%}, largest relative error "
+        f"{parity.max_relative_error:.2g} (bar {parity.tolerance:g}), max abs difference "
+        f"{parity.max_abs_diff:.3g} over {parity.images} images (source TensorFlow model vs fp32 package)")
+    if parity.max_relative_error > parity.tolerance:
+        worst = max(parity.relative_error, key=parity.relative_error.get)
         raise RuntimeError(f"the fp32 package disagrees with the source model on {worst} (relative error "
-                           f"{parity['max_relative_error']:.3g} > {checks.PARITY_TOLERANCE:g}): a conversion bug, "
+                           f"{parity.max_relative_error:.3g} > {parity.tolerance:g}): a conversion bug, "
                            "please report it.")
-    state.parity = parity
+    state.parity = dataclasses.asdict(parity)
     return state
 
 
@@ -281,13 +285,13 @@ def check_device(state: ConversionState) -> ConversionState:
         return state
     check = checks.device_check(AcceleratorPackage(state.package_dir, arena=False), onnx.load(state.fp32["featurize"]),
                                 fmt)
-    log(f"  device check ({fmt.name}): max relative difference {check['max_rel_diff']:.3g}, top-1 agreement "
-        f"{check['top1_agreement']:.0%} (ONNX Runtime device, quantizer: {kernel.label()}, vs numpy reference "
+    log(f"  device check ({fmt.name}): max relative difference {check.max_rel_diff:.3g}, top-1 agreement "
+        f"{check.top1_agreement:.0%} (ONNX Runtime device, quantizer: {kernel.label()}, vs numpy reference "
         "device)")
-    if check["max_rel_diff"] > checks.DEVICE_TOLERANCE:
+    if check.max_rel_diff > check.tolerance:
         raise RuntimeError(f"the {fmt.name} device graph disagrees with the reference device "
-                           f"({check['max_rel_diff']:.3g}): a simulator bug, please report it.")
-    state.device_check = check
+                           f"({check.max_rel_diff:.3g}): a simulator bug, please report it.")
+    state.device_check = dataclasses.asdict(check)
     return state
 
 
@@ -302,12 +306,25 @@ def report(state: ConversionState) -> ConversionState:
     pkg = AcceleratorPackage(state.package_dir, device=False, arena=False)    # host stages: the report runs graphs
     rep = checks.quantization_effect(pkg, state.fp32["featurize"], Path(state.package_dir) / manifest.DEVICE_FILE,
                                      state.layers, fmt, state.metadata.weights)
-    (Path(state.package_dir) / manifest.REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
-    state.report = {k: rep[k] for k in ("top1_agreement", "top5_overlap", "feature_sqnr_db", "images")}
-    log(f"  quantization effect ({fmt.name} vs fp32): top-1 agreement {rep['top1_agreement']:.0%}, top-5 overlap "
-        f"{rep['top5_overlap']:.0%}, feature SQNR {rep['feature_sqnr_db']:.1f} dB over {rep['images']} images"
-        + (" — RANDOM WEIGHTS: not what a trained model would show" if rep["random_weights"] else ""))
+    manifest.write(rep, state.package_dir)
+    state.report = rep.summary()
+    log(f"  quantization effect ({fmt.name} vs fp32): top-1 agreement {rep.top1_agreement:.0%}, top-5 overlap "
+        f"{rep.top5_overlap:.0%}, feature SQNR {rep.feature_sqnr_db:.1f} dB over {rep.images} images"
+        + (" — RANDOM WEIGHTS: not what a trained model would show" if rep.random_weights else ""))
     return state
+
+
+def record_checks(state: ConversionState):
+    """Write what the checks measured into the package's manifest (typed: ``manifest.Parity``,
+    ``manifest.DeviceCheck``, the report's file); nothing when no check ran."""
+    from ..fpga import manifest
+    if not (state.parity or state.device_check or state.report):
+        return
+    m = manifest.read(manifest.PackageManifest, state.package_dir)
+    m.parity = manifest.build(manifest.Parity, state.parity) if state.parity else None
+    m.device_check = manifest.build(manifest.DeviceCheck, state.device_check) if state.device_check else None
+    m.report = manifest.REPORT_FILE if state.report else None
+    manifest.write(m, state.package_dir)
 
 
 @dataclass(frozen=True)
@@ -444,6 +461,7 @@ def run(state: ConversionState, label="", steps=STEPS, on_group=None, output=Non
             _to_cache(state, label)
         if on_group:
             on_group([s.name for s in group])
+    record_checks(state)
     return state
 
 
@@ -456,17 +474,55 @@ def run_in_this_process(names, state: ConversionState) -> ConversionState:
     return state
 
 
+STEP_ENTRY = "accel_lib.conversion.worker"      # the conversion's process entry, which runs steps given STEP_FLAG
+STEP_FLAG = "--step"
+
+
+def step_command(names, state_path) -> list:
+    """The command line that runs the steps ``names`` on the state file ``state_path`` in a process of its own."""
+    import sys
+    return [sys.executable, "-m", STEP_ENTRY, STEP_FLAG, ",".join(names), str(state_path)]
+
+
+def run_step_process(names, state_path):
+    """A step process's work: run steps (comma-separated names) on a state file and write the state back. The
+    process ends with the operation's process, and offers itself to the out-of-memory killer before it (which then
+    reports what happened)."""
+    _die_with_parent()
+    try:
+        Path("/proc/self/oom_score_adj").write_text("500")
+    except OSError:
+        pass
+    state = run_in_this_process(names.split(","), ConversionState.load(state_path))
+    state.save(state_path)
+    return 0
+
+
+def _die_with_parent():
+    """Ask the kernel to end this process when the operation's process ends (PR_SET_PDEATHSIG), so that no step
+    outlives its conversion; exit at once if that already happened."""
+    import ctypes
+    import signal
+    import sys
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
 def _in_own_process(group, state, output=None):
-    """Run steps with ``python -m accel_lib.conversion.worker --step`` in one process (one step's environment,
-    or none for several); returns (state, peak RSS in MB)."""
+    """Run steps with ``step_command`` in one process (one step's environment, or none for several); returns
+    (state, peak RSS in MB)."""
     import psutil
 
-    from . import worker
     names = [s.name for s in group]
     path = state.save(Path(state.work) / f"state.{names[0]}.json")
     step_env = group[0].env if len(group) == 1 else {}
     env = {**os.environ, **step_env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(worker.step_command(names, path), stdin=subprocess.DEVNULL, env=env, stdout=output,
+    proc = subprocess.Popen(step_command(names, path), stdin=subprocess.DEVNULL, env=env, stdout=output,
                             stderr=subprocess.STDOUT if output else None)
     peak = last = 0
     try:

@@ -1,9 +1,9 @@
-"""The conversion's process entry (``command`` and ``step_command`` build its two command lines).
+"""The conversion's process entry.
 
-``python -m accel_lib.conversion.worker WORKSPACE OPERATION`` runs one conversion operation: it fetches the source
-model, runs ``steps.STEPS`` (each TensorFlow step in a process of its own) and registers the package as
-``<name>.<version>.accelonnx``, recording the outcome in the operation. Its output is the operation's log.
-``python -m accel_lib.conversion.worker --step NAME STATE`` runs one step on a state file and writes it back.
+``python -m accel_lib.conversion.worker WORKSPACE OPERATION`` (``command``) runs one conversion operation: it
+fetches the source model, runs ``steps.STEPS`` (each TensorFlow step in a process of its own) and registers the
+package as ``<name>.<version>.accelonnx``, recording the outcome in the operation. Its output is the operation's log.
+With ``steps.STEP_FLAG`` first it is a step's process instead (``steps.step_command`` builds that command line).
 """
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from .. import records
 from . import steps
+
+Op = records.OperationRecord
 
 
 def command(workspace_path, op_id) -> list:
@@ -22,17 +25,12 @@ def command(workspace_path, op_id) -> list:
     return [sys.executable, "-m", "accel_lib.conversion.worker", str(workspace_path), op_id]
 
 
-def step_command(names, state_path) -> list:
-    """The command line that runs the steps ``names`` on the state file ``state_path`` in a process of its own."""
-    return [sys.executable, "-m", "accel_lib.conversion.worker", "--step", ",".join(names), str(state_path)]
-
-
 def _work(ws, op_id):
     from ..model import Model
     with ws.connect() as db:
-        req = json.loads(db.execute("SELECT request FROM operations WHERE id=?", (op_id,)).fetchone()[0])
+        req = records.get(db, Op, id=op_id).request
     src = Model(ws, id=req["source"])
-    work = ws.scratch("operations", op_id, "work")
+    work = ws.layout.operation_work(op_id)
     steps.log(f"converting {src.id} (input {req['input']}, outputs {req['outputs']}, format {req['numeric_format']})")
     source_dir = Path(src.download(work, exist_ok=True))
     state = steps.ConversionState(source_dir=str(source_dir), work=str(work), package_dir=str(work / "package"),
@@ -45,15 +43,9 @@ def _work(ws, op_id):
               f"({req['numeric_format']}), outputs {[f.name for f in meta.features]}"
               + (f" -> heads on the host (fp32), outputs {[o.name for o in meta.outputs]}"
                  if "heads" in state.stages else ""))
-    state = steps.run(state, label=f"operation {op_id}")
-    from ..fpga import manifest
-    m = manifest.read(manifest.PackageManifest, state.package_dir)
-    m.parity, m.device_check = state.parity, state.device_check
-    m.report = manifest.REPORT_FILE if state.report else None
-    manifest.write(m, state.package_dir)
-    name = src.converted_name
+    state = steps.run(state, label=f"operation {op_id}")          # the checks end up in the package's manifest
     parity = state.parity
-    conv = Model.register(ws, state.package_dir, name,
+    conv = Model.register(ws, state.package_dir, src.converted_name,
                           tags={"accelonnx": "true", "numeric_format": req["numeric_format"]},
                           properties={"source_model": src.id, "numeric_format": req["numeric_format"],
                                       "parity_top1_agreement": f"{parity['top1_agreement']:.4f}",
@@ -64,46 +56,18 @@ def _work(ws, op_id):
     return conv
 
 
-def _die_with_parent():
-    """Ask the kernel to end this process when the operation's process ends (PR_SET_PDEATHSIG), so that no step
-    outlives its conversion; exit at once if that already happened."""
-    import ctypes
-    import signal
-    parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        sys.exit(1)
-
-
-def run_step(names, state_path):
-    """Run steps (comma-separated names) on a state file and write the state back (the steps' own process). The
-    process ends with the operation's process, and offers itself to the out-of-memory killer before it (which then
-    reports what happened)."""
-    _die_with_parent()
-    try:
-        Path("/proc/self/oom_score_adj").write_text("500")
-    except OSError:
-        pass
-    state = steps.run_in_this_process(names.split(","), steps.ConversionState.load(state_path))
-    state.save(state_path)
-    return 0
-
-
 def main(argv):
-    """Run one conversion operation (or, with --step, one step) and record its outcome."""
-    if argv and argv[0] == "--step":
+    """Run one conversion operation (or, with steps.STEP_FLAG, one step process) and record its outcome."""
+    if argv and argv[0] == steps.STEP_FLAG:
         try:
-            return run_step(argv[1], argv[2])
+            return steps.run_step_process(argv[1], argv[2])
         except Exception:  # noqa: BLE001 - the operation's process reports it; the traceback goes to the log
             traceback.print_exc()
             return 1
     from ..workspace import Workspace
     ws, op_id = Workspace(argv[0]), argv[1]
     with ws.connect(immediate=True) as db:
-        db.execute("UPDATE operations SET status='Running', pid=? WHERE id=?", (os.getpid(), op_id))
+        records.set_status(db, Op, {"id": op_id}, Op.RUNNING, pid=os.getpid())
     try:
         conv = _work(ws, op_id)
     except Exception as e:  # noqa: BLE001 - everything is reported through the operation
@@ -112,10 +76,10 @@ def main(argv):
         error = str(e) if isinstance(e, steps.StepFailed) else f"{type(e).__name__}: {e}"
         steps.log(f"failed: {error}")
         with ws.connect(immediate=True) as db:
-            db.execute("UPDATE operations SET status='Failed', error=? WHERE id=?", (error, op_id))
+            records.set_status(db, Op, {"id": op_id}, Op.FAILED, error=error)
         return 1
     with ws.connect(immediate=True) as db:
-        db.execute("UPDATE operations SET status='Succeeded', result=? WHERE id=?", (conv.id, op_id))
+        records.set_status(db, Op, {"id": op_id}, Op.SUCCEEDED, result=conv.id)
     return 0
 
 

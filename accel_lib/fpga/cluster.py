@@ -272,6 +272,17 @@ def write(obj, folder):
     return manifest.write(obj, folder, mode=0o600)
 
 
+def write_private(path, data: bytes):
+    """Write a file that holds a secret: created 0600 (never readable by others, not even for a moment)."""
+    import os
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
 @contextlib.contextmanager
 def spec_lock(folder):
     """Hold the cluster's spec lock (an flock, released if its holder dies): whoever derives the spec from the

@@ -15,7 +15,7 @@ import numpy as np
 from . import formats
 
 DOMAIN_NOTE = "accel_lib device format"
-QUANTIZERS_KEY = "accel_lib.quantizers"   # metadata: JSON list; each subgraph's nodes are named "<output>" or "<output>/..."
+QUANTIZERS_KEY = "accel_lib.quantizers"   # metadata: JSON list; each subgraph's nodes: "<output>" or "<output>/..."
 
 
 def _const(inits, name, value, dtype=np.float32):

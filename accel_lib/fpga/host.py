@@ -102,15 +102,27 @@ def _open(data, index):
     return im
 
 
-def image_size(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> tuple:
-    """(width, height) from an image's header, nothing decoded; BadImage over ``max_pixels`` (a decompression bomb
-    costs nothing) or when it is not a JPEG or PNG."""
-    with _open(data, index) as im:
-        w, h = im.size
+def _checked_size(im, index, max_pixels) -> tuple:
+    w, h = im.size
     if w * h > max_pixels:
         raise BadImage(f"image {index} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
                        "resize it before sending (the model sees a 256-pixel side anyway).")
     return w, h
+
+
+def _rgb(im, data, index) -> np.ndarray:
+    try:
+        return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        why = str(e).split(" <")[0]
+        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {why}") from None
+
+
+def image_size(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> tuple:
+    """(width, height) from an image's header, nothing decoded; BadImage over ``max_pixels`` (a decompression bomb
+    costs nothing) or when it is not a JPEG or PNG."""
+    with _open(data, index) as im:
+        return _checked_size(im, index, max_pixels)
 
 
 def decode(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -118,15 +130,9 @@ def decode(data: bytes, index: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndar
 
     The pixel count is read from the header and checked against ``max_pixels`` before any pixel is decoded, so a
     decompression bomb costs nothing."""
-    image_size(data, index, max_pixels)
-    try:
-        with _open(data, index) as im:
-            return np.asarray(im.convert("RGB"))
-    except BadImage:
-        raise
-    except Exception as e:
-        why = str(e).split(" <")[0]
-        raise BadImage(f"image {index} ({len(data)} bytes) could not be decoded as JPEG or PNG: {why}") from None
+    with _open(data, index) as im:
+        _checked_size(im, index, max_pixels)
+        return _rgb(im, data, index)
 
 
 def _axis_weights(n_in, n_out):
@@ -161,17 +167,30 @@ def preprocess(images, order="RGB", scaling_factor=1.0, output_height=224, outpu
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     images = [bytes(d) for d in images]
-    sizes = [image_size(d, i, max_pixels) for i, d in enumerate(images)]
-    if max_decoded_bytes is not None:
-        need = sum(w * h for w, h in sizes) * DECODED_BYTES_PER_PIXEL
-        if need > max_decoded_bytes:
-            raise TooMuchToDecode(f"the request's {len(images)} image(s) decode to {need / 2**20:,.0f} MB; at most "
-                                  f"{max_decoded_bytes / 2**20:,.0f} MB per request (max_request_mb): send smaller "
-                                  "or fewer pictures.")
+    opened = []                  # each header is read once: opened lazily here, decoded in the loop below
+    try:
+        for i, d in enumerate(images):
+            opened.append(_open(d, i))
+        sizes = [_checked_size(im, i, max_pixels) for i, im in enumerate(opened)]
+        if max_decoded_bytes is not None:
+            need = sum(w * h for w, h in sizes) * DECODED_BYTES_PER_PIXEL
+            if need > max_decoded_bytes:
+                raise TooMuchToDecode(f"the request's {len(images)} image(s) decode to {need / 2**20:,.0f} MB; at "
+                                      f"most {max_decoded_bytes / 2**20:,.0f} MB per request (max_request_mb): send "
+                                      "smaller or fewer pictures.")
+        return _preprocess_opened(opened, images, order, scaling_factor, output_height, output_width,
+                                  preserve_aspect_ratio)
+    finally:
+        for im in opened:
+            im.close()
+
+
+def _preprocess_opened(opened, images, order, scaling_factor, output_height, output_width, preserve_aspect_ratio):
     out = np.empty((len(images), output_height, output_width, 3), np.float32)
     side = resize_side_for(output_height, output_width)
     for i, data in enumerate(images):
-        rgb = decode(data, i, max_pixels)
+        rgb = _rgb(opened[i], data, i)
+        opened[i].close()                    # its decoded pixels are all that is needed now
         if preserve_aspect_ratio:
             nh, nw = aspect_size(rgb.shape[0], rgb.shape[1], side)
             x = resize_bilinear(rgb, nh, nw)

@@ -18,6 +18,7 @@ SAVED_MODEL_FORMAT = "accel_lib.saved_model/2"
 MANIFEST_FILE = "manifest.json"
 PACKAGE_FORMAT = "accel_lib.accelonnx/2"
 REPORT_FILE = "report.json"
+REPORT_FORMAT = "accel_lib.report/1"
 DEVICE_FILE = "device.onnx"
 HEADS_FILE = "heads.onnx"
 STAGES = ("preprocess", "featurizer", "heads")     # the chain, in order
@@ -106,6 +107,80 @@ class SavedModelMetadata:
 
 
 @dataclass
+class Parity:
+    """The fp32 package against the source model (TensorFlow), as the converter measured it."""
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+    relative_error: dict          # output name -> relative L2 error of its stage on the same inputs
+    max_relative_error: float
+    tolerance: float              # the bar a conversion must pass
+    measured: str                 # what was compared, in words
+
+    def validate(self):
+        for name, v in self.relative_error.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ManifestError(f"parity: field 'relative_error.{name}' must be a number, got {v!r}.")
+
+
+@dataclass
+class DeviceCheck:
+    """The device graph (ONNX Runtime, format in the graph) against the numpy reference device."""
+    images: int
+    max_rel_diff: float
+    top1_agreement: float
+    tolerance: float
+    measured: str
+
+    def validate(self):
+        pass
+
+
+@dataclass
+class LayerReport:
+    """One quantized layer of the report: SQNR of its weights and outputs, log2 |value| percentiles (0/25/50/75/100,
+    None where every value is zero) in fp32 and on the device."""
+    name: str
+    op: str
+    channels: int
+    weight_sqnr_db: float
+    output_sqnr_db: float
+    weights_fp32_log2: typing.Optional[list[float]] = None
+    weights_device_log2: typing.Optional[list[float]] = None
+    outputs_fp32_log2: typing.Optional[list[float]] = None
+    outputs_device_log2: typing.Optional[list[float]] = None
+
+
+@dataclass
+class QuantizationReport:
+    """``report.json``: a narrow format against fp32 on the same package, layer by layer (measured)."""
+    numeric_format: str
+    images: int
+    top1_agreement: float
+    top5_overlap: float
+    feature_sqnr_db: float
+    layers: list[LayerReport]
+    measured: str
+    weights: str = ""
+    random_weights: bool = False
+    format: str = REPORT_FORMAT
+
+    FILE: typing.ClassVar[str] = REPORT_FILE
+    FORMAT: typing.ClassVar[str] = REPORT_FORMAT
+    HOW: typing.ClassVar[str] = "convert the source model again with AccelOnnxConverter.convert_tf_model(...)"
+
+    def validate(self):
+        for r, name in ((self.top1_agreement, "top1_agreement"), (self.top5_overlap, "top5_overlap")):
+            if not 0 <= r <= 1:
+                raise ManifestError(f"{self.FILE}: field '{name}' must be a fraction from 0 to 1, got {r!r}.")
+
+    def summary(self) -> dict:
+        """The numbers a conversion's log and a model's properties quote."""
+        return {"top1_agreement": self.top1_agreement, "top5_overlap": self.top5_overlap,
+                "feature_sqnr_db": self.feature_sqnr_db, "images": self.images}
+
+
+@dataclass
 class PackageManifest:
     """The accelerator package: its stages, every tensor they compute, the outputs it serves, and the checks the
     converter measured."""
@@ -122,9 +197,9 @@ class PackageManifest:
     labels: typing.Optional[str] = None
     class_names: list[str] = field(default_factory=list)
     postprocess: typing.Optional[dict] = None
-    parity: typing.Optional[dict] = None
-    device_check: typing.Optional[dict] = None
-    report: typing.Optional[str] = None
+    parity: typing.Optional[Parity] = None
+    device_check: typing.Optional[DeviceCheck] = None
+    report: typing.Optional[str] = None           # the QuantizationReport's file, for a narrow format
     format: str = PACKAGE_FORMAT
 
     FILE: typing.ClassVar[str] = MANIFEST_FILE
@@ -152,6 +227,9 @@ class PackageManifest:
                 raise ManifestError(f"{self.FILE}: field 'outputs[{i}]' is {n!r}, which is not one of 'tensors'.")
         if not self.outputs:
             raise ManifestError(f"{self.FILE}: field 'outputs' is empty; a package serves at least one output.")
+        for check in (self.parity, self.device_check):
+            if check is not None:
+                check.validate()
 
     def stage(self, name):
         """The stage called ``name`` (None if the package has none)."""
@@ -241,6 +319,14 @@ def loads(cls, text, source=""):
         raise ManifestError(f"{file} has format {got!r}; this accel_lib reads {cls.FORMAT!r}: {cls.HOW}.")
     obj = _build(cls, data, "", file)
     obj.validate()
+    return obj
+
+
+def build(cls, data: dict, source=""):
+    """A typed part of a contract (e.g. Parity) from plain data, validated; ManifestError names the bad field."""
+    obj = _build(cls, data, "", source or cls.__name__)
+    if hasattr(obj, "validate"):
+        obj.validate()
     return obj
 
 

@@ -1,9 +1,10 @@
-"""Measurements of a device graph in a narrow format against its fp32 original (no plotting here)."""
+"""Measurements of a device graph in a narrow format against its fp32 original (no plotting here), returned as
+the typed report of ``manifest.QuantizationReport``."""
 from __future__ import annotations
 
 import numpy as np
 
-from . import formats
+from . import formats, manifest
 
 LOG2_BINS = np.arange(-24, 17, 1.0)
 SAMPLE_PER_BATCH = 20_000        # values of each layer's output kept per batch for its distribution
@@ -107,15 +108,16 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
     rows = []
     for out, layer in zip(outs, layers):
         w, w_sqnr, w_fp32, w_dev = weights[out]
-        rows.append({"name": layer_name(w, nodes[out][1] or out), "op": layer["op"], "channels": layer["channels"],
-                     "weight_sqnr_db": w_sqnr, "output_sqnr_db": _sqnr(signal[out], noise[out]),
-                     "weights_fp32_log2": w_fp32, "weights_device_log2": w_dev,
-                     "outputs_fp32_log2": _percentiles(np.concatenate(sample_ref[out])),
-                     "outputs_device_log2": _percentiles(np.concatenate(sample_dev[out]))})
-    return {"numeric_format": fmt_name, "images": images,
-            "top1_agreement": float(np.mean(top1)), "top5_overlap": float(np.mean(top5)),
-            "feature_sqnr_db": _sqnr(signal["features"], noise["features"]), "layers": rows,
-            "measured": "device graph in the format vs the fp32 device graph, ONNX Runtime, generated images"}
+        rows.append(manifest.LayerReport(
+            name=layer_name(w, nodes[out][1] or out), op=layer["op"], channels=layer["channels"],
+            weight_sqnr_db=w_sqnr, output_sqnr_db=_sqnr(signal[out], noise[out]),
+            weights_fp32_log2=w_fp32, weights_device_log2=w_dev,
+            outputs_fp32_log2=_percentiles(np.concatenate(sample_ref[out])),
+            outputs_device_log2=_percentiles(np.concatenate(sample_dev[out]))))
+    return manifest.QuantizationReport(
+        numeric_format=fmt_name, images=images, top1_agreement=float(np.mean(top1)),
+        top5_overlap=float(np.mean(top5)), feature_sqnr_db=_sqnr(signal["features"], noise["features"]), layers=rows,
+        measured="device graph in the format vs the fp32 device graph, ONNX Runtime, generated images")
 
 
 def _sqnr(signal, noise):

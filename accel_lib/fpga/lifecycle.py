@@ -1,0 +1,196 @@
+"""The cluster process's lifecycle, given plain values (a cluster folder, its nodes and vCPUs, its TLS files):
+prepare the folder, declare the spec under the spec lock, start, find and stop the process (``fpga.frontend``).
+
+The workspace's ``ComputeTarget`` calls these; nothing here knows about records or workspaces.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import cluster
+
+START_TIMEOUT = 60          # s for a started cluster process to listen
+
+
+class NotRunning(RuntimeError):
+    """The cluster process is not running (or did not start in time)."""
+
+
+def generate_certificate(common_name, days=365):
+    """A certificate for ``common_name`` (also valid for localhost and 127.0.0.1) signed by a CA made for it: returns
+    (CA certificate, leaf certificate then the CA, the leaf's key), PEM bytes. The CA may sign no other CA (path
+    length 0) and signs only this leaf; the leaf is not a CA, and serves TLS only (serverAuth)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+    org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "accel_lib simulated AKS cluster")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"accel_lib CA for {common_name}"), org])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                                                              org]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0]).not_valid_after(valid[1])
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name), x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem), leaf.public_bytes(pem) + ca.public_bytes(pem), key_pem
+
+
+def prepare(run_dir, cert=None, key=None, ca=None):
+    """Make a fresh cluster folder (0700) and, for TLS, write its certificate chain ``cert``, its key (0600) and
+    the ``ca`` clients trust (PEM bytes; ``ca`` None for a certificate of your own)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700)
+    if cert is not None:
+        (run_dir / cluster.TLS_CERT_FILE).parent.mkdir(mode=0o700)
+        if ca is not None:
+            (run_dir / cluster.TLS_CA_FILE).write_bytes(ca)
+        (run_dir / cluster.TLS_CERT_FILE).write_bytes(cert)
+        cluster.write_private(run_dir / cluster.TLS_KEY_FILE, key)
+
+
+def tls_enabled(run_dir) -> bool:
+    """Whether the cluster serves TLS (it has a certificate)."""
+    return (Path(run_dir) / cluster.TLS_CERT_FILE).is_file()
+
+
+def trusted_certificate(run_dir):
+    """The certificate clients trust for the cluster: the CA of a generated certificate, else the certificate
+    itself; None without TLS."""
+    for name in (cluster.TLS_CA_FILE, cluster.TLS_CERT_FILE):
+        p = Path(run_dir) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def publish(run_dir, name, nodes, vcpus_per_node, services, timeout=30) -> int:
+    """Declare the cluster's spec: ``services()`` (called under the spec lock, so that it reads every change
+    committed before this write) gives its ServiceSpecs. If the process runs, wait up to ``timeout`` s for its
+    supervisor to take the change (replicas of new services started, of removed ones stopped). Returns the spec's
+    revision (None when the folder is gone: no cluster runs there)."""
+    if not Path(run_dir).is_dir():
+        return None
+    with cluster.spec_lock(run_dir):
+        declared = services()
+        try:
+            before = cluster.read_optional(cluster.ClusterSpec, run_dir)
+        except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
+            before = None
+        revision = (before.revision if before else 0) + 1
+        cluster.write(cluster.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=declared,
+                                          tls=tls_enabled(run_dir), revision=revision), run_dir)
+    deadline = time.monotonic() + timeout
+    while running(run_dir) and time.monotonic() < deadline:
+        st = cluster.read_optional(cluster.ClusterStatus, run_dir)
+        if st is not None and st.revision >= revision:
+            break
+        time.sleep(0.02)
+    return revision
+
+
+def has_spec(run_dir) -> bool:
+    """Whether the folder holds a spec this accel_lib reads."""
+    try:
+        cluster.read(cluster.ClusterSpec, run_dir)
+        return True
+    except Exception:  # noqa: BLE001 - missing, or written by an older accel_lib
+        return False
+
+
+def alive(pid, run_dir) -> bool:
+    """Whether ``pid`` is the cluster process of ``run_dir``."""
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and str(run_dir) in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def endpoints(run_dir, wait=0.0):
+    """Where the cluster process listens (``cluster.Endpoints``), waiting up to ``wait`` s for it; NotRunning if it
+    does not run."""
+    deadline = time.monotonic() + wait
+    while True:
+        ep = cluster.read_optional(cluster.Endpoints, run_dir)
+        if ep is not None and alive(ep.pid, run_dir):
+            return ep
+        if time.monotonic() >= deadline:
+            raise NotRunning(f"the cluster process of {run_dir} is not running "
+                             f"(log: {Path(run_dir) / cluster.LOG_FILE})")
+        time.sleep(0.05)
+
+
+def running(run_dir) -> bool:
+    """Whether the cluster's process runs."""
+    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    return ep is not None and alive(ep.pid, run_dir)
+
+
+def start(run_dir, timeout=START_TIMEOUT):
+    """Start the cluster process if it is not running (idempotent); returns its endpoints once it listens."""
+    if running(run_dir):
+        return endpoints(run_dir)
+    from . import frontend
+    run_dir = Path(run_dir)
+    (run_dir / cluster.ENDPOINTS_FILE).unlink(missing_ok=True)
+    with open(run_dir / cluster.LOG_FILE, "ab") as log:
+        subprocess.Popen(frontend.command(sys.executable, run_dir), stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return endpoints(run_dir, wait=timeout)
+
+
+def stop(run_dir, timeout=20):
+    """Stop the cluster process and its replicas (SIGTERM, then SIGKILL after ``timeout`` s); the spec stays."""
+    import psutil
+    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    if ep is None or not alive(ep.pid, run_dir):
+        return
+    p = psutil.Process(ep.pid)
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except psutil.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
+def remove(run_dir):
+    """Delete the cluster: its spec goes (the process stops when it sees that), the process is stopped, the folder
+    removed."""
+    (Path(run_dir) / cluster.SPEC_FILE).unlink(missing_ok=True)
+    stop(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
