@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .fpga.cluster import ServiceLimits
+from .fpga.cluster import ROUTE_HEADER, ServiceLimits, route
 
 
 def parse_address(address, port=None, use_ssl=False):
@@ -159,6 +159,29 @@ def client_from_service(service, **kwargs):
     if ssl:
         kwargs.setdefault("root_certificates", service.compute.ssl_certificate_pem)
     return PredictionClient(uri, use_ssl=ssl, access_token=token, service_name=service.name, **kwargs)
+
+
+def triton_client(service, protocol="grpc"):
+    """Triton's own client (``tritonclient.grpc`` or ``.http``), which speaks the Open Inference Protocol, set up for
+    a deployed Webservice: its cluster's address and certificate. Returns (client, headers): pass ``headers`` with
+    each call; they carry the service's key and the seed's route header."""
+    if protocol not in ("grpc", "http"):
+        raise UserError(f"protocol must be 'grpc' or 'http', not {protocol!r}.")
+    uri = service.scoring_uri if protocol == "grpc" else service.rest_uri
+    if uri is None:
+        raise UserError(f"the cluster of service {service.name!r} is not running; "
+                        f"ComputeTarget(ws, {service.compute_name!r}).restart() starts it again.")
+    hostport = uri.split("://", 1)[1].split("/", 1)[0]
+    ssl = uri.startswith("https")
+    ca = str(service.compute.ssl_certificate_file) if ssl else None
+    headers = {ROUTE_HEADER: route(service.name)}
+    if service.auth_enabled:
+        headers["authorization"] = f"Bearer {service.get_keys()[0]}"
+    if protocol == "grpc":
+        import tritonclient.grpc as triton
+        return triton.InferenceServerClient(hostport, ssl=ssl, root_certificates=ca), headers
+    import tritonclient.http as triton
+    return triton.InferenceServerClient(hostport, ssl=ssl, ssl_options={"ca_certs": ca} if ssl else None), headers
 
 
 def load_labels(name="imagenet"):

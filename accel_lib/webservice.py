@@ -217,6 +217,14 @@ class Webservice:
         return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v1/models/{self.name}:predict" if ep else None
 
     @property
+    def v2_uri(self):
+        """The Open Inference Protocol's REST address of this service on the cluster's front end (POST
+        ``{v2_uri}/infer``; ``{v2_uri}/ready``); gRPC clients of that protocol (``tritonclient.grpc``) call
+        scoring_uri's host:port with the service's name as the model name. None if the front end is down."""
+        ep = self._endpoints()
+        return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v2/models/{self.name}" if ep else None
+
+    @property
     def auth_enabled(self) -> bool:
         """Whether calls must carry one of the service's keys (``authorization: Bearer <key>``)."""
         return bool(self.deployment_config.auth_enabled)

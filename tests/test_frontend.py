@@ -77,7 +77,8 @@ def test_generated_protos_match_their_sources(tmp_path):
                        capture_output=True, text=True, timeout=120)        # its own process: no TensorFlow there
     assert r.returncode == 0, r.stderr[-2000:]
     made = sorted(tmp_path.glob("*.py"))
-    assert [p.name for p in made] == ["serving_pb2.py", "serving_pb2_grpc.py", "tensorflow_pb2.py"]
+    assert [p.name for p in made] == ["inference_pb2.py", "inference_pb2_grpc.py", "serving_pb2.py",
+                                      "serving_pb2_grpc.py", "tensorflow_pb2.py"]
     for p in made:
         assert p.read_text() == (build.HERE / p.name).read_text(), f"{p.name}: run python -m {build.__name__}"
 

@@ -41,6 +41,12 @@ from .supervisor import ErrorLog, Supervisor
 
 SERVICE = "/tensorflow.serving.PredictionService/"
 PREDICT, METADATA = SERVICE + "Predict", SERVICE + "GetModelMetadata"
+OIP = "/inference.GRPCInferenceService/"            # the Open Inference Protocol (fpga.oip)
+INFER, MODEL_METADATA, MODEL_READY = OIP + "ModelInfer", OIP + "ModelMetadata", OIP + "ModelReady"
+SERVER_LIVE, SERVER_READY, SERVER_METADATA = OIP + "ServerLive", OIP + "ServerReady", OIP + "ServerMetadata"
+FORWARDED = (PREDICT, METADATA, INFER, MODEL_METADATA)      # sent on to a replica as the bytes that came
+ANSWERED = (MODEL_READY, SERVER_LIVE, SERVER_READY, SERVER_METADATA)    # the front end answers them itself
+CLUSTER_WIDE = (SERVER_LIVE, SERVER_READY, SERVER_METADATA)      # about the cluster, not a service: no key
 MAX_CONNECTIONS = 256           # per listener
 MAX_STREAMS = 100               # concurrent calls on one gRPC connection
 MAX_CALLS = 1024                # concurrent gRPC calls in all
@@ -89,6 +95,10 @@ class Router:
             raise CallError("NOT_FOUND", f"no service {name!r} on this cluster.")
         return svc
 
+    def all_ready(self) -> bool:
+        """Whether every service of the cluster has a replica that serves (the protocol's server readiness)."""
+        return all(self.sup.ready(s.name) for s in self.sup.spec.services)
+
     @staticmethod
     def check_key(svc, authorization):
         if svc.keys and not key_ok(authorization or "", svc.keys):
@@ -132,20 +142,50 @@ class Router:
 
 # -- gRPC --------------------------------------------------------------------------------------------
 def _model_name(method, request):
-    """model_spec.name from a request without a route header (the only case where the request is decoded)."""
+    """The service a request without a route header names (the only case where the request is decoded): TF
+    Serving's model_spec.name, the Open Inference Protocol's model name."""
     from google.protobuf.message import DecodeError
 
-    from .protos import serving_pb2
-    cls = serving_pb2.PredictRequest if method == PREDICT else serving_pb2.GetModelMetadataRequest
+    from .protos import inference_pb2, serving_pb2
+    cls, field = {PREDICT: (serving_pb2.PredictRequest, "model_spec"),
+                  METADATA: (serving_pb2.GetModelMetadataRequest, "model_spec"),
+                  INFER: (inference_pb2.ModelInferRequest, "model_name"),
+                  MODEL_METADATA: (inference_pb2.ModelMetadataRequest, "name"),
+                  MODEL_READY: (inference_pb2.ModelReadyRequest, "name")}[method]
     try:
-        return cls.FromString(request).model_spec.name
+        value = getattr(cls.FromString(request), field)
     except DecodeError:
         return ""
+    return value if isinstance(value, str) else value.name
+
+
+def answer(router, method, svc=None, request=b"") -> bytes:
+    """The front end's own answer to an Open Inference Protocol health or metadata call (``svc`` and the request
+    for ModelReady)."""
+    from . import oip
+    from .protos import inference_pb2
+    if method == MODEL_READY:
+        check_version(svc, inference_pb2.ModelReadyRequest.FromString(request).version)
+        return inference_pb2.ModelReadyResponse(ready=bool(router.sup.ready(svc.name))).SerializeToString()
+    if method == SERVER_LIVE:
+        return inference_pb2.ServerLiveResponse(live=True).SerializeToString()
+    if method == SERVER_READY:
+        return inference_pb2.ServerReadyResponse(ready=router.all_ready()).SerializeToString()
+    return inference_pb2.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION,
+                                                extensions=oip.EXTENSIONS).SerializeToString()
+
+
+def check_version(svc, version):
+    """NOT_FOUND unless ``version`` is empty or the one version every service has."""
+    from . import oip
+    if version not in (None, "", oip.MODEL_VERSION):
+        raise CallError("NOT_FOUND", f"service {svc.name!r} has version {oip.MODEL_VERSION} only, not {version!r}.")
 
 
 def grpc_handler(router: Router):
-    """The generic handler of both methods. The request comes as a stream: nothing is read from it until route,
-    key and service are checked from the metadata (when the call names its service)."""
+    """The generic handler of every method (TF Serving's and the Open Inference Protocol's). The request comes as
+    a stream: nothing is read from it until route, key and service are checked from the metadata (when the call
+    names its service)."""
     import grpc
 
     async def call(method, request_iterator, context):
@@ -153,6 +193,10 @@ def grpc_handler(router: Router):
         try:
             header = md.get(cluster.ROUTE_HEADER)
             svc = None
+            if method in CLUSTER_WIDE:
+                async for _ in request_iterator:
+                    pass
+                return answer(router, method, None)
             if header is not None:
                 svc = router.pick_service(header, None)
                 router.check_key(svc, md.get("authorization"))
@@ -167,6 +211,8 @@ def grpc_handler(router: Router):
                 svc = router.pick_service(None, _model_name(method, request))
                 router.check_key(svc, md.get("authorization"))
             router.check_size(svc, len(request))
+            if method in ANSWERED:
+                return answer(router, method, svc, request)
             left = context.time_remaining()
             return await router.forward(svc, method, request, None if left is None else time.monotonic() + left)
         except CallError as e:
@@ -174,7 +220,7 @@ def grpc_handler(router: Router):
 
     class Handler(grpc.GenericRpcHandler):
         def service(self, details):
-            if details.method not in (PREDICT, METADATA):
+            if details.method not in FORWARDED + ANSWERED:
                 return None
             method = details.method
 
@@ -296,18 +342,41 @@ def rest_predict_reply(raw: bytes, rows: bool, n: int) -> bytes:
     return json.dumps({"outputs": next(iter(outs.values())) if len(outs) == 1 else outs}).encode()
 
 
+def rest_infer_request(body: bytes, header_length, service: str, max_images: int) -> tuple:
+    """An Open Inference Protocol REST infer body -> (ModelInferRequest bytes, how to answer); in the pool."""
+    from . import oip
+    try:
+        return oip.rest_infer_request(body, header_length, service, max_images)
+    except oip.ProtocolError as e:
+        raise CallError(e.code, str(e)) from None
+
+
+def rest_infer_reply(raw: bytes, how: dict) -> tuple:
+    """A ModelInferResponse's bytes -> (HTTP body, JSON header length or None); in the pool."""
+    from . import oip
+    return oip.rest_infer_reply(raw, how)
+
+
 def _warm():
-    from . import tensors  # noqa: F401 - the pool's processes import what they parse with once, at start
-    from .protos import serving_pb2  # noqa: F401
+    from . import oip, tensors  # noqa: F401 - the pool's processes import what they parse with once, at start
+    from .protos import inference_pb2, serving_pb2  # noqa: F401
     return True
 
 
 class RestApi:
-    """TensorFlow Serving's REST API on aiohttp's low-level server: the routes, body limits and the pool."""
+    """TensorFlow Serving's REST API and the Open Inference Protocol's (``/v2``) on aiohttp's low-level server: the
+    routes, body limits and the pool."""
 
+    _V2 = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
     ROUTES = [("GET", re.compile(r"/v1/models/([^/:]+)"), "status"),
               ("GET", re.compile(r"/v1/models/([^/:]+)/metadata"), "metadata"),
-              ("POST", re.compile(r"/v1/models/([^/:]+):predict"), "predict")]
+              ("POST", re.compile(r"/v1/models/([^/:]+):predict"), "predict"),
+              ("GET", re.compile(r"/v2/health/live"), "v2_live"),
+              ("GET", re.compile(r"/v2/health/ready"), "v2_ready"),
+              ("GET", re.compile(r"/v2"), "v2_server"),
+              ("GET", re.compile(_V2), "v2_metadata"),
+              ("GET", re.compile(_V2 + "/ready"), "v2_model_ready"),
+              ("POST", re.compile(_V2 + "/infer"), "v2_infer")]
 
     def __init__(self, router: Router):
         import concurrent.futures
@@ -334,13 +403,15 @@ class RestApi:
             m = pattern.fullmatch(request.path)
             if m and request.method == method:
                 try:
-                    return await getattr(self, what)(request, m.group(1))
+                    return await getattr(self, what)(request, *m.groups())
                 except CallError as e:
                     return self.fail(e.code, e.message)
         if any(p.fullmatch(request.path) for _, p, _ in self.ROUTES):
             return self.fail("UNIMPLEMENTED", f"{request.method} is not served on {request.path}.")
         return self.fail("NOT_FOUND", f"no route {request.path}; TF Serving's REST API is /v1/models/<service>"
-                                      "[/metadata] and POST /v1/models/<service>:predict.")
+                                      "[/metadata] and POST /v1/models/<service>:predict; the Open Inference "
+                                      "Protocol's is /v2/health/{live,ready}, /v2/models/<service>[/ready] and "
+                                      "POST /v2/models/<service>/infer.")
 
     def _service(self, request, name):
         svc = self.router.pick_service(cluster.route(name), None)
@@ -400,6 +471,69 @@ class RestApi:
         async with gate:
             reply = await loop.run_in_executor(self.pool, rest_predict_reply, raw, rows, n)
         return web.Response(body=reply, content_type="application/json")
+
+
+    # -- the Open Inference Protocol -------------------------------------------------------------
+    async def v2_live(self, request):
+        from aiohttp import web
+        return web.json_response({"live": True})
+
+    async def v2_ready(self, request):
+        from aiohttp import web
+        ready = self.router.all_ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
+
+    async def v2_server(self, request):
+        from aiohttp import web
+
+        from . import oip
+        return web.json_response({"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION,
+                                  "extensions": oip.EXTENSIONS})
+
+    async def v2_model_ready(self, request, name, version):
+        from aiohttp import web
+        svc = self._service(request, name)
+        check_version(svc, version)
+        ready = bool(self.router.sup.ready(svc.name))
+        return web.json_response({"name": svc.name, "ready": ready}, status=200 if ready else 400)
+
+    async def v2_metadata(self, request, name, version):
+        from aiohttp import web
+
+        from . import oip
+        from .protos import inference_pb2
+        svc = self._service(request, name)
+        check_version(svc, version)
+        req = inference_pb2.ModelMetadataRequest(name=svc.name).SerializeToString()
+        raw = await self.router.forward(svc, MODEL_METADATA, req, time.monotonic() + 30)
+        return web.json_response(oip.model_metadata_json(raw))
+
+    async def v2_infer(self, request, name, version):
+        from aiohttp import web
+
+        from . import oip
+        svc = self._service(request, name)
+        check_version(svc, version)
+        header = request.headers.get(oip.HEADER_LENGTH)
+        try:
+            header_length = None if header is None else int(header)
+        except ValueError:
+            raise CallError("INVALID_ARGUMENT", f"{oip.HEADER_LENGTH} must be a whole number, got {header!r}.") \
+                from None
+        body = await self.read_body(request, svc)
+        loop = asyncio.get_running_loop()
+        gate = self.parsing.setdefault(svc.name, asyncio.Semaphore(1))
+        async with gate:
+            raw_request, how = await loop.run_in_executor(self.pool, rest_infer_request, body, header_length,
+                                                          svc.name, svc.limits.max_images)
+        del body
+        raw = await self.router.forward(svc, INFER, raw_request, time.monotonic() + 60)
+        async with gate:
+            reply, length = await loop.run_in_executor(self.pool, rest_infer_reply, raw, how)
+        if length is None:
+            return web.Response(body=reply, content_type="application/json")
+        return web.Response(body=reply, content_type="application/octet-stream",
+                            headers={oip.HEADER_LENGTH: str(length)})
 
 
 def rest_server(api: RestApi):

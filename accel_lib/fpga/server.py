@@ -1,7 +1,8 @@
 """One replica of a deployed service: a gRPC server holding one (simulated) FPGA loaded with one package.
 
-Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata) and the standard gRPC health service,
-from the project's own compiled subset of TF Serving's protocol (``protos/``): a replica imports no TensorFlow.
+Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata), the Open Inference Protocol's
+GRPCInferenceService (``oip``) and the standard gRPC health service, from the project's own compiled protocols
+(``protos/``): a replica imports no TensorFlow.
 Run from an image's build context: ``python -m fpga.server --package package --socket PATH ...``; the command line
 is built by ``command()`` and nowhere else, and its limit flags come from ``cluster.ServiceLimits``.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .cluster import EXIT_LOAD_FAILED, ServiceLimits
 
-HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService")
+HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
 
 
 def command(python, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0, service="local",
@@ -113,12 +114,16 @@ class FpgaReplica:
             self.on_load_failed()
 
     # -- checks -------------------------------------------------------------------------------
-    def _check(self, context):
+    def _check_key(self, context):
         import grpc
         if self.keys and not key_ok(dict(context.invocation_metadata()).get("authorization", ""), self.keys):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing or wrong key: send metadata 'authorization: Bearer <key>' with a key from "
                           "service.get_keys().")
+
+    def _check(self, context):
+        import grpc
+        self._check_key(context)
         if self.pkg is None:
             if self.error:
                 context.abort(grpc.StatusCode.INTERNAL, f"the replica could not load its model: {self.error}")
@@ -131,18 +136,41 @@ class FpgaReplica:
         _log(f"{code}: {msg}")
         context.abort(getattr(grpc.StatusCode, code), msg)
 
-    # -- PredictionService --------------------------------------------------------------------
-    def Predict(self, request, context):
-        import grpc
-
-        from . import tensors
+    def _score(self, value, outputs, context, what):
+        """Run ``value`` (a list of encoded images, or a float32 [N, H, W, 3] array) through the package; the
+        errors a client can fix become their status codes. Returns {output name: array}."""
         from .package import RequestError, RequestTooLarge
-        from .protos import serving_pb2, tensorflow_pb2
-        self._check(context)
+        t0 = time.perf_counter()
+        pkg, lim = self.pkg, self.limits
+        try:
+            if len(value) > lim.max_images:
+                raise RequestError(f"the request holds {len(value)} images; at most {lim.max_images} per request. "
+                                   "Split it into smaller batches.")
+            if isinstance(value, list):
+                if not value:
+                    raise RequestError("the request holds no images.")
+                result = pkg.run(value, outputs)
+            else:
+                result = pkg.run_arrays(value, outputs)
+        except RequestTooLarge as e:
+            self._fail(context, "RESOURCE_EXHAUSTED", str(e))
+        except (RequestError, ValueError) as e:
+            self._fail(context, "INVALID_ARGUMENT", str(e))
+        _log(f"{what} ok: {len(value)} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)")
+        return result
+
+    def _deadline(self, context):
+        import grpc
         left = context.time_remaining()
         if left is not None and left <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed before scoring began.")
-        t0 = time.perf_counter()
+
+    # -- PredictionService --------------------------------------------------------------------
+    def Predict(self, request, context):
+        from . import tensors
+        from .protos import serving_pb2, tensorflow_pb2
+        self._check(context)
+        self._deadline(context)
         pkg, lim = self.pkg, self.limits
         if len(request.inputs) != 1:
             self._fail(context, "INVALID_ARGUMENT", f"expected exactly one input ({pkg.input_name!r}), got "
@@ -153,35 +181,73 @@ class FpgaReplica:
                                                     f"{pkg.input_name!r}.")
         try:
             value = tensors.from_proto(proto, max_bytes=lim.request_bytes, max_strings=lim.max_images)
-            outputs = list(request.output_filter) or None
-            if len(value) > lim.max_images:
-                raise RequestError(f"the request holds {len(value)} images; at most {lim.max_images} per request. "
-                                   "Split it into smaller batches.")
-            if proto.dtype == tensors.DT_STRING:
-                if not value:
-                    raise RequestError("the request holds no images.")
-                result = pkg.run(value, outputs)
-            elif proto.dtype == tensors.DT_FLOAT and value.ndim == 4:
-                result = pkg.run_arrays(value, outputs)
-            else:
-                got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
-                raise RequestError(f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or DT_FLOAT "
-                                   f"[N, H, W, 3] (preprocessed), got {got} of shape {list(value.shape)}.")
         except tensors.TensorTooLarge as e:
             limit = {"max_bytes": "max_request_mb", "max_strings": "max_images"}[e.limit]
             self._fail(context, "RESOURCE_EXHAUSTED", f"{e} The service's limit is {limit}="
                                                       f"{getattr(lim, limit):g} (deploy_configuration).")
-        except RequestTooLarge as e:
-            self._fail(context, "RESOURCE_EXHAUSTED", str(e))
-        except (RequestError, ValueError) as e:
+        except ValueError as e:
             self._fail(context, "INVALID_ARGUMENT", str(e))
+        if not (proto.dtype == tensors.DT_STRING or (proto.dtype == tensors.DT_FLOAT and value.ndim == 4)):
+            got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
+            self._fail(context, "INVALID_ARGUMENT", f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or "
+                                                    f"DT_FLOAT [N, H, W, 3] (preprocessed), got {got} of shape "
+                                                    f"{list(value.shape)}.")
+        result = self._score(value, list(request.output_filter) or None, context, "Predict")
         resp = serving_pb2.PredictResponse()
         resp.model_spec.name = request.model_spec.name or self.service
         for k, v in result.items():
             resp.outputs[k].CopyFrom(tensors.to_proto(v, tensorflow_pb2.TensorProto))
-        n = len(value)
-        _log(f"Predict ok: {n} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)")
         return resp
+
+    # -- the Open Inference Protocol (GRPCInferenceService) ------------------------------------------
+    def ModelInfer(self, request, context):
+        from . import oip
+        from .protos import inference_pb2
+        self._check(context)
+        self._deadline(context)
+        self._version(request.model_version, context)
+        try:
+            value = oip.infer_input(request, self.pkg.input_names(), self.limits.max_images,
+                                    self.limits.request_bytes)
+        except oip.ProtocolError as e:
+            self._fail(context, e.code, str(e))
+        result = self._score(value, oip.requested_outputs(request), context, "ModelInfer")
+        return oip.infer_response(inference_pb2.ModelInferResponse, request.model_name or self.service, request.id,
+                                  result)
+
+    def ModelMetadata(self, request, context):
+        from . import oip
+        from .protos import inference_pb2
+        self._check(context)
+        self._version(request.version, context)
+        return oip.model_metadata(inference_pb2.ModelMetadataResponse, request.name or self.service,
+                                  self.pkg.manifest)
+
+    def ModelReady(self, request, context):
+        from .protos import inference_pb2
+        self._check_key(context)
+        self._version(request.version, context)
+        return inference_pb2.ModelReadyResponse(ready=self.pkg is not None)
+
+    def ServerLive(self, request, context):
+        from .protos import inference_pb2
+        return inference_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        from .protos import inference_pb2
+        return inference_pb2.ServerReadyResponse(ready=self.pkg is not None)
+
+    def ServerMetadata(self, request, context):
+        from . import oip
+        from .protos import inference_pb2
+        return inference_pb2.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION,
+                                                    extensions=oip.EXTENSIONS)
+
+    def _version(self, version, context):
+        from . import oip
+        if version not in ("", oip.MODEL_VERSION):
+            self._fail(context, "NOT_FOUND", f"service {self.service!r} has version {oip.MODEL_VERSION} only, not "
+                                             f"{version!r}.")
 
     def GetModelMetadata(self, request, context):
         from google.protobuf import wrappers_pb2
@@ -218,7 +284,7 @@ def serve(args, on_load_failed=lambda: None):
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from .protos import serving_pb2_grpc
+    from .protos import inference_pb2_grpc, serving_pb2_grpc
 
     limits = ServiceLimits.from_args(args)
     opts = [("grpc.max_receive_message_length", limits.message_bytes),
@@ -242,6 +308,10 @@ def serve(args, on_load_failed=lambda: None):
         "Predict": lambda self, req, ctx: replica.Predict(req, ctx),
         "GetModelMetadata": lambda self, req, ctx: replica.GetModelMetadata(req, ctx)})()
     serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    oip_methods = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+    inference = type("InferenceServicer", (inference_pb2_grpc.GRPCInferenceServiceServicer,), {
+        m: (lambda name: lambda self, req, ctx: getattr(replica, name)(req, ctx))(m) for m in oip_methods})()
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     health_pb2_grpc.add_HealthServicer_to_server(healths[0], server)
     if args.socket:
         where = f"unix:{args.socket}"

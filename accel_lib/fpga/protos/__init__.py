@@ -1,6 +1,7 @@
-"""TensorFlow Serving's protocol, the subset a replica answers, compiled from this folder's .proto files.
+"""The protocols a replica answers, compiled from this folder's .proto files: TensorFlow Serving's (the subset the
+seed uses: ``serving_pb2``, ``tensorflow_pb2``) and the Open Inference Protocol (``inference_pb2``).
 
-The message names and field numbers are TensorFlow Serving's, so the bytes on the wire are the same. The messages
+The message names and field numbers are the protocols' own, so the bytes on the wire are the same. The messages
 live in a descriptor pool of their own (``POOL``), not protobuf's default one: a process that has imported
 ``tensorflow`` or ``tensorflow_serving`` holds their definitions of the same names there, and both can be used side
 by side (a message of one converts to the other through its bytes).

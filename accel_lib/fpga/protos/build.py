@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("tensorflow.proto", "serving.proto")
+SOURCES = ("tensorflow.proto", "serving.proto", "inference.proto")
 
 
 def generate(out_dir: Path) -> list[Path]:

@@ -1,0 +1,143 @@
+"""The Open Inference Protocol on the front end, called by clients no one here wrote: tritonclient's gRPC and HTTP
+clients (and plain requests for the JSON form), with keys and TLS; the answers equal TF Serving Predict's bit for
+bit, and the errors follow the protocol's status mapping."""
+import base64
+import json
+import uuid
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from helpers import deploy
+from tritonclient.utils import InferenceServerException
+
+from accel_lib import AksCompute, ComputeTarget, Webservice, client_from_service, samples
+from accel_lib.fpga import cluster as cluster_files
+
+SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
+
+
+def _hostport(uri):
+    return uri.split("://", 1)[1].split("/", 1)[0]
+
+
+def _bytes_input(cls, images, name="images"):
+    x = cls(name, [len(images)], "BYTES")
+    x.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return x
+
+
+def _predict(svc, images):
+    with client_from_service(svc) as c:
+        return c.score_numpy_arrays({"images": list(images)}, outputs=SOFTMAX)
+
+
+def _headers(svc):
+    return {"authorization": f"Bearer {svc.get_keys()[0]}"} if svc.auth_enabled else {}
+
+
+def test_tritonclient_grpc_and_http_score_like_predict(built_image, cluster):
+    svc = deploy(built_image, cluster, "svc-oip", auth_enabled=True, num_replicas=1)
+    images = samples.sample_images(3, seed=8)
+    ref = _predict(svc, images)
+    head = _headers(svc)
+
+    g = tgrpc.InferenceServerClient(_hostport(svc.scoring_uri))
+    assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(svc.name, headers=head)
+    assert g.get_server_metadata().extensions == ["binary_tensor_data"]
+    meta = g.get_model_metadata(svc.name, headers=head)
+    assert meta.inputs[0].name == "images" and meta.inputs[0].datatype == "BYTES" and meta.platform
+    assert SOFTMAX in [o.name for o in meta.outputs]
+    out = g.infer(svc.name, [_bytes_input(tgrpc.InferInput, images)], outputs=[tgrpc.InferRequestedOutput(SOFTMAX)],
+                  headers=head)
+    np.testing.assert_array_equal(out.as_numpy(SOFTMAX), ref)                 # bit for bit
+    g.close()
+
+    h = thttp.InferenceServerClient(_hostport(svc.rest_uri))
+    assert h.is_server_live() and h.is_model_ready(svc.name, headers=head)
+    assert h.get_model_metadata(svc.name, headers=head)["inputs"][0]["datatype"] == "BYTES"
+    out = h.infer(svc.name, [_bytes_input(thttp.InferInput, images)], headers=dict(head))   # binary both ways
+    np.testing.assert_array_equal(out.as_numpy(SOFTMAX), ref)
+    out = h.infer(svc.name, [_bytes_input(thttp.InferInput, images)], headers=dict(head),
+                  outputs=[thttp.InferRequestedOutput(SOFTMAX, binary_data=False)])   # the answer as JSON
+    np.testing.assert_array_equal(out.as_numpy(SOFTMAX), ref)
+    h.close()
+
+    body = {"inputs": [{"name": "images", "shape": [len(images)], "datatype": "BYTES",
+                        "parameters": {"content_type": "base64"},
+                        "data": [base64.b64encode(b).decode() for b in images]}],
+            "outputs": [{"name": SOFTMAX}]}
+    r = requests.post(svc.v2_uri + "/infer", json=body, headers=head, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["outputs"][0]
+    assert got["datatype"] == "FP32" and got["shape"] == list(ref.shape)
+    np.testing.assert_array_equal(np.array(got["data"], np.float32).reshape(got["shape"]), ref)
+
+
+def test_oip_errors_follow_the_status_mapping(built_image, cluster):
+    svc = deploy(built_image, cluster, "svc-oip-err", auth_enabled=True, max_images=2)
+    head = _headers(svc)
+    image = samples.sample_images(1, seed=9)[0]
+    g = tgrpc.InferenceServerClient(_hostport(svc.scoring_uri))
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED|missing or wrong key"):
+        g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [image])])
+    with pytest.raises(InferenceServerException, match="no service 'nope'"):     # routed by the seed's header
+        g.infer("nope", [_bytes_input(tgrpc.InferInput, [image])],
+                headers={**head, cluster_files.ROUTE_HEADER: cluster_files.route("nope")})
+    with pytest.raises(InferenceServerException, match="version 1 only"):
+        g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [image])], model_version="7", headers=head)
+    with pytest.raises(InferenceServerException, match="at most 2 per request"):
+        g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [image] * 3)], headers=head)
+    with pytest.raises(InferenceServerException, match="unknown input 'pixels'"):
+        g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [image], name="pixels")], headers=head)
+    with pytest.raises(InferenceServerException, match="could not be decoded as JPEG or PNG"):
+        g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [b"not a picture"])], headers=head)
+    g.close()
+    url = svc.v2_uri
+    cases = [({}, {"inputs": []}, 401),                                     # no key: refused before the body
+             (head, {"inputs": []}, 400),
+             (head, {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["%%%"],
+                                 "parameters": {"content_type": "base64"}}]}, 400),
+             (head, {"inputs": [{"name": "images", "shape": [3], "datatype": "BYTES",
+                                 "parameters": {"content_type": "base64"},
+                                 "data": [base64.b64encode(image).decode()] * 3}]}, 413)]
+    for headers, body, status in cases:
+        r = requests.post(url + "/infer", data=json.dumps(body), headers=headers, timeout=60)
+        assert r.status_code == status and "error" in r.json(), (body, r.status_code, r.text)
+    assert requests.get(url.replace("svc-oip-err", "nope") + "/ready", headers=head, timeout=10).status_code == 404
+    assert requests.get(url + "/versions/2", headers=head, timeout=10).status_code == 404
+    r = requests.post(url + "/infer", data=b"{}x", headers={**head, "Inference-Header-Content-Length": "99"},
+                      timeout=10)
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+    ok = requests.post(url + "/infer", headers=head, timeout=60, json={
+        "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(image).decode()]}]})
+    assert ok.status_code == 200, ok.text                                   # the service kept serving
+
+
+def test_tritonclient_over_tls_with_keys(built_image, tmp_path):
+    ws = built_image.workspace
+    cfg = AksCompute.provisioning_configuration(agent_count=1).enable_ssl(leaf_domain_label="oip")
+    target = ComputeTarget.create(ws, "aks-oip-" + uuid.uuid4().hex[:4], cfg)
+    try:
+        svc = deploy(built_image, target, "svc-oip-tls", auth_enabled=True)
+        ca = str(target.ssl_certificate_file)
+        images = samples.sample_images(2, seed=10)
+        ref = _predict(svc, images)
+        head = _headers(svc)
+        g = tgrpc.InferenceServerClient(_hostport(svc.scoring_uri), ssl=True, root_certificates=ca)
+        out = g.infer(svc.name, [_bytes_input(tgrpc.InferInput, images)], headers=head)
+        np.testing.assert_array_equal(out.as_numpy(SOFTMAX), ref)
+        g.close()
+        h = thttp.InferenceServerClient(_hostport(svc.rest_uri), ssl=True, ssl_options={"ca_certs": ca})
+        out = h.infer(svc.name, [_bytes_input(thttp.InferInput, images)], headers=dict(head))   # it adds to the dict
+        np.testing.assert_array_equal(out.as_numpy(SOFTMAX), ref)
+        h.close()
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(svc.v2_uri, headers=head, timeout=10)                # not trusted without the CA
+    finally:
+        for s in [s for s in Webservice.list(ws) if s.compute_name == target.name]:
+            s.delete()
+        target.delete()
