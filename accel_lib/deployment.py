@@ -74,14 +74,16 @@ def service_specs(workspace, target):
     with workspace.connect() as db:
         services = [s for s in records.find(db, records.ServiceRecord, compute=target.name) if s.state != REPLACED]
         replicas = records.find(db, records.ReplicaRecord, compute=target.name)
-        contexts = {s.name: records.get(db, records.ImageRecord, name=s.image_name, version=s.image_version).context
-                    for s in services}
+        images = {s.name: records.get(db, records.ImageRecord, name=s.image_name, version=s.image_version)
+                  for s in services}
     layout = workspace.layout
     return [cluster.ServiceSpec(
-        name=s.name, context=str(layout.resolve(contexts[s.name])), log_dir=str(layout.service_logs(s.name)),
+        name=s.name, context=str(layout.resolve(images[s.name].context)), log_dir=str(layout.service_logs(s.name)),
         replicas=[cluster.ReplicaSpec(idx=r.idx, node=r.fpga) for r in replicas if r.service == s.name],
         keys=list(s.keys or []), flash_seconds=s.config.flash_seconds, limits=s.config.limits,
-        generation=s.config.generation) for s in services]
+        generation=s.config.generation, runtime=s.config.runtime or "process",
+        container_image=images[s.name].container or "" if s.config.runtime == "container" else "",
+        engine=s.config.engine) for s in services]
 
 
 # -- what the cluster reports -----------------------------------------------------------------------

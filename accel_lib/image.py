@@ -20,14 +20,20 @@ from .model import Model, check_name
 
 BUILD_LOG = "build.log"           # in the build context
 
-SERVER_REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
+SERVER_REQUIREMENTS = ("onnxruntime", "onnx", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\
 # Build context written by accel_lib for image {name}:{version}.
 # The FPGA is simulated: the featurizer stage runs in ONNX Runtime with the device's numeric format.
-FROM python:3.11-slim
+# BASE: Docker Hub's python image, or a local Debian base (python -m accel_lib.fpga.containers base).
+# The pinned requirements install from wheels/ when it holds them (PIP_ARGS=--no-index: no network), else from PyPI.
+ARG BASE=python:3.11-slim
+FROM ${{BASE}}
+ARG PIP_ARGS=
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+COPY wheels/ wheels/
+RUN python3 -m pip install --quiet ${{PIP_ARGS}} --find-links wheels -r requirements.txt && rm -rf wheels
 COPY fpga/ fpga/
 COPY package/ package/
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin accel
@@ -81,6 +87,7 @@ class Image:
         self.creation_state = rec.creation_state
         self.created_time = rec.created_time
         self.context = workspace.layout.resolve(rec.context)
+        self.build_note = ""        # what the last wait_for_creation did about a container build
 
     @classmethod
     def from_record(cls, workspace, rec: records.ImageRecord) -> "Image":
@@ -130,17 +137,13 @@ class Image:
                 description=image_config.description, tags=dict(image_config.tags),
                 properties=dict(image_config.properties), creation_state="Running", context=layout.relative(ctx),
                 created_time=records.now()))
-        bar = progress.bar(total=3, desc=f"image {name}:{version}")
+        bar = progress.bar(total=2, desc=f"image {name}:{version}")
         log_rel = layout.relative(ctx / BUILD_LOG)
         with workspace.pending("image", name=name, version=version, log=log_rel):   # a kill: Failed on next open
             try:
                 _write_context(ctx, model, name, version)
                 bar.update(1)
                 _smoke_test(ctx)
-                bar.update(1)
-                engine = shutil.which("docker") or shutil.which("podman")
-                if os.environ.get("ACCEL_LIB_DOCKER_BUILD") == "1" and engine:
-                    _docker_build(engine, ctx, f"{name}:{version}")
                 bar.update(1)
                 state = "Succeeded"
             except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
@@ -153,13 +156,71 @@ class Image:
                 records.set_status(db, records.ImageRecord, {"name": name, "version": version}, state)
         return Image(workspace, name, version)
 
-    def wait_for_creation(self, show_output=False):
-        """Wait for the build (it is finished when create() returns); show_output prints the build log."""
-        if show_output:
-            print((self.context / BUILD_LOG).read_text())
+    def wait_for_creation(self, show_output=False, engine="auto"):
+        """Build the context into a container image when a container engine answers (``engine``: "auto" finds
+        podman or docker, or name one; None: do not build), the output streamed to the build log with progress;
+        without an engine, say why the build is skipped (the context is complete either way). show_output prints
+        the build log. Idempotent: an image built once is not built again."""
         if self.creation_state != "Succeeded":
             raise UserError(f"image {self.id} failed to build; see {self.image_build_log_uri}.")
+        if engine is not None and not self.container_image:
+            self._build(engine)
+        if show_output:
+            print((self.context / BUILD_LOG).read_text())
         return True
+
+    @property
+    def container_image(self):
+        """The tag of the container image built from this context (None until one is built)."""
+        with self.workspace.connect() as db:
+            rec = records.get(db, records.ImageRecord, name=self.name, version=self.version)
+        return rec.container if rec else None
+
+    @property
+    def container_tag(self) -> str:
+        """The tag a build gives the container image: the workspace registry's name (image_location), lowercase."""
+        return self.image_location.lower()
+
+    def _build(self, engine):
+        from . import progress
+        from .fpga import containers
+        found, why = containers.find_engine(None if engine == "auto" else engine)
+        log_path = self.context / BUILD_LOG
+        if found is None:
+            self.build_note = (f"container build skipped: {why}. The build context is complete: install podman (or "
+                               "start docker) and call wait_for_creation() again, or see the README to build it.")
+            with open(log_path, "a") as log:
+                log.write(self.build_note + "\n")
+            print(self.build_note)
+            return
+        bar = progress.bar(total=1, desc=f"building {self.container_tag} ({containers.engine_name(found)})",
+                           unit="step")
+
+        def step(n, of):
+            bar.total = of
+            bar.n = n
+            bar.refresh()
+
+        def note(text):
+            with open(log_path, "a") as log:
+                log.write(text + "\n")
+        try:
+            base = containers.ensure_base(found, log=note)
+            containers.wheelhouse(self.context / "requirements.txt", self.context / "wheels", log=note)
+            containers.build(found, self.context, self.container_tag, base, log_path, on_step=step,
+                             pip_args="--no-index")
+        except (containers.EngineError, OSError) as e:
+            raise UserError(f"the container build of image {self.id} failed: {e}\n(log: {self.image_build_log_uri})") \
+                from None
+        finally:
+            bar.close()
+        with self.workspace.connect(immediate=True) as db:
+            rec = records.get(db, records.ImageRecord, name=self.name, version=self.version)
+            rec.container = self.container_tag
+            records.update(db, rec, "container")
+        self.build_note = f"built {self.container_tag} with {containers.engine_name(found)} (FROM {base})"
+        note(self.build_note)
+        print(self.build_note)
 
     @staticmethod
     def list(workspace, tags=None, model_name=None):
@@ -171,14 +232,43 @@ class Image:
                 if matches_query(r.tags, tags) and (model_name is None or r.model_name == model_name)]
 
     def delete(self):
-        """Delete the image and its build context; refused while a service runs it."""
+        """Delete the image, its build context and the container image built from it; refused while a service runs
+        it."""
         with self.workspace.connect(immediate=True) as db:
             users = [r.name for r in records.users_of(db, records.ImageRecord(name=self.name, version=self.version))]
             if users:
                 raise UserError(f"image {self.id} is used by service {', '.join(users)}; delete the service first "
                                 "(service.delete()).")
+            rec = records.get(db, records.ImageRecord, name=self.name, version=self.version)
             records.delete(db, records.ImageRecord, name=self.name, version=self.version)
         shutil.rmtree(self.context, ignore_errors=True)
+        if rec is not None and rec.container:
+            from .fpga import containers
+            engine, _ = containers.find_engine()
+            if engine is not None:
+                containers.remove_image(engine, rec.container)
+
+
+def pinned_requirements(names) -> dict:
+    """``names`` and everything they need, each at the version installed here (what the server runs with, and
+    so what its image pins): {distribution name: version}, sorted."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    pins, todo = {}, list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in pins:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise UserError(f"{name} is not installed; reinstall accel_lib (make venv).") from None
+        pins[name] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return dict(sorted(pins.items()))
 
 
 def _write_context(ctx: Path, model: Model, name, version):
@@ -196,14 +286,12 @@ def _write_context(ctx: Path, model: Model, name, version):
     fpga_src = Path(__file__).parent / "fpga"
     shutil.copytree(fpga_src, ctx / "fpga", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     log.write("  fpga/ (the simulator and server)\n")
-    reqs = []
-    for dist in SERVER_REQUIREMENTS:
-        try:
-            reqs.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            raise UserError(f"{dist} is not installed; reinstall accel_lib (make venv).") from None
+    reqs = [f"{name}=={version}" for name, version in pinned_requirements(SERVER_REQUIREMENTS).items()]
     (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    cmd = server.command("python", host="0.0.0.0", port=50051)      # TCP: in a container, Docker or Kubernetes
+    (ctx / "wheels").mkdir()
+    (ctx / "wheels" / "README").write_text("The pinned wheels go here when the image is built offline "
+                                           "(Image.wait_for_creation with a container engine).\n")
+    cmd = server.command("python3", host="0.0.0.0", port=50051)     # TCP: in a container, Docker or Kubernetes
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version, cmd=json.dumps(cmd)))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()
@@ -220,12 +308,3 @@ def _smoke_test(ctx: Path):
             log.write(r.stderr[-4000:])
     if r.returncode:
         raise RuntimeError("the context's server could not score a test image")
-
-
-def _docker_build(engine, ctx: Path, tag):
-    """Opt-in (ACCEL_LIB_DOCKER_BUILD=1): build the context with docker or podman."""
-    r = subprocess.run([engine, "build", "-t", tag, str(ctx)], capture_output=True, text=True, timeout=3600)
-    with open(ctx / BUILD_LOG, "a") as log:
-        log.write(f"{Path(engine).name} build -t {tag}: exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
-    if r.returncode:
-        raise RuntimeError(f"{Path(engine).name} build failed")

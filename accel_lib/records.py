@@ -3,8 +3,9 @@ migrations that open older ones, one typed record per table with its row mapping
 classes share (get, latest and next version, users-of, set-status). No other module writes SQL. ``Layout`` owns
 where everything else in the workspace folder lives.
 
-Version 1 (this accel_lib): the replicas table holds only where each replica runs (service, idx, compute, fpga);
-version 0 (accel_lib before it) also had pid, port and log columns that nothing wrote or read.
+Version 2 (this accel_lib): images record the container image built from their context (``container``: its tag).
+Version 1: the replicas table holds only where each replica runs (service, idx, compute, fpga); version 0 also had
+pid, port and log columns that nothing wrote or read.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import ClassVar
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL, version INTEGER NOT NULL, description TEXT, tags TEXT NOT NULL,
@@ -30,7 +31,7 @@ CREATE TABLE IF NOT EXISTS operations (
 CREATE TABLE IF NOT EXISTS images (
     name TEXT NOT NULL, version INTEGER NOT NULL, model_name TEXT NOT NULL, model_version INTEGER NOT NULL,
     description TEXT, tags TEXT NOT NULL, properties TEXT NOT NULL, creation_state TEXT NOT NULL,
-    context TEXT NOT NULL, created_time TEXT NOT NULL, PRIMARY KEY (name, version));
+    context TEXT NOT NULL, created_time TEXT NOT NULL, container TEXT, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS computes (
     name TEXT PRIMARY KEY, vm_size TEXT NOT NULL, agent_count INTEGER NOT NULL, location TEXT NOT NULL,
     kind TEXT NOT NULL, provisioning_state TEXT NOT NULL, provisioning_errors TEXT, created_time TEXT NOT NULL);
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS replicas (
 MIGRATIONS = {        # version reached -> what takes a workspace of the version before to it
     1: ["ALTER TABLE replicas DROP COLUMN pid", "ALTER TABLE replicas DROP COLUMN port",
         "ALTER TABLE replicas DROP COLUMN log"],
+    2: ["ALTER TABLE images ADD COLUMN container TEXT"],
 }
 
 
@@ -208,6 +210,7 @@ class ImageRecord(Record):
     creation_state: str = "Running"    # Running, Succeeded, Failed
     context: str = ""                  # relative to the workspace
     created_time: str = ""
+    container: str | None = None       # the container image built from the context (its tag), if one was
 
 
 @dataclasses.dataclass

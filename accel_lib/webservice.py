@@ -34,17 +34,20 @@ class AksWebservice:
                              flash_seconds=_CFG.flash_seconds,
                              max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
                              max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
-                             max_request_mb=_LIMITS.max_request_mb) -> cluster.ServiceConfig:
+                             max_request_mb=_LIMITS.max_request_mb, runtime=_CFG.runtime) -> cluster.ServiceConfig:
         """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
         Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
-        ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding)."""
+        ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding).
+        ``runtime="container"`` runs each replica in a container of the image (built by ``wait_for_creation`` with
+        podman or docker), ``"process"`` as a local process; None (the default): in a container where the image was
+        built into one and its engine answers, else as a process."""
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
                             "num_replicas instead.")
         cfg = cluster.ServiceConfig(
             num_replicas=num_replicas, auth_enabled=None if auth_enabled is None else bool(auth_enabled),
             flash_seconds=float(flash_seconds) if isinstance(flash_seconds, (int, float)) else flash_seconds,
-            description=description, tags=dict(tags or {}),
+            description=description, tags=dict(tags or {}), runtime=runtime,
             limits=cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images,
                                          max_pixels=max_pixels, max_request_mb=max_request_mb))
         try:
@@ -52,6 +55,25 @@ class AksWebservice:
         except ManifestError as e:
             raise UserError(str(e)) from None
         return cfg
+
+
+def _container_engine(image, required=True) -> str:
+    """The engine that holds ``image``'s container image; without one, UserError saying how to build it (or ""
+    when not ``required``)."""
+    from .fpga import containers
+    if not required:
+        engine = containers.find_engine()[0] if image.container_image else None
+        return engine if engine and containers.image_exists(engine, image.container_image) else ""
+    if not image.container_image:
+        raise UserError(f"image {image.id} has no container image: runtime='container' needs one. Build it with "
+                        "image.wait_for_creation() where podman or docker answers, or deploy with runtime='process'.")
+    engine, why = containers.find_engine()
+    if engine is None:
+        raise UserError(f"runtime='container' needs a container engine: {why}.")
+    if not containers.image_exists(engine, image.container_image):
+        raise UserError(f"{containers.engine_name(engine)} holds no image {image.container_image}: build it again "
+                        "with image.wait_for_creation(engine=...) using this engine.")
+    return engine
 
 
 class Webservice:
@@ -126,6 +148,10 @@ class Webservice:
         cfg = dataclasses.replace(deployment_config, generation=time.time_ns() // 1000)
         if cfg.auth_enabled is None:                    # AKS: keys on, as in Azure ML; an edge device: off
             cfg.auth_enabled = target.type == "aks"
+        if cfg.runtime is None:                         # as the image allows
+            cfg.runtime = "container" if _container_engine(image, required=False) else "process"
+        if cfg.runtime == "container":
+            cfg.engine = _container_engine(image)
         keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg.auth_enabled else None
         rec, replaced = deployment.record_service(workspace, name, image, target, cfg, keys)
         svc = Webservice.from_record(workspace, rec, target.type)

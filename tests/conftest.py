@@ -1,8 +1,10 @@
 """Shared fixtures: offline, quiet, and no process may outlive the test that started it."""
 import os
 import time
+import uuid
 
 os.environ["ACCEL_LIB_OFFLINE"] = "1"      # tests never fetch weights or data
+SESSION = os.environ.setdefault("ACCEL_LIB_TEST_SESSION", uuid.uuid4().hex)   # inherited by what the tests start
 os.environ.setdefault("ACCEL_LIB_PROGRESS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,20 +15,41 @@ from accel_lib import Model, Workspace  # noqa: E402
 
 
 def _ours():
-    """Our child processes, plus any cluster process or replica on the machine (they are detached on purpose)."""
+    """Our child processes, plus the cluster processes and replicas this test session started (they are detached
+    on purpose; their environment carries the session's mark, so another session's are never touched)."""
     me = psutil.Process()
     found = {p.pid: p for p in me.children(recursive=True)}
     for p in psutil.process_iter(["cmdline"]):
         if any("fpga.server" in a or "fpga.frontend" in a for a in (p.info["cmdline"] or [])):
-            found[p.pid] = p
+            try:
+                if p.environ().get("ACCEL_LIB_TEST_SESSION") == SESSION:
+                    found[p.pid] = p
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                pass
     return found
+
+
+def _containers():
+    """The containers of accel_lib's clusters on this machine (none where no container engine answers)."""
+    from accel_lib.fpga import containers
+    engine, _ = containers.find_engine()
+    if engine is None:
+        return engine, set()
+    return engine, set(containers.labelled(engine))
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
-    """Fail a test (after killing them) if processes it started are still running when it ends."""
+    """Fail a test (after killing them) if processes or containers it started are still running when it ends."""
     before = set(_ours())
+    engine, containers_before = _containers()
     yield
+    engine, containers_after = _containers()
+    left_containers = containers_after - containers_before
+    if left_containers:
+        from accel_lib.fpga import containers
+        for name in left_containers:
+            containers.remove(engine, name)
     deadline = time.monotonic() + 10
     while True:
         left = {pid: p for pid, p in _ours().items() if pid not in before}
@@ -42,6 +65,7 @@ def no_leftover_processes():
         except psutil.NoSuchProcess:
             pass
     assert not left, f"processes outlived the test: {described}"
+    assert not left_containers, f"containers outlived the test: {sorted(left_containers)}"
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ ROUTE_PREFIX = "/api/v1/service/"
 # replica states, as the supervisor reports them
 STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", "CrashLoopBackOff", "Failed"
 REPLICA_STATES = (STARTING, LOADING, HEALTHY, BACKOFF, FAILED)
+RUNTIMES = ("process", "container")     # how a service's replicas run
 EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
 
 
@@ -104,6 +105,8 @@ class ServiceConfig:
     tags: dict = field(default_factory=dict)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     generation: int = 0           # set at each deployment, so that a redeploy under the same name restarts
+    runtime: typing.Optional[str] = None   # "process" or "container"; None: a container where the image was built
+    engine: str = ""              # with "container": the engine that runs the replicas (settled at deployment)
     format: str = "accel_lib.service-config/1"
 
     FILE: typing.ClassVar[str] = "deployment_config"
@@ -117,6 +120,9 @@ class ServiceConfig:
         if isinstance(self.flash_seconds, bool) or not isinstance(self.flash_seconds, (int, float)) \
                 or self.flash_seconds < 0:
             raise manifest.ManifestError(f"flash_seconds must be a number >= 0, got {self.flash_seconds!r}.")
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise manifest.ManifestError(f"runtime must be one of {RUNTIMES} (or None: as the image allows), got "
+                                         f"{self.runtime!r}.")
         self.limits.validate()
 
     def to_json(self) -> str:
@@ -153,6 +159,9 @@ class ServiceSpec:
     flash_seconds: float = 0.0
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     generation: int = 0           # bumped on each deployment, so a redeploy under the same name restarts
+    runtime: str = "process"      # "container": each replica runs in a container of ``container_image``
+    container_image: str = ""
+    engine: str = ""              # the container engine's path (podman or docker)
 
 
 @dataclass
@@ -202,6 +211,7 @@ class ReplicaStatus:
     pid: int = 0
     last_exit: typing.Optional[int] = None
     message: str = ""
+    container: str = ""           # the container's name, when it runs in one
 
 
 @dataclass
@@ -323,6 +333,11 @@ def replica_sockets(socket_dir, serial) -> tuple:
     """(scoring socket, health socket) of the replica process the supervisor numbered ``serial``."""
     base = Path(socket_dir) / f"r{serial}"
     return Path(f"{base}.sock"), Path(f"{base}.health")
+
+
+def replica_socket_dir(socket_dir, serial) -> Path:
+    """The folder of its own that a replica in a container (numbered ``serial``) gets for its sockets."""
+    return Path(socket_dir) / f"c{serial}"
 
 
 def route(service_name) -> str:

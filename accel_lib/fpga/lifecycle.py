@@ -173,24 +173,39 @@ def start(run_dir, timeout=START_TIMEOUT):
     return endpoints(run_dir, wait=timeout)
 
 
-def stop(run_dir, timeout=20):
-    """Stop the cluster process and its replicas (SIGTERM, then SIGKILL after ``timeout`` s); the spec stays."""
-    import psutil
-    ep = cluster.read_optional(cluster.Endpoints, run_dir)
-    if ep is None or not alive(ep.pid, run_dir):
-        return
-    p = psutil.Process(ep.pid)
-    p.terminate()
+def _engines(run_dir) -> set:
+    """The container engines the spec's services run replicas with."""
     try:
-        p.wait(timeout)
-    except psutil.TimeoutExpired:
-        p.kill()
-        p.wait(5)
+        spec = cluster.read_optional(cluster.ClusterSpec, run_dir)
+    except Exception:  # noqa: BLE001 - an older or broken spec: no containers of ours
+        return set()
+    return {s.engine for s in spec.services if s.runtime == "container" and s.engine} if spec else set()
+
+
+def stop(run_dir, timeout=20, engines=None):
+    """Stop the cluster process and its replicas (SIGTERM, then SIGKILL after ``timeout`` s), and remove any
+    container of the cluster that is left; the spec stays."""
+    import psutil
+
+    from . import containers
+    engines = _engines(run_dir) if engines is None else engines
+    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    if ep is not None and alive(ep.pid, run_dir):
+        p = psutil.Process(ep.pid)
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except psutil.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    for engine in engines:                      # what a process killed before it could clean up left behind
+        containers.remove_labelled(engine, containers.cluster_id(run_dir))
 
 
 def remove(run_dir):
-    """Delete the cluster: its spec goes (the process stops when it sees that), the process is stopped, the folder
-    removed."""
+    """Delete the cluster: its spec goes (the process stops when it sees that), the process is stopped, its
+    containers and its folder removed."""
+    engines = _engines(run_dir)
     (Path(run_dir) / cluster.SPEC_FILE).unlink(missing_ok=True)
-    stop(run_dir)
+    stop(run_dir, engines=engines)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -77,6 +77,7 @@ class ReplicaProcess:
         self.restarts = 0
         self.crashes_in_a_row = 0
         self.proc = None
+        self.container = ""           # the name of its container (runtime "container")
         self.socket = self.health_socket = None
         self.last_exit = None
         self.message = ""
@@ -93,7 +94,7 @@ class ReplicaProcess:
     def status(self) -> cluster.ReplicaStatus:
         return cluster.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
                                      restarts=self.restarts, pid=self.proc.pid if self.proc else 0,
-                                     last_exit=self.last_exit, message=self.message)
+                                     last_exit=self.last_exit, message=self.message, container=self.container)
 
     def _set(self, state, message=None):
         if message is not None:
@@ -105,10 +106,14 @@ class ReplicaProcess:
         self.sup.changed()
 
     async def _start(self):
-        self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, next(self.sup.serials))
-        cmd = server.command(sys.executable, socket=self.socket, health_socket=self.health_socket,
-                             service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
-                             limits=self.svc.limits, threads=self.sup.threads, exit_with_parent=True)
+        serial = next(self.sup.serials)
+        if self.svc.runtime == "container":
+            cmd = self._container_command(serial)
+        else:
+            self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, serial)
+            cmd = server.command(sys.executable, socket=self.socket, health_socket=self.health_socket,
+                                 service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
+                                 limits=self.svc.limits, threads=self.sup.threads, exit_with_parent=True)
         env = {**os.environ, "PYTHONPATH": self.svc.context, "PYTHONUNBUFFERED": "1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as f:
@@ -117,6 +122,29 @@ class ReplicaProcess:
                                                              stderr=asyncio.subprocess.STDOUT)
         self.failed_probes = 0
         self._set(cluster.STARTING)
+
+    def _container_command(self, serial):
+        """The engine's command line that runs this replica in a container of the service's image, its sockets in
+        a folder of its own (mounted into the container)."""
+        from . import containers
+        folder = containers.prepare_socket_dir(cluster.replica_socket_dir(self.sup.socket_dir, serial))
+        self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
+        self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
+        inner = server.command("python3", socket=f"{containers.SOCKETS}/{self.socket.name}",
+                               health_socket=f"{containers.SOCKETS}/{self.health_socket.name}",
+                               service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
+                               limits=self.svc.limits, threads=self.sup.threads)
+        self.sup.engines.add(self.svc.engine)
+        return containers.replica_run_command(self.svc.engine, self.svc.container_image, self.container,
+                                              self.sup.cluster_id, folder, inner)
+
+    async def _kill(self):
+        """Kill the replica as a crash would (its container, for one that runs in a container)."""
+        if self.container:
+            from . import containers
+            await asyncio.to_thread(containers.kill, self.svc.engine, self.container)
+        elif self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
 
     async def _run(self):
         start_failures = 0
@@ -171,6 +199,11 @@ class ReplicaProcess:
                     p.unlink(missing_ok=True)
                 except OSError:
                     pass
+        if self.container and self.socket is not None:
+            try:
+                self.socket.parent.rmdir()          # a container's own socket folder
+            except OSError:
+                pass
 
     async def probe(self):
         """Ask the replica's gRPC health service; a replica that served and fails ``LIVENESS_FAILURES`` probes in
@@ -200,7 +233,7 @@ class ReplicaProcess:
         if was_serving and self.failed_probes >= LIVENESS_FAILURES:
             _log(self.log, f"replica {self.spec.idx} failed {self.failed_probes} health probes in a row: hung, "
                            "killed (liveness, modeled)")
-            self.proc.kill()
+            await self._kill()
 
     def not_ready(self):
         """The front end saw this replica fail a call: take it out of rotation until a probe says otherwise."""
@@ -222,10 +255,14 @@ class ReplicaProcess:
                 p.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(p.wait(), 5)
             except asyncio.TimeoutError:
+                await self._kill()
                 p.kill()
                 await p.wait()
             except ProcessLookupError:
                 pass
+        if self.container:
+            from . import containers
+            await asyncio.to_thread(containers.remove, self.svc.engine, self.container)
         self._forget_sockets()
         self.task.cancel()
 
@@ -245,6 +282,9 @@ class Supervisor:
         self.threads = 1
         self.serials = itertools.count()
         self.errors = ErrorLog()
+        from . import containers
+        self.cluster_id = containers.cluster_id(cluster_dir)      # the label of its replicas' containers
+        self.engines = set()                                      # the engines that ran them
 
     def channel(self, socket):
         """A (cached) gRPC channel to a replica's Unix socket."""
@@ -290,6 +330,17 @@ class Supervisor:
         await asyncio.gather(*(self.remove(n, note) for n in list(self.services)))
         for ch in self._channels.values():
             await ch.close()
+        await self.remove_containers()
+
+    async def remove_containers(self, engines=()):
+        """Remove every container labelled with this cluster (what a killed front end left behind, too)."""
+        from . import containers
+        for engine in set(engines) | self.engines:
+            if engine:
+                try:
+                    await asyncio.to_thread(containers.remove_labelled, engine, self.cluster_id)
+                except Exception as e:  # noqa: BLE001 - an engine that does not answer: logged, the rest goes on
+                    self.errors("removing the cluster's containers", e)
 
     def ready(self, name) -> list[ReplicaProcess]:
         """The replicas of ``name`` that serve now."""

@@ -1,0 +1,90 @@
+"""Real containers: the image's build context built offline (a local Debian base, the pinned wheels from a
+wheelhouse in the context), and a service whose replicas run in containers of it: scored over TF Serving's API and
+the Open Inference Protocol, a killed container brought back, and nothing left once it is deleted.
+
+Needs a container engine that answers (podman, or docker with its daemon); skipped, saying how, without one.
+"""
+import base64
+import time
+
+import numpy as np
+import pytest
+import requests
+from helpers import deploy
+
+from accel_lib import AccelContainerImage, Image, UserError, client_from_service, samples
+from accel_lib.fpga import containers
+from accel_lib.fpga.package import AcceleratorPackage
+
+ENGINE, WHY = containers.find_engine()
+pytestmark = pytest.mark.skipif(
+    ENGINE is None, reason=f"no container engine answers ({WHY}); install podman (apt-get install podman runc "
+                           "mmdebstrap) to run these tests, as .ci/run does with CI=true")
+SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
+
+
+@pytest.fixture(scope="module")
+def container_image(converted):
+    """An image of the small converted model, built into a container image (once for the module)."""
+    ws, src, op = converted
+    img = Image.create("small-container", [op.result], AccelContainerImage.image_configuration(), ws)
+    assert img.wait_for_creation()
+    assert img.container_image == img.container_tag and containers.image_exists(ENGINE, img.container_tag)
+    log = (img.context / "build.log").read_text()
+    assert "--no-index" in log and f"built {img.container_tag}" in log
+    yield img
+    containers.remove_image(ENGINE, img.container_tag)
+
+
+def test_the_image_runs_without_tensorflow_as_a_user_and_offline(container_image):
+    code, out, err = containers.run_once(
+        ENGINE, container_image.container_tag, "python3", "-c",
+        "import os, importlib.util as u; print(os.getuid(), u.find_spec('tensorflow') is None)")
+    assert code == 0 and out.split() == ["10001", "True"], err
+    code, out, err = containers.run_once(ENGINE, container_image.container_tag, "python3", "-m", "fpga.server",
+                                         "--package", "package", "--check")
+    assert code == 0 and (SOFTMAX in out or "output_alias" in out), err[-2000:]
+
+
+def test_replicas_in_containers_serve_both_protocols_and_come_back(container_image, cluster):
+    import tritonclient.grpc as tgrpc
+
+    from accel_lib.client import triton_client
+    svc = deploy(container_image, cluster, "svc-ctr", runtime="container", num_replicas=2, auth_enabled=True)
+    reps = svc.replica_status()
+    assert len(reps) == 2 and all(r.container for r in reps)
+    assert set(containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir))) == {r.container for r in reps}
+    images = samples.sample_images(2, seed=12)
+    ref = AcceleratorPackage(container_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
+    with client_from_service(svc) as c:
+        got = c.score_numpy_arrays({"images": images}, outputs=SOFTMAX)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)           # another process, the same package
+    tc, head = triton_client(svc, "grpc")
+    x = tgrpc.InferInput("images", [2], "BYTES")
+    x.set_data_from_numpy(np.array(images, dtype=object))
+    np.testing.assert_array_equal(tc.infer(svc.name, [x], headers=head).as_numpy(SOFTMAX), got)
+    tc.close()
+    r = requests.post(svc.rest_uri, json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]},
+                      headers={"Authorization": f"Bearer {svc.get_keys()[0]}"}, timeout=60)
+    assert r.status_code == 200
+
+    victim = reps[0].container
+    containers.kill(ENGINE, victim)                                       # as a crash would
+    deadline = time.monotonic() + 30
+    while svc.restart_count < 1:
+        assert time.monotonic() < deadline, "the killed container's replica was not restarted within 30 s"
+        time.sleep(0.2)
+    svc.wait_for_deployment(timeout=120)
+    assert victim not in containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir))
+    with client_from_service(svc) as c:
+        np.testing.assert_array_equal(c.score_numpy_arrays({"images": images}, outputs=SOFTMAX), got)
+    assert "restart 1" in svc.get_logs()
+    svc.delete()
+    assert containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir)) == []
+
+
+def test_a_container_runtime_needs_a_built_image(built_image, cluster):
+    with pytest.raises(UserError, match="has no container image: runtime='container' needs one"):
+        deploy(built_image, cluster, "svc-nobuild", runtime="container")
+    with pytest.raises(UserError, match="runtime must be one of"):
+        deploy(built_image, cluster, "svc-bad", runtime="vm")
