@@ -1,5 +1,6 @@
 """Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, conversion's
-memory and time (conversion.py), then serving (in-process vs the service over gRPC and REST; see serving.py).
+memory and time (conversion.py), serving (in-process vs the service over gRPC and REST; see serving.py), then a peer
+server beside ours (MLServer over the Open Inference Protocol; see peers.py).
 Tables and JSON go to build/bench/.
 
 Measured on this machine's CPU with ONNX Runtime: the simulator's cost, not an FPGA's latency (not modelled here).
@@ -58,7 +59,18 @@ def main():
     p.add_argument("--out", default="build/bench", help="where the table and JSON go")
     p.add_argument("--skip-serving", action="store_true", help="no serving measurements")
     p.add_argument("--skip-conversion", action="store_true", help="no conversion measurements (memory and time)")
+    p.add_argument("--skip-peers", action="store_true", help="no MLServer beside our front end")
+    p.add_argument("--only-peers", action="store_true", help="only MLServer beside our front end")
     args = p.parse_args()
+    if args.only_peers:
+        import peers
+        machine = describe()
+        r = peers.run(image_size=args.image_size)
+        print(peers.report(r, machine))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "peers.json"), "w") as f:
+            json.dump({"machine": machine, "peers": r}, f, indent=2)
+        return 0
     from accel_lib import samples
     from accel_lib.fpga import device, formats, kernel
     fp32 = device_graph(args.image_size)
@@ -102,6 +114,12 @@ def main():
         import serving
         results["serving"] = serving.run(image_size=args.image_size)
         table = serving.report(results["serving"], machine)
+        print("\n" + table)
+        lines += ["", table]
+    if not args.skip_peers:
+        import peers
+        results["peers"] = peers.run(image_size=args.image_size)
+        table = peers.report(results["peers"], machine)
         print("\n" + table)
         lines += ["", table]
     os.makedirs(args.out, exist_ok=True)

@@ -5,6 +5,7 @@ import uuid
 
 os.environ["ACCEL_LIB_OFFLINE"] = "1"      # tests never fetch weights or data
 SESSION = os.environ.setdefault("ACCEL_LIB_TEST_SESSION", uuid.uuid4().hex)   # inherited by what the tests start
+os.environ["ACCEL_LIB_CONTAINER_LABELS"] = f"accel_lib.test-session={SESSION}"   # and on the containers they start
 os.environ.setdefault("ACCEL_LIB_PROGRESS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,12 +31,12 @@ def _ours():
 
 
 def _containers():
-    """The containers of accel_lib's clusters on this machine (none where no container engine answers)."""
+    """The containers this test session started (none where no container engine answers)."""
     from accel_lib.fpga import containers
     engine, _ = containers.find_engine()
     if engine is None:
         return engine, set()
-    return engine, set(containers.labelled(engine))
+    return engine, set(containers.labelled(engine, label=f"accel_lib.test-session={SESSION}"))
 
 
 @pytest.fixture(autouse=True)

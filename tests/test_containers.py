@@ -46,6 +46,36 @@ def test_the_image_runs_without_tensorflow_as_a_user_and_offline(container_image
     assert code == 0 and (SOFTMAX in out or "output_alias" in out), err[-2000:]
 
 
+def test_the_image_serves_on_tcp_as_docker_run_would(container_image, tmp_path):
+    """The image as the README runs it: the server on TCP (the image's own command, on a free port)."""
+    import socket
+
+    import tritonclient.grpc as tgrpc
+
+    from accel_lib import PredictionClient
+    from accel_lib.fpga import server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"accel-tcp-{port}"
+    containers.run_detached(ENGINE, container_image.container_tag, name,
+                            server.command("python3", host="127.0.0.1", port=port, flash_seconds=0.0))
+    try:
+        images = samples.sample_images(1, seed=13)
+        ref = AcceleratorPackage(container_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
+        with PredictionClient("127.0.0.1", port, service_name="local", retry_seconds=60) as c:
+            got = c.score_numpy_arrays({"images": images}, outputs=SOFTMAX)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        g = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+        x = tgrpc.InferInput("images", [1], "BYTES")
+        x.set_data_from_numpy(np.array(images, dtype=object))
+        np.testing.assert_array_equal(g.infer("local", [x]).as_numpy(SOFTMAX), got)
+        assert g.is_server_live() and g.is_model_ready("local")
+        g.close()
+    finally:
+        containers.remove(ENGINE, name)
+
+
 def test_replicas_in_containers_serve_both_protocols_and_come_back(container_image, cluster):
     import tritonclient.grpc as tgrpc
 

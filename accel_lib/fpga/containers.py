@@ -3,8 +3,10 @@ from a build context (a local Debian base made with mmdebstrap when no registry 
 a wheelhouse inside the context), running a replica in a container, and removing a cluster's containers.
 
 Every container this project starts carries the label ``LABEL=<cluster id>``, so that what a killed front end left
-behind is found and removed (``remove_labelled``). A replica's container has no network (``--network none``): it
-answers on Unix sockets in a folder of its own that is mounted into it, so only the front end can call it.
+behind is found and removed (``remove_labelled``), and the labels in $ACCEL_LIB_CONTAINER_LABELS ("k=v,k2=v2": your
+own bookkeeping; the tests mark their session's containers so). A replica's container has no network
+(``--network none``): it answers on Unix sockets in a folder of its own that is mounted into it, so only the front
+end can call it.
 
 This machine's kind of kernel needs podman to use runc and cgroupfs and no default ulimits; ``.ci/run`` writes that
 into containers.conf (see the README). Nothing here is modeled: the engine builds and runs real containers.
@@ -171,16 +173,31 @@ def cluster_id(run_dir) -> str:
     return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _labels(cluster) -> list:
+    """``--label`` arguments: the cluster's, and those of $ACCEL_LIB_CONTAINER_LABELS."""
+    extra = [x.strip() for x in os.environ.get("ACCEL_LIB_CONTAINER_LABELS", "").split(",") if "=" in x]
+    return [a for label in [f"{LABEL}={cluster}", *extra] for a in ("--label", label)]
+
+
 def replica_run_command(engine, image, name, cluster, socket_dir, server_cmd) -> list:
     """``engine run`` for one replica: no network, its socket folder mounted at SOCKETS, labelled with its cluster,
     removed when it exits; the image's non-root user (root in the container never), or, for a user who is not root
     on the host, that user mapped in (rootless podman: ``--userns keep-id``)."""
-    cmd = [engine, "run", "--rm", "--name", name, "--label", f"{LABEL}={cluster}", "--network", "none",
+    cmd = [engine, "run", "--rm", "--name", name, *_labels(cluster), "--network", "none",
            "--volume", f"{socket_dir}:{SOCKETS}", "--workdir", APP, "--env", "PYTHONUNBUFFERED=1",
            "--env", f"PYTHONPATH={APP}"]
     if os.geteuid() != 0 and engine_name(engine) == "podman":
         cmd += ["--userns", "keep-id", "--user", f"{os.getuid()}:{os.getgid()}"]
     return cmd + [image, *server_cmd]
+
+
+def run_detached(engine, image, name, cmd, cluster="standalone") -> str:
+    """Start ``cmd`` in a container of ``image`` in the background on the host's network, as ``docker run -d
+    --network host`` would (a replica in TCP mode, checking keys itself); labelled, so that it is found and
+    removed like a cluster's. Returns its name."""
+    _run([engine, "run", "-d", "--rm", "--name", name, *_labels(cluster), "--network", "host", image, *cmd],
+         timeout=120)
+    return name
 
 
 def prepare_socket_dir(path: Path) -> Path:
@@ -201,9 +218,10 @@ def remove(engine, name):
     _run([engine, "rm", "-f", "-t", "2", name], check=False, timeout=120)
 
 
-def labelled(engine, cluster=None) -> list[str]:
-    """The names of the containers (running or not) of a cluster (of every cluster with ``cluster`` None)."""
-    flt = f"label={LABEL}={cluster}" if cluster else f"label={LABEL}"
+def labelled(engine, cluster=None, label=None) -> list[str]:
+    """The names of the containers (running or not) of a cluster (of every cluster with ``cluster`` None), or
+    those with the label ``label`` ("k=v")."""
+    flt = f"label={label}" if label else (f"label={LABEL}={cluster}" if cluster else f"label={LABEL}")
     r = _run([engine, "ps", "-a", "--filter", flt, "--format", "{{.Names}}"], check=False)
     return [n for n in r.stdout.split() if n] if r.returncode == 0 else []
 
