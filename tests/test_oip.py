@@ -141,3 +141,45 @@ def test_tritonclient_over_tls_with_keys(built_image, tmp_path):
         for s in [s for s in Webservice.list(ws) if s.compute_name == target.name]:
             s.delete()
         target.delete()
+
+
+def test_the_protocol_forms_are_checked_before_they_are_copied():
+    from accel_lib.fpga import oip
+    from accel_lib.fpga.protos import inference_pb2
+    raw = oip.join_bytes([b"ab", b"", b"xyz"])
+    assert oip.split_bytes(raw) == [b"ab", b"", b"xyz"]
+    with pytest.raises(oip.ProtocolError, match="more than its raw contents hold"):
+        oip.split_bytes(raw[:-1])
+    with pytest.raises(oip.ProtocolError, match="end inside an element's length"):
+        oip.split_bytes(raw + b"\x01")
+    with pytest.raises(oip.ProtocolError, match="more than 2 images") as e:
+        oip.split_bytes(raw, max_items=2)
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+    req = inference_pb2.ModelInferRequest(model_name="m")
+    req.inputs.add(name="images", datatype="BYTES", shape=[2, 1])
+    req.raw_input_contents.append(oip.join_bytes([b"a", b"b"]))
+    assert oip.infer_input(req, ["images"], 8, 1 << 20) == [b"a", b"b"]
+    req.inputs[0].shape[:] = [3]
+    with pytest.raises(oip.ProtocolError, match=r"holds 2 elements but its shape \[3\] needs 3"):
+        oip.infer_input(req, ["images"], 8, 1 << 20)
+    big = inference_pb2.ModelInferRequest()
+    big.inputs.add(name="images", datatype="FP32", shape=[1 << 20, 224, 224, 3])       # no values: refused by shape
+    with pytest.raises(oip.ProtocolError, match="max_request_mb"):
+        oip.infer_input(big, ["images"], 8, 256 << 20)
+    # REST: binary data after the JSON header, answered in binary or in JSON
+    two = oip.join_bytes([b"ab", b"x"])
+    head = json.dumps({"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(two)}}]}).encode()
+    body, how = oip.rest_infer_request(head + two, len(head), "svc", 8)
+    parsed = inference_pb2.ModelInferRequest.FromString(body)
+    assert parsed.model_name == "svc" and oip.split_bytes(parsed.raw_input_contents[0]) == [b"ab", b"x"]
+    with pytest.raises(oip.ProtocolError, match="no input claims"):
+        oip.rest_infer_request(head + two + b"zz", len(head), "svc", 8)
+    resp = oip.infer_response(inference_pb2.ModelInferResponse, "svc", "7",
+                              {"p": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    text, length = oip.rest_infer_reply(resp.SerializeToString(), {"binary": [], "id": "7"})
+    assert length is None and json.loads(text)["outputs"][0]["data"] == [0, 1, 2, 3, 4, 5]
+    blob, length = oip.rest_infer_reply(resp.SerializeToString(), {"binary": True, "id": ""})
+    meta = json.loads(blob[:length])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 24
+    assert np.frombuffer(blob[length:], "<f4").tolist() == [0, 1, 2, 3, 4, 5]
