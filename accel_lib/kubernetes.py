@@ -19,7 +19,7 @@ KEYS_FILE = "keys"
 def manifests(name, image, replicas, keys=None, flash_seconds=0.0, limits=None, cpus=6):
     """The Deployment, Service and (with keys) Secret of a service, as dicts, in the order to apply them."""
     labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
-    cmd = server.command("python", host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
+    cmd = server.command(server.IMAGE_PYTHON, host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
                          limits=limits or cluster.ServiceLimits(), threads=cpus,
                          keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
     probe = {"grpc": {"port": PORT}}

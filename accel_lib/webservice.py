@@ -272,7 +272,8 @@ class Webservice:
         from . import kubernetes
         cfg = self.deployment_config
         rec = self._record()
-        docs = kubernetes.manifests(self.name, self.image.image_location, cfg.num_replicas,
+        img = self.image
+        docs = kubernetes.manifests(self.name, img.container_image or img.container_tag, cfg.num_replicas,
                                     keys=list(rec.keys) if rec and rec.keys else None,
                                     flash_seconds=cfg.flash_seconds, limits=cfg.limits)
         return kubernetes.write(docs, folder)

@@ -130,7 +130,7 @@ class ReplicaProcess:
         folder = containers.prepare_socket_dir(cluster.replica_socket_dir(self.sup.socket_dir, serial))
         self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
         self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
-        inner = server.command("python3", socket=f"{containers.SOCKETS}/{self.socket.name}",
+        inner = server.command(server.IMAGE_PYTHON, socket=f"{containers.SOCKETS}/{self.socket.name}",
                                health_socket=f"{containers.SOCKETS}/{self.health_socket.name}",
                                service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
                                limits=self.svc.limits, threads=self.sup.threads)
