@@ -291,7 +291,7 @@ def _write_context(ctx: Path, model: Model, name, version):
     (ctx / "wheels").mkdir()
     (ctx / "wheels" / "README").write_text("The pinned wheels go here when the image is built offline "
                                            "(Image.wait_for_creation with a container engine).\n")
-    cmd = server.command(server.IMAGE_PYTHON, host="0.0.0.0", port=50051)     # TCP: in a container, Docker or Kubernetes
+    cmd = server.command(server.IMAGE_PYTHON, host="0.0.0.0", port=50051)   # TCP: Docker or Kubernetes
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version, cmd=json.dumps(cmd)))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()

@@ -27,7 +27,7 @@ def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
     (c,) = pod["containers"]
     assert c["resources"]["limits"][kubernetes.FPGA_RESOURCE] == "1"          # one FPGA per replica
     assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == kubernetes.PORT
-    assert c["command"][:3] == ["python", "-m", "fpga.server"] and "--keys-file" in c["command"]
+    assert c["command"][:3] == ["python3", "-m", "fpga.server"] and "--keys-file" in c["command"]
     assert pod["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
