@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -102,22 +101,12 @@ def run(image_size=224, numeric_format="ms-fp9", rounds=40, seconds=4.0, log=pri
     import requests
     import tritonclient.grpc as tgrpc
 
-    from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
-                           Model, Webservice, Workspace, client_from_service, samples)
+    from accel_lib import AksWebservice, Webservice, client_from_service, samples
     from accel_lib.client import triton_client
     from accel_lib.fpga import cluster
-    from accel_lib.models import Resnet50
-    from serving import _pcts, _throughput
+    from serving import _pcts, _throughput, setup
 
-    d = Path(tempfile.mkdtemp(prefix="accel-bench-peers-"))
-    ws = Workspace.create("peers", path=d / "ws")
-    log(f"peers: converting ResNet-50 at {image_size} px to {numeric_format} (random weights) ...")
-    info = Resnet50(d / "m", weights="random", image_size=image_size).save(d / "m" / "r50")
-    src = Model.register(ws, info.path, "r50")
-    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format=numeric_format)
-    assert op.wait_for_completion(timeout=1800), op.get_log()
-    img = Image.create("r50-image", [op.result], AccelContainerImage.image_configuration(), ws)
-    target = ComputeTarget.create(ws, "peers", AksCompute.provisioning_configuration(agent_count=1))
+    ws, img, target, d = setup("peers", image_size, numeric_format, 1, log)
     threads = cluster.threads_per_replica(os.cpu_count() or 1, 1, 6)
     ml = None
     out = {"image_size": image_size, "numeric_format": numeric_format, "threads": threads}
@@ -127,7 +116,7 @@ def run(image_size=224, numeric_format="ms-fp9", rounds=40, seconds=4.0, log=pri
         svc.wait_for_deployment()
         ml, ml_http, ml_grpc = start_mlserver(img.context / "package", img.context, threads, d / "mlserver", log)
         data = samples.encode(samples.synthetic_image(1, image_size + 76, image_size + 176))
-        name = op.result.manifest.outputs[0]
+        name = img.models[0].manifest.outputs[0]
         ours_grpc, head = triton_client(svc, "grpc")
         peer_grpc = tgrpc.InferenceServerClient(f"127.0.0.1:{ml_grpc}")
         tf_client = client_from_service(svc)

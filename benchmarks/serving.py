@@ -38,25 +38,33 @@ def _throughput(call, clients, seconds):
     return sum(counts) / (time.monotonic() - t0)
 
 
-def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, seconds=5.0, log=print):
-    """Build, convert, deploy and measure; returns the result rows (a dict)."""
-    import psutil
-    import requests
-
-    from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
-                           Model, Webservice, Workspace, client_from_service, samples)
-    from accel_lib.fpga.package import AcceleratorPackage
+def setup(name, image_size, numeric_format, nodes, log=print):
+    """A workspace with ResNet-50 (random weights) converted to ``numeric_format``, its image and a cluster of
+    ``nodes`` nodes: (workspace, image, cluster, folder)."""
+    from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, ComputeTarget, Image, Model,
+                           Workspace)
     from accel_lib.models import Resnet50
-
-    d = Path(tempfile.mkdtemp(prefix="accel-bench-serving-"))
-    ws = Workspace.create("bench", path=d / "ws")
-    log(f"converting ResNet-50 at {image_size} px to {numeric_format} (random weights) ...")
+    d = Path(tempfile.mkdtemp(prefix=f"accel-bench-{name}-"))
+    ws = Workspace.create(name, path=d / "ws")
+    log(f"{name}: converting ResNet-50 at {image_size} px to {numeric_format} (random weights) ...")
     info = Resnet50(d / "m", weights="random", image_size=image_size).save(d / "m" / "r50")
     src = Model.register(ws, info.path, "r50")
     op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format=numeric_format)
     assert op.wait_for_completion(timeout=1800), op.get_log()
     img = Image.create("r50-image", [op.result], AccelContainerImage.image_configuration(), ws)
-    target = ComputeTarget.create(ws, "bench", AksCompute.provisioning_configuration(agent_count=replicas))
+    target = ComputeTarget.create(ws, name, AksCompute.provisioning_configuration(agent_count=nodes))
+    return ws, img, target, d
+
+
+def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, seconds=5.0, log=print):
+    """Build, convert, deploy and measure; returns the result rows (a dict)."""
+    import psutil
+    import requests
+
+    from accel_lib import AksWebservice, Webservice, client_from_service, samples
+    from accel_lib.fpga.package import AcceleratorPackage
+
+    ws, img, target, d = setup("bench", image_size, numeric_format, replicas, log)
     out = {"image_size": image_size, "numeric_format": numeric_format, "replicas": replicas}
     try:
         data = samples.encode(samples.synthetic_image(1, image_size + 76, image_size + 176))
@@ -68,7 +76,7 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
 
         t0 = time.monotonic()
         svc = Webservice.deploy_from_image(ws, "r50-svc", img, AksWebservice.deploy_configuration(
-            num_replicas=replicas, flash_seconds=0.0), target)
+            num_replicas=replicas, flash_seconds=0.0, runtime="process"), target)
         client = client_from_service(svc, retry_seconds=60)
         client.score_numpy_arrays({"images": [data]}, outputs=name)
         out["cold_start_s"] = round(time.monotonic() - t0, 2)
