@@ -33,7 +33,8 @@ def container_image(converted):
     log = (img.context / "build.log").read_text()
     assert "--no-index" in log and f"built {img.container_tag}" in log
     yield img
-    containers.remove_image(ENGINE, img.container_tag)
+    img.delete()                          # the record, the context and the container image: the session's
+    assert not containers.image_exists(ENGINE, img.container_tag)        # workspace is as the other tests expect
 
 
 def test_the_image_runs_without_tensorflow_as_a_user_and_offline(container_image):

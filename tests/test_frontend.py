@@ -365,10 +365,12 @@ def test_a_replica_that_keeps_crashing_backs_off(built_image, cluster):
 
 def test_the_cluster_process_owns_its_replicas(built_image, cluster):
     svc = _deploy(built_image, cluster, "svc-owned", num_replicas=2)
-    pids = [r.pid for r in svc.replica_status()]
-    psutil.Process(cluster.endpoints().pid).kill()                  # the cluster process dies ...
-    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids], timeout=15)
-    assert not alive                                                # ... and its replicas follow it
+    front = psutil.Process(cluster.endpoints().pid)
+    helpers = front.children(recursive=True)                        # replicas, the REST pool, its tracker
+    assert {r.pid for r in svc.replica_status()} <= {p.pid for p in helpers}
+    front.kill()                                                    # the cluster process dies ...
+    gone, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not alive, [" ".join(p.cmdline()[:4]) for p in alive]    # ... and everything it started follows it
     assert svc.state == "Unhealthy" and svc.scoring_uri is None
     with pytest.raises(UserError, match="restart"):
         client_from_service(svc)

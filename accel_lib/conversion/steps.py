@@ -488,7 +488,8 @@ def run_step_process(names, state_path):
     """A step process's work: run steps (comma-separated names) on a state file and write the state back. The
     process ends with the operation's process, and offers itself to the out-of-memory killer before it (which then
     reports what happened)."""
-    _die_with_parent()
+    from ..fpga import host
+    host.die_with_parent()
     try:
         Path("/proc/self/oom_score_adj").write_text("500")
     except OSError:
@@ -496,21 +497,6 @@ def run_step_process(names, state_path):
     state = run_in_this_process(names.split(","), ConversionState.load(state_path))
     state.save(state_path)
     return 0
-
-
-def _die_with_parent():
-    """Ask the kernel to end this process when the operation's process ends (PR_SET_PDEATHSIG), so that no step
-    outlives its conversion; exit at once if that already happened."""
-    import ctypes
-    import signal
-    import sys
-    parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        sys.exit(1)
 
 
 def _in_own_process(group, state, output=None):

@@ -382,8 +382,9 @@ class RestApi:
         import concurrent.futures
         import multiprocessing
         self.router = router
+        from . import host
         self.pool = concurrent.futures.ProcessPoolExecutor(REST_WORKERS, mp_context=multiprocessing.get_context(
-            "spawn"))
+            "spawn"), initializer=host.die_with_parent)       # the pool goes with the front end, killed or not
         self.parsing = {}                        # service name -> a semaphore: one body of a service at a time
 
     async def start(self):

@@ -32,6 +32,23 @@ def _cgroup_file(v1_controller, v1_name, v2_name):
     return None
 
 
+def die_with_parent():
+    """Ask the kernel to kill this process (SIGKILL) when the process that started it ends (Linux's
+    PR_SET_PDEATHSIG), so that no helper outlives its owner, even one killed without warning; exit at once if that
+    already happened. Elsewhere it does nothing."""
+    import ctypes
+    import os
+    import signal
+    import sys
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
 def cpus() -> int:
     """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (as Kubernetes and Binder set
     one; ``os.cpu_count()`` shows the whole machine)."""
