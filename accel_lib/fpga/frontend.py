@@ -11,7 +11,8 @@ Checks come before work. A gRPC call's route, key and service are checked from i
 read (the handlers take the request as a stream, so nothing is read until they ask); the listener's own receive
 limit is the largest service limit; a REST body is read in chunks against its service's limit, with a
 Content-Length or without, and its JSON is parsed (and the reply encoded) in a small process pool, one request of a
-service at a time, so that a service's huge or deep body never holds the event loop that every service shares.
+service at a time, so that a service's huge or deep body never holds the event loop that every service shares
+(bodies and replies under ``INLINE_BYTES`` are handled on the loop: the pool's round trip costs more).
 Connections: at most ``MAX_CONNECTIONS`` per listener, TLS handshakes and a request's headers within
 ``HEADER_SECONDS``, idle connections closed after ``IDLE_SECONDS``, at most ``MAX_STREAMS`` calls per gRPC
 connection.
@@ -52,7 +53,9 @@ MAX_STREAMS = 100               # concurrent calls on one gRPC connection
 MAX_CALLS = 1024                # concurrent gRPC calls in all
 HEADER_SECONDS = 10.0           # a TLS handshake, or a request's headers, must arrive within this
 IDLE_SECONDS = 60.0             # a connection with nothing to do is closed after this
-REST_WORKERS = 2                # processes that parse REST bodies and encode their replies
+REST_WORKERS = 2                # processes that parse large REST bodies and encode large replies
+INLINE_BYTES = 256 << 10        # a body or reply this small is parsed or encoded on the loop (well under 1 ms):
+                                # the pool's round trip would cost more than the work
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413,
                "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "UNIMPLEMENTED": 501, "INTERNAL": 500}
 
@@ -462,16 +465,21 @@ class RestApi:
         from aiohttp import web
         svc = self._service(request, name)
         body = await self.read_body(request, svc)
-        loop = asyncio.get_running_loop()
-        gate = self.parsing.setdefault(svc.name, asyncio.Semaphore(1))
-        async with gate:
-            raw_request, rows, n = await loop.run_in_executor(self.pool, rest_predict_request, body, svc.name,
-                                                              svc.limits.max_images)
+        raw_request, rows, n = await self.work(svc, len(body), rest_predict_request, body, svc.name,
+                                               svc.limits.max_images)
         del body
         raw = await self.router.forward(svc, PREDICT, raw_request, time.monotonic() + 60)
-        async with gate:
-            reply = await loop.run_in_executor(self.pool, rest_predict_reply, raw, rows, n)
+        reply = await self.work(svc, len(raw), rest_predict_reply, raw, rows, n)
         return web.Response(body=reply, content_type="application/json")
+
+    async def work(self, svc, size, fn, *args):
+        """``fn(*args)`` (parsing a body or encoding a reply of ``size`` bytes): on the loop when it is small, else
+        in the pool, one of the service's at a time, so that no service's large bodies hold the others up."""
+        if size <= INLINE_BYTES:
+            return fn(*args)
+        gate = self.parsing.setdefault(svc.name, asyncio.Semaphore(1))
+        async with gate:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
     # -- the Open Inference Protocol -------------------------------------------------------------
@@ -522,15 +530,11 @@ class RestApi:
             raise CallError("INVALID_ARGUMENT", f"{oip.HEADER_LENGTH} must be a whole number, got {header!r}.") \
                 from None
         body = await self.read_body(request, svc)
-        loop = asyncio.get_running_loop()
-        gate = self.parsing.setdefault(svc.name, asyncio.Semaphore(1))
-        async with gate:
-            raw_request, how = await loop.run_in_executor(self.pool, rest_infer_request, body, header_length,
-                                                          svc.name, svc.limits.max_images)
+        raw_request, how = await self.work(svc, len(body), rest_infer_request, body, header_length, svc.name,
+                                           svc.limits.max_images)
         del body
         raw = await self.router.forward(svc, INFER, raw_request, time.monotonic() + 60)
-        async with gate:
-            reply, length = await loop.run_in_executor(self.pool, rest_infer_reply, raw, how)
+        reply, length = await self.work(svc, len(raw), rest_infer_reply, raw, how)
         if length is None:
             return web.Response(body=reply, content_type="application/json")
         return web.Response(body=reply, content_type="application/octet-stream",
