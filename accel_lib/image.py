@@ -87,6 +87,7 @@ class Image:
         self.creation_state = rec.creation_state
         self.created_time = rec.created_time
         self.context = workspace.layout.resolve(rec.context)
+        self.container_image = rec.container    # the tag of the container image built from it (None: not built)
         self.build_note = ""        # what the last wait_for_creation did about a container build
 
     @classmethod
@@ -170,13 +171,6 @@ class Image:
         return True
 
     @property
-    def container_image(self):
-        """The tag of the container image built from this context (None until one is built)."""
-        with self.workspace.connect() as db:
-            rec = records.get(db, records.ImageRecord, name=self.name, version=self.version)
-        return rec.container if rec else None
-
-    @property
     def container_tag(self) -> str:
         """The tag a build gives the container image: the workspace registry's name (image_location), lowercase."""
         return self.image_location.lower()
@@ -218,6 +212,7 @@ class Image:
             rec = records.get(db, records.ImageRecord, name=self.name, version=self.version)
             rec.container = self.container_tag
             records.update(db, rec, "container")
+        self.container_image = rec.container
         self.build_note = f"built {self.container_tag} with {containers.engine_name(found)} (FROM {base})"
         note(self.build_note)
         print(self.build_note)

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cluster
+from . import cluster, oip
 from .server import key_ok
 from .supervisor import ErrorLog, Supervisor
 
@@ -64,15 +64,7 @@ def _log(msg):
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}", flush=True)
 
 
-class CallError(Exception):
-    """A call the front end answers itself: a gRPC status code name and a message."""
-
-    def __init__(self, code, message):
-        super().__init__(code, message)
-        self.code, self.message = code, message
-
-    def __str__(self):
-        return self.message
+CallError = oip.ProtocolError     # a call the front end answers itself: a gRPC status code name and a message
 
 
 class Router:
@@ -165,7 +157,6 @@ def _model_name(method, request):
 def answer(router, method, svc=None, request=b"") -> bytes:
     """The front end's own answer to an Open Inference Protocol health or metadata call (``svc`` and the request
     for ModelReady)."""
-    from . import oip
     from .protos import inference_pb2
     if method == MODEL_READY:
         check_version(svc, inference_pb2.ModelReadyRequest.FromString(request).version)
@@ -180,7 +171,6 @@ def answer(router, method, svc=None, request=b"") -> bytes:
 
 def check_version(svc, version):
     """NOT_FOUND unless ``version`` is empty or the one version every service has."""
-    from . import oip
     if version not in (None, "", oip.MODEL_VERSION):
         raise CallError("NOT_FOUND", f"service {svc.name!r} has version {oip.MODEL_VERSION} only, not {version!r}.")
 
@@ -345,21 +335,6 @@ def rest_predict_reply(raw: bytes, rows: bool, n: int) -> bytes:
     return json.dumps({"outputs": next(iter(outs.values())) if len(outs) == 1 else outs}).encode()
 
 
-def rest_infer_request(body: bytes, header_length, service: str, max_images: int) -> tuple:
-    """An Open Inference Protocol REST infer body -> (ModelInferRequest bytes, how to answer); in the pool."""
-    from . import oip
-    try:
-        return oip.rest_infer_request(body, header_length, service, max_images)
-    except oip.ProtocolError as e:
-        raise CallError(e.code, str(e)) from None
-
-
-def rest_infer_reply(raw: bytes, how: dict) -> tuple:
-    """A ModelInferResponse's bytes -> (HTTP body, JSON header length or None); in the pool."""
-    from . import oip
-    return oip.rest_infer_reply(raw, how)
-
-
 def _warm():
     from . import oip, tensors  # noqa: F401 - the pool's processes import what they parse with once, at start
     from .protos import inference_pb2, serving_pb2  # noqa: F401
@@ -495,7 +470,6 @@ class RestApi:
     async def v2_server(self, request):
         from aiohttp import web
 
-        from . import oip
         return web.json_response({"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION,
                                   "extensions": oip.EXTENSIONS})
 
@@ -509,7 +483,6 @@ class RestApi:
     async def v2_metadata(self, request, name, version):
         from aiohttp import web
 
-        from . import oip
         from .protos import inference_pb2
         svc = self._service(request, name)
         check_version(svc, version)
@@ -520,7 +493,6 @@ class RestApi:
     async def v2_infer(self, request, name, version):
         from aiohttp import web
 
-        from . import oip
         svc = self._service(request, name)
         check_version(svc, version)
         header = request.headers.get(oip.HEADER_LENGTH)
@@ -530,11 +502,11 @@ class RestApi:
             raise CallError("INVALID_ARGUMENT", f"{oip.HEADER_LENGTH} must be a whole number, got {header!r}.") \
                 from None
         body = await self.read_body(request, svc)
-        raw_request, how = await self.work(svc, len(body), rest_infer_request, body, header_length, svc.name,
+        raw_request, how = await self.work(svc, len(body), oip.rest_infer_request, body, header_length, svc.name,
                                            svc.limits.max_images)
         del body
         raw = await self.router.forward(svc, INFER, raw_request, time.monotonic() + 60)
-        reply, length = await self.work(svc, len(raw), rest_infer_reply, raw, how)
+        reply, length = await self.work(svc, len(raw), oip.rest_infer_reply, raw, how)
         if length is None:
             return web.Response(body=reply, content_type="application/json")
         return web.Response(body=reply, content_type="application/octet-stream",

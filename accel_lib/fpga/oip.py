@@ -31,7 +31,8 @@ CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_cont
 
 
 class ProtocolError(ValueError):
-    """A request the protocol (or a limit) refuses: a gRPC status code name and a message that says what to fix."""
+    """A request the protocol (or a limit) refuses: a gRPC status code name and a message that says what to fix
+    (the front end's CallError too)."""
 
     def __init__(self, code, message):
         super().__init__(code, message)
