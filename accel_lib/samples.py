@@ -169,3 +169,117 @@ def image_folder(path):
         images += [f.read_bytes() for f in files]
         labels += [label] * len(files)
     return images, np.asarray(labels, np.int64), classes
+
+
+SCENE_CLASSES = ("disc", "square", "triangle")
+
+
+def _object_mask(kind, yy, xx, cy, cx, ry, rx):
+    """The pixels of one object of ``kind`` centred at (cy, cx) with half-extents (ry, rx)."""
+    dy, dx = (yy - cy) / ry, (xx - cx) / rx
+    if kind == "disc":
+        return dy ** 2 + dx ** 2 < 1.0
+    if kind == "square":
+        return (np.abs(dy) < 1.0) & (np.abs(dx) < 1.0)
+    if kind == "triangle":                           # apex up, base down
+        return (dy < 1.0) & (np.abs(dx) < (dy + 1.0) / 2.0)
+    raise ValueError(f"unknown object {kind!r}; choose from {SCENE_CLASSES}")
+
+
+def scene(seed=0, height=300, width=300, classes=SCENE_CLASSES, objects=(2, 5), sizes=(0.12, 0.45),
+          max_overlap=0.25, clutter=True):
+    """A seeded scene with known boxes: (RGB uint8 image, boxes float32 [k, 4] as (ymin, xmin, ymax, xmax)
+    fractions of the picture, labels int64 [k] from 1 (0 is background)).
+
+    Objects (``classes``; between ``objects[0]`` and ``objects[1]`` of them) vary in size (``sizes``: fractions of
+    the shorter side), aspect (0.75-1.33), position and colour, and may overlap (boxes' IoU at most ``max_overlap``; later ones
+    are drawn over earlier ones); the clutter (thin lines, small specks, noise) belongs to no class. Each box is the
+    exact extent of the object's pixels. ``clutter=False`` leaves out the lines and specks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = ((yy * rng.uniform(0.3, 1.0) + xx * rng.uniform(0.0, 0.7)) / max(height + width, 1))[..., None]
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    img = top * (1 - 2 * t) + bottom * 2 * t
+    for _ in range(int(rng.integers(2, 6)) if clutter else 0):            # clutter: thin lines
+        y0, x0, y1, x1 = rng.uniform(0, 1, 4) * (height, width, height, width)
+        n = int(max(abs(y1 - y0), abs(x1 - x0))) + 1
+        ys, xs = np.linspace(y0, y1, n).astype(int), np.linspace(x0, x1, n).astype(int)
+        keep = (ys < height - 1) & (xs < width - 1)
+        colour = rng.uniform(0, 255, 3)
+        img[ys[keep], xs[keep]] = colour
+        img[ys[keep] + 1, xs[keep]] = colour
+    for _ in range(int(rng.integers(3, 10)) if clutter else 0):  # clutter: small specks
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(1.5, 0.03 * min(height, width))
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    boxes, labels, areas, visible = [], [], [], []  # each object's pixels: drawn, and still visible
+    owner = np.zeros((height, width), np.int64)      # which object each pixel shows (0: none)
+    side = min(height, width)
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+        for _attempt in range(30):
+            size = rng.uniform(*sizes) * side
+            aspect = np.exp(rng.uniform(np.log(0.75), np.log(1.33)))
+            ry, rx = min(size / 2 * np.sqrt(aspect), 0.49 * height), min(size / 2 / np.sqrt(aspect), 0.49 * width)
+            cy, cx = rng.uniform(ry, height - ry), rng.uniform(rx, width - rx)
+            label = int(rng.integers(len(classes)))
+            mask = _object_mask(classes[label], yy, xx, cy, cx, ry, rx)
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            if len(rows) < 4 or len(cols) < 4:
+                continue
+            box = np.array([rows[0] / height, cols[0] / width, (rows[-1] + 1) / height, (cols[-1] + 1) / width])
+            if boxes and _box_iou(box, np.asarray(boxes)).max() > max_overlap:
+                continue
+            covered = np.bincount(owner[mask], minlength=len(boxes) + 1)[1:]
+            if boxes and (np.asarray(visible) - covered < 0.6 * np.asarray(areas)).any():
+                continue                                  # each object stays at least 60% visible
+            local = img[mask].mean(0)
+            colour = rng.uniform(0, 255, 3)
+            while np.abs(colour - local).sum() < 150:       # stands out from what it covers
+                colour = rng.uniform(0, 255, 3)
+            img[mask] = colour
+            visible = [v - c for v, c in zip(visible, covered)] + [int(mask.sum())]
+            areas.append(int(mask.sum()))
+            owner[mask] = len(boxes) + 1
+            boxes.append(box)
+            labels.append(label + 1)
+            break
+    img += rng.normal(0, 6, img.shape)
+    return (np.clip(img, 0, 255).astype(np.uint8), np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(labels, np.int64))
+
+
+def _box_iou(box, boxes):
+    ymin, xmin = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    ymax, xmax = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ymax - ymin, 0, None) * np.clip(xmax - xmin, 0, None)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def labelled_scenes(n=64, seed=0, classes=SCENE_CLASSES, size=(240, 360), **kwargs):
+    """``n`` generated scenes for detection: (encoded JPEGs, one (boxes, classes) per image); each picture's height
+    and width are drawn from ``size`` (low, high); other arguments go to ``scene``."""
+    rng = np.random.default_rng(seed + 7000)
+    images, truths = [], []
+    for i in range(n):
+        h, w = int(rng.integers(*size)), int(rng.integers(*size))
+        img, boxes, labels = scene(seed * 100003 + i, h, w, classes, **kwargs)
+        images.append(encode(img))
+        truths.append((boxes, labels))
+    return images, truths
+
+
+def labelled_objects(classes=SCENE_CLASSES, per_class=64, seed=0, size=(180, 360), sizes=(0.55, 0.9),
+                     clutter=True):
+    """A labelled image set of the scenes' objects, one per picture (varied size, aspect, position and colours):
+    (encoded JPEGs, integer labels from 0), classes interleaved; each picture's height and width are drawn from
+    ``size`` (low, high), the object's size from ``sizes`` (fractions of the shorter side)."""
+    rng = np.random.default_rng(seed + 9000)
+    images, labels = [], []
+    for i in range(per_class):
+        for label, kind in enumerate(classes):
+            h, w = int(rng.integers(*size)), int(rng.integers(*size))
+            img, _, _ = scene(seed * 100003 + i * 31 + label, h, w, (kind,), objects=(1, 1), sizes=sizes,
+                              clutter=clutter)
+            images.append(encode(img))
+            labels.append(label)
+    return images, np.asarray(labels, np.int64)

@@ -123,7 +123,7 @@ def postprocess(outputs, select_threshold=0.5, nms_threshold=0.45, top_k=400):
     image: softmax, decoding, background and scores under ``select_threshold`` dropped, boxes clipped to [0, 1], the
     ``top_k`` best kept, then per-class non-maximum suppression. Boxes are (ymin, xmin, ymax, xmax), best first."""
     outs = _as_list(outputs)
-    logits, offsets = _flatten(outs[:6], NUM_CLASSES), _flatten(outs[6:], 4)
+    logits, offsets = _flatten(outs[:6], outs[0].shape[-1]), _flatten(outs[6:], 4)    # classes incl. background
     if logits.shape[1] != len(anchor_boxes()):
         raise UserError(f"the outputs hold {logits.shape[1]} anchors, SSD300 has {len(anchor_boxes())}.")
     z = logits - logits.max(-1, keepdims=True)
@@ -174,13 +174,20 @@ class SsdVgg(AcceleratedModel):
     labels = "voc"
     output_tensors = list(OUTPUT_NAMES)
 
-    def __init__(self, model_base_path, is_frozen=True, weights="auto", image_size=IMAGE_SIZE, seed=0):
+    def __init__(self, model_base_path, is_frozen=True, weights="auto", image_size=IMAGE_SIZE, seed=0,
+                 class_names=None):
         if image_size != IMAGE_SIZE:
-            raise UserError(f"SsdVgg is SSD300: image_size must be 300, got {image_size}.")
+            raise UserError(f"{type(self).__name__} is SSD300: image_size must be 300, got {image_size}.")
         if weights == "imagenet":
-            raise UserError("no public SSD-VGG weights exist in a Keras format: give a local .h5 weights file "
-                            "(layer names as SsdVgg builds them) or weights='random'.")
+            raise UserError(f"no public {type(self).__name__} weights exist in a Keras format: give a local .h5 "
+                            "weights file (layer names as it builds them) or weights='random'.")
         super().__init__(model_base_path, is_frozen, weights, image_size, seed)
+        if class_names is not None:
+            names = [str(c) for c in class_names]
+            if not names or len(set(names)) != len(names) or "background" in names:
+                raise UserError(f"class_names must be distinct names of your object classes (background is class "
+                                f"0, added for you); got {class_names!r}.")
+            self.labels, self.class_names, self.num_classes = None, ("background", *names), len(names) + 1
 
     def _resolve_weights(self):
         if self._weights_request == "auto":
@@ -197,14 +204,16 @@ class SsdVgg(AcceleratedModel):
         if head is not None:
             raise UserError("SsdVgg takes no custom classifier: its heads are the SSD box and class heads.")
         a = anchors_per_location()
-        cls = [(f"{b}_cls", n, [-1, s, s, k, NUM_CLASSES]) for b, n, s, k in zip(BLOCKS, CLS_NAMES, MAP_SIZES, a)]
+        c = self.num_classes
+        cls = [(f"{b}_cls", n, [-1, s, s, k, c]) for b, n, s, k in zip(BLOCKS, CLS_NAMES, MAP_SIZES, a)]
         loc = [(f"{b}_loc", n, [-1, s, s, k, 4]) for b, n, s, k in zip(BLOCKS, LOC_NAMES, MAP_SIZES, a)]
         return ([(key, name, [], shape, "class_logits") for key, name, shape in cls]
                 + [(key, name, [], shape, "box_offsets") for key, name, shape in loc])
 
     @property
     def postprocess_spec(self):
-        return {"function": "accel_lib.models.ssd.postprocess", "where": "client", "labels": "voc",
+        return {"function": "accel_lib.models.ssd.postprocess", "where": "client",
+                "labels": self.labels or list(self.class_names),
                 "params": {"select_threshold": 0.5, "nms_threshold": 0.45, "top_k": 400}}
 
     def _make_featurizer(self, keras):
@@ -237,8 +246,8 @@ class SsdVgg(AcceleratedModel):
             f = keras.Input(tuple(shape[1:]), name=key)
             inputs.append(f)
             s = shape[1]
-            c = L.Conv2D(a * NUM_CLASSES, 3, padding="same", name=f"{key}_conv_cls")(f)
-            cls.append(L.Reshape((s, s, a, NUM_CLASSES), name=f"{key}_cls")(c))
+            c = L.Conv2D(a * self.num_classes, 3, padding="same", name=f"{key}_conv_cls")(f)
+            cls.append(L.Reshape((s, s, a, self.num_classes), name=f"{key}_cls")(c))
             b = L.Conv2D(a * 4, 3, padding="same", name=f"{key}_conv_loc")(f)
             loc.append(L.Reshape((s, s, a, 4), name=f"{key}_loc")(b))
         return keras.Model(inputs, cls + loc, name="ssd_heads")
@@ -247,6 +256,8 @@ class SsdVgg(AcceleratedModel):
         """Random heads on the generated images: class logits with a spread of 1.5, box offsets of 0.5, and a
         background bias that leaves about ``detections_per_image`` anchors per image above a 0.5 score (before
         suppression), so that the random model draws a few boxes rather than none or thousands."""
+        if self.class_names:
+            return                    # heads for your own classes: Keras's initial weights, to be trained
         rng = np.random.default_rng(self.seed)
         margins = []
         for (key, _, _), f in zip(self.feature_tensors(), feats):
@@ -257,14 +268,14 @@ class SsdVgg(AcceleratedModel):
                 layer.set_weights([w, np.zeros_like(b)])
                 y = np.asarray(layer(f))
                 layer.set_weights([w * np.float32(std / max(float(y.std()), 1e-12)), np.zeros_like(b)])
-            logits = np.asarray(self._classifier.get_layer(f"{key}_conv_cls")(f)).reshape(len(f), -1, NUM_CLASSES)
+            logits = np.asarray(self._classifier.get_layer(f"{key}_conv_cls")(f)).reshape(len(f), -1, self.num_classes)
             margins.append(logits[..., 1:].max(-1) - logits[..., 0])
         margins = np.concatenate(margins, axis=1)
         bias = float(np.quantile(margins, 1 - detections_per_image / margins.shape[1])) + 1.0
         for key, _, _ in self.feature_tensors():
             layer = self._classifier.get_layer(f"{key}_conv_cls")
             w, b = layer.get_weights()
-            b.reshape(-1, NUM_CLASSES)[:, 0] = bias          # most anchors: background
+            b.reshape(-1, self.num_classes)[:, 0] = bias     # most anchors: background
             layer.set_weights([w, b])
 
 
@@ -286,4 +297,117 @@ def _l2_normalization():
 
 class QuantizedSsdVgg(SsdVgg):
     """SSD300-VGG16 with its backbone run in Brainwave's narrow precision (ms-fp9) on the device."""
+    quantized = True
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+def average_precision(detections, truths, num_classes, iou_threshold=0.5):
+    """VOC-style average precision per class over a set of images, and their mean.
+
+    ``detections``: one (classes, scores, boxes) per image (``postprocess``'s answer); ``truths``: one (boxes,
+    classes) per image, classes from 1. Per class, detections are taken best score first and each is a true positive
+    when it overlaps (IoU >= ``iou_threshold``) a ground-truth box of its class not yet claimed; a second detection of
+    a claimed box is a false positive. AP is the area under the precision envelope (VOC 2010+, all points). Returns
+    ({class: AP}, mAP) over the classes that have ground truth."""
+    if len(detections) != len(truths):
+        raise UserError(f"{len(detections)} images of detections but {len(truths)} of ground truth.")
+    per_class = {}
+    for c in range(1, num_classes):
+        found, n_truth = [], 0
+        for i, ((d_cls, d_scores, d_boxes), (t_boxes, t_cls)) in enumerate(zip(detections, truths)):
+            n_truth += int(np.sum(np.asarray(t_cls) == c))
+            mine = np.asarray(d_cls) == c
+            found += [(float(s), i, np.asarray(b, np.float64)) for s, b in zip(np.asarray(d_scores)[mine],
+                                                                               np.asarray(d_boxes)[mine])]
+        if n_truth == 0:
+            continue
+        found.sort(key=lambda f: -f[0])
+        claimed = [np.zeros(int(np.sum(np.asarray(t[1]) == c)), bool) for t in truths]
+        hits = np.zeros(len(found), bool)
+        for k, (_, i, box) in enumerate(found):
+            t_boxes = np.asarray(truths[i][0], np.float64).reshape(-1, 4)[np.asarray(truths[i][1]) == c]
+            if len(t_boxes) == 0:
+                continue
+            overlaps = iou(box, t_boxes)
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= iou_threshold and not claimed[i][best]:
+                claimed[i][best] = hits[k] = True
+        tp = np.cumsum(hits)
+        recall = np.concatenate([[0.0], tp / n_truth, [1.0]])
+        precision = np.concatenate([[0.0], tp / np.arange(1, len(found) + 1), [0.0]])
+        precision = np.maximum.accumulate(precision[::-1])[::-1]          # the envelope
+        step = np.flatnonzero(recall[1:] != recall[:-1])
+        per_class[c] = float(np.sum((recall[step + 1] - recall[step]) * precision[step + 1]))
+    mean = float(np.mean(list(per_class.values()))) if per_class else 0.0
+    return per_class, mean
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------------------
+def match_anchors(boxes, classes, anchors=None, threshold=0.5):
+    """SSD's matching for one image: each ground-truth box claims its best anchor, and every anchor that overlaps a
+    box by IoU >= ``threshold`` takes it. Returns (class per anchor int32 [8732], 0 = background; offsets float32
+    [8732, 4] that decode to the matched box, zero for background)."""
+    a = anchor_boxes() if anchors is None else np.asarray(anchors, np.float32)
+    corners = np.stack([a[:, 0] - a[:, 2] / 2, a[:, 1] - a[:, 3] / 2, a[:, 0] + a[:, 2] / 2, a[:, 1] + a[:, 3] / 2], 1)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    classes = np.asarray(classes).reshape(-1)
+    target = np.zeros(len(a), np.int32)
+    offsets = np.zeros((len(a), 4), np.float32)
+    if len(boxes) == 0:
+        return target, offsets
+    overlaps = np.stack([iou(b, corners) for b in boxes], 1)                  # [8732, k]
+    best = overlaps.argmax(1)
+    positive = overlaps[np.arange(len(a)), best] >= threshold
+    for j in range(len(boxes)):                                               # each box's own best anchor
+        k = int(overlaps[:, j].argmax())
+        best[k], positive[k] = j, True
+    target[positive] = classes[best[positive]]
+    offsets[positive] = encode_boxes(boxes[best[positive]], a[positive])
+    return target, offsets
+
+
+SMALL_CHANNELS = (32, 64, 64, 64, 64, 64)          # SsdSmall's six feature maps' depths
+
+
+class SsdSmall(SsdVgg):
+    """SSD300 on a small backbone of the project's own (0.23 M weights, 0.11 G multiply-adds per image: 1/280 of
+    SSD-VGG's): the same six feature maps (38x38 down to 1x1), anchors, heads and twelve output names as SsdVgg, so
+    the client and post-processing are the same. No weights exist for it anywhere: it starts from seeded random
+    weights and is trained on your scenes (``accel_lib.models.detection.train``)."""
+    family, scope = "ssd_small", "ssd_300_small"
+
+    def _resolve_weights(self):
+        req = self._weights_request
+        if req in ("auto", "random"):
+            self.weights_source = f"random(seed={self.seed})"        # to be trained: it has no other weights
+            return None
+        return super()._resolve_weights()
+
+    def feature_tensors(self):
+        return [(b, f"{self.scope}/{b}/feature:0", [-1, s, s, c])
+                for b, s, c in zip(BLOCKS, MAP_SIZES, SMALL_CHANNELS)]
+
+    def _make_featurizer(self, keras):
+        L = keras.layers
+        inp = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image_tensors")
+        x = L.Rescaling(1 / 64.0, name="input_scale")(inp)       # mean-subtracted pixels -> about [-2, 2]
+
+        def conv(x, ch, stride, name, padding="same"):
+            x = L.Conv2D(ch, 3, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv")(x)
+            x = L.BatchNormalization(name=f"{name}_bn")(x)
+            return L.ReLU(name=f"{name}_relu")(x)
+        x = L.Conv2D(32, 4, strides=4, use_bias=False, name="block1_conv")(x)     # 75: 4x4 patches
+        x = L.ReLU(name="block1_relu")(L.BatchNormalization(name="block1_bn")(x))
+        x = conv(x, 32, 1, "block2")                                # 75
+        feats = [conv(conv(x, 32, 2, "block3a"), SMALL_CHANNELS[0], 1, "block4")]                 # 38
+        feats.append(conv(conv(feats[-1], 64, 2, "block5a"), SMALL_CHANNELS[1], 1, "block7"))    # 19
+        feats.append(conv(feats[-1], SMALL_CHANNELS[2], 2, "block8"))                              # 10
+        feats.append(conv(feats[-1], SMALL_CHANNELS[3], 2, "block9"))                              # 5
+        feats.append(conv(feats[-1], SMALL_CHANNELS[4], 1, "block10", padding="valid"))            # 3
+        feats.append(conv(feats[-1], SMALL_CHANNELS[5], 1, "block11", padding="valid"))            # 1
+        return keras.Model(inp, feats, name=self.scope)
+
+
+class QuantizedSsdSmall(SsdSmall):
+    """SsdSmall with its backbone run in ms-fp9 on the device."""
     quantized = True

@@ -12,7 +12,8 @@ class DeviceFeaturizer:
 
     ``DeviceFeaturizer(model_graph, work_dir)`` saves the model under ``work_dir`` and converts its featurizer with
     the converter's own steps (``conversion.convert_folder``: TensorFlow's work in processes of their own, so this
-    process holds only the package); calling it on encoded images returns features [N, D].
+    process holds only the package); calling it on encoded images returns features [N, D] (a classifier's), or the
+    list of feature maps of a detector (SSD's six).
     """
 
     def __init__(self, model_graph, work_dir, numeric_format=None, block_size=None):
@@ -23,36 +24,39 @@ class DeviceFeaturizer:
         from ..fpga.package import AcceleratorPackage
         info = model_graph.save(Path(work_dir) / "saved")
         meta = info.metadata
-        if len(meta.features) != 1:
-            raise UserError(f"{meta.model_class} has {len(meta.features)} feature maps; transfer learning takes "
-                            "a classifier featurizer (Resnet50/152, Vgg16, Densenet121 or their Quantized twins).")
         self.numeric_format = numeric_format or meta.default_numeric_format
         self.format = formats.get(self.numeric_format, block_size)
-        self.feature_name = meta.features[0].name
-        convert_folder(info.path, Path(work_dir) / "package", outputs=[self.feature_name],
+        self.feature_names = [f.name for f in meta.features]
+        convert_folder(info.path, Path(work_dir) / "package", outputs=self.feature_names,
                        numeric_format=self.numeric_format, block_size=block_size, checks=False)
         self._package = AcceleratorPackage(Path(work_dir) / "package", arena=False)   # a kernel keeps no arena
-        self.feature_dim = meta.features[0].shape[-1]
+        self.feature_shapes = [tuple(f.shape[1:]) for f in meta.features]
+        self.feature_dim = self.feature_shapes[0][-1] if len(self.feature_shapes) == 1 else None
 
     def close(self):
         """Let go of the device graph (its memory), once the features are computed."""
         self._package = None
 
     def __call__(self, images, batch_size=8):
-        """Encoded JPEG/PNG images -> float32 features [N, D], computed in the device's format."""
+        """Encoded JPEG/PNG images -> float32 features [N, D] (or a list of maps [N, H, W, C]), computed in the
+        device's format."""
         from .. import progress
         from ..errors import UserError
         if self._package is None:
             raise UserError("this DeviceFeaturizer was closed; make a new one to compute more features.")
-        out = []
+        out = [[] for _ in self.feature_names]
         bar = progress.bar(total=len(images), desc=f"features ({self.numeric_format})", unit="image",
                            show=len(images) > batch_size)
         for i in range(0, len(images), batch_size):
             batch = list(images[i:i + batch_size])
-            out.append(self._package.run(batch, [self.feature_name])[self.feature_name])
+            got = self._package.run(batch, self.feature_names)
+            for maps, name in zip(out, self.feature_names):
+                maps.append(got[name])
             bar.update(len(batch))
         bar.close()
-        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+        maps = [np.concatenate(m) if m else np.zeros((0, *shape), np.float32)
+                for m, shape in zip(out, self.feature_shapes)]
+        return maps[0] if len(maps) == 1 else maps
 
 
 def train_head(features, labels, num_classes, epochs=30, seed=0):

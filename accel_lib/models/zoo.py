@@ -50,6 +50,7 @@ class AcceleratedModel:
     default_image_size = 224
     preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the seed's); False: squash to size
     labels = "imagenet"         # the label set the default heads predict
+    class_names = ()            # or the default heads' own class names, in index order (then labels is None)
     feature_layer = "pool5"     # seed-style name of the feature tensor
     head_tensor = "predictions/Softmax"
     output_aliases = ()         # other names the seed prints for the default output
@@ -201,12 +202,16 @@ class AcceleratedModel:
                 names = [n.decode() if isinstance(n, bytes) else n for n in g[lname].attrs["weight_names"]]
                 stored[lname] = [g[lname][n][()] for n in names]
         missing = []
+        heads = set(id(l) for l in self._classifier.layers)
         for layer in [*self._featurizer.layers, *self._classifier.layers]:
             if not layer.weights:
                 continue
             if layer.name not in stored:
                 missing.append(layer.name)
                 continue
+            if id(layer) in heads and self.class_names and [w.shape for w in stored[layer.name]] != [
+                    tuple(w.shape) for w in layer.weights]:
+                continue              # heads for your own class count: theirs do not fit, these are to be trained
             layer.set_weights(stored[layer.name])
         if missing:
             raise UserError(f"weights file {path} lacks layers {missing[:5]}...; is it a {self.keras_app} file?")
@@ -308,7 +313,7 @@ class AcceleratedModel:
                      for key, name, al, shape, kind in outs],
             signatures={"serving": "serving_default", "featurize": "featurize", "heads": "heads"},
             labels=self.labels if classifier is None else labels,
-            class_names=list(class_names or []),
+            class_names=list(class_names or (self.class_names if classifier is None else [])),
             postprocess=self.postprocess_spec if classifier is None else None)
         manifest.write(meta, out_dir)
         return SavedModelInfo(str(out_dir), meta)
