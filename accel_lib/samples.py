@@ -192,9 +192,10 @@ def scene(seed=0, height=300, width=300, classes=SCENE_CLASSES, objects=(2, 5), 
     fractions of the picture, labels int64 [k] from 1 (0 is background)).
 
     Objects (``classes``; between ``objects[0]`` and ``objects[1]`` of them) vary in size (``sizes``: fractions of
-    the shorter side), aspect (0.75-1.33), position and colour, and may overlap (boxes' IoU at most ``max_overlap``; later ones
-    are drawn over earlier ones); the clutter (thin lines, small specks, noise) belongs to no class. Each box is the
-    exact extent of the object's pixels. ``clutter=False`` leaves out the lines and specks."""
+    the shorter side), aspect (0.75-1.33), position and colour, and may overlap (boxes' IoU at most
+    ``max_overlap``, each object at least 60% visible; later ones are drawn over earlier ones); the clutter (thin
+    lines, small specks, noise) belongs to no class. Each box is the exact extent of the object's pixels.
+    ``clutter=False`` leaves out the lines and specks."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     t = ((yy * rng.uniform(0.3, 1.0) + xx * rng.uniform(0.0, 0.7)) / max(height + width, 1))[..., None]
