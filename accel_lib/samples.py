@@ -284,3 +284,75 @@ def labelled_objects(classes=SCENE_CLASSES, per_class=64, seed=0, size=(180, 360
             images.append(encode(img))
             labels.append(label)
     return images, np.asarray(labels, np.int64)
+
+
+def write_voc_folder(path, images, truths, class_names) -> str:
+    """Write encoded images and their (boxes, classes) as a Pascal VOC folder: ``JPEGImages/<n>.jpg`` and
+    ``Annotations/<n>.xml`` (pixel boxes, 1-based and inclusive as VOC's are). Returns the folder."""
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    from PIL import Image
+    root = Path(path)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    for i, (data, (boxes, classes)) in enumerate(zip(images, truths)):
+        name = f"{i:06d}"
+        (root / "JPEGImages" / f"{name}.jpg").write_bytes(data)
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+        ann = ET.Element("annotation")
+        ET.SubElement(ann, "filename").text = f"{name}.jpg"
+        size = ET.SubElement(ann, "size")
+        for tag, v in (("width", w), ("height", h), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(v)
+        for (y0, x0, y1, x1), c in zip(np.asarray(boxes).reshape(-1, 4), classes):
+            obj = ET.SubElement(ann, "object")
+            ET.SubElement(obj, "name").text = class_names[int(c) - 1]
+            ET.SubElement(obj, "difficult").text = "0"
+            box = ET.SubElement(obj, "bndbox")
+            for tag, v in (("xmin", round(x0 * w) + 1), ("ymin", round(y0 * h) + 1), ("xmax", round(x1 * w)),
+                           ("ymax", round(y1 * h))):
+                ET.SubElement(box, tag).text = str(int(v))
+        ET.ElementTree(ann).write(root / "Annotations" / f"{name}.xml")
+    return str(root)
+
+
+def voc_folder(path, class_names=None):
+    """A Pascal VOC folder (``Annotations/*.xml`` beside ``JPEGImages/``) -> (encoded images, one (boxes, classes)
+    per image, class names). Boxes become (ymin, xmin, ymax, xmax) fractions; classes count from 1 in the order of
+    ``class_names`` (default: the names found, sorted); objects marked difficult are left out, as VOC's evaluation
+    leaves them."""
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+    root = Path(path)
+    files = sorted((root / "Annotations").glob("*.xml"))
+    if not files:
+        raise ValueError(f"{path} holds no Annotations/*.xml: give a Pascal VOC folder (Annotations/ with one XML "
+                         "per picture, JPEGImages/ with the pictures), e.g. as samples.write_voc_folder writes it.")
+    parsed = []
+    for f in files:
+        try:
+            ann = ET.parse(f).getroot()
+            w, h = (float(ann.findtext(f"size/{k}")) for k in ("width", "height"))
+            objs = [(o.findtext("name").strip(), [float(o.findtext(f"bndbox/{k}")) for k in
+                                                   ("ymin", "xmin", "ymax", "xmax")])
+                    for o in ann.iter("object") if o.findtext("difficult", "0").strip() != "1"]
+            image = root / "JPEGImages" / ann.findtext("filename").strip()
+        except (ET.ParseError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{f}: not a Pascal VOC annotation ({e}); it needs filename, size/width, size/height "
+                             "and, per object, name and bndbox/xmin, ymin, xmax, ymax.") from None
+        if not image.is_file():
+            raise ValueError(f"{f} names {image.name}, which is not in {root / 'JPEGImages'}.")
+        parsed.append((image, w, h, objs))
+    names = list(class_names) if class_names else sorted({n for *_, objs in parsed for n, _ in objs})
+    images, truths = [], []
+    for image, w, h, objs in parsed:
+        unknown = [n for n, _ in objs if n not in names]
+        if unknown:
+            raise ValueError(f"{image.name} has objects of class {unknown[0]!r}, not in class_names {names}.")
+        boxes = [((y0 - 1) / h, (x0 - 1) / w, y1 / h, x1 / w) for _, (y0, x0, y1, x1) in objs]
+        images.append(image.read_bytes())
+        truths.append((np.asarray(boxes, np.float32).reshape(-1, 4),
+                       np.asarray([names.index(n) + 1 for n, _ in objs], np.int64)))
+    return images, truths, tuple(names)

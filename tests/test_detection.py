@@ -123,3 +123,21 @@ def test_training_on_scenes_lowers_the_loss_and_refuses_classes_the_heads_lack(t
 def _prep(images):
     from accel_lib.fpga.host import preprocess
     return preprocess(images, order="RGB", output_height=300, output_width=300, preserve_aspect_ratio=False)
+
+
+def test_a_pascal_voc_folder_reads_back_what_was_written(tmp_path):
+    images, truths = samples.labelled_scenes(4, seed=6)
+    folder = samples.write_voc_folder(tmp_path / "voc", images, truths, samples.SCENE_CLASSES)
+    got_images, got_truths, names = samples.voc_folder(folder, samples.SCENE_CLASSES)
+    assert names == samples.SCENE_CLASSES and got_images == images
+    for (boxes, classes), (got_boxes, got_classes) in zip(truths, got_truths):
+        assert np.array_equal(classes, got_classes)
+        np.testing.assert_allclose(got_boxes, boxes, atol=1 / 240)          # pixel rounding, at most half a pixel
+    assert set(samples.voc_folder(folder)[2]) <= set(samples.SCENE_CLASSES)  # names found, sorted
+    with pytest.raises(ValueError, match="not in class_names"):
+        samples.voc_folder(folder, ("disc",))
+    (tmp_path / "voc" / "Annotations" / "000000.xml").write_text("<annotation><size></size></annotation>")
+    with pytest.raises(ValueError, match="not a Pascal VOC annotation"):
+        samples.voc_folder(folder)
+    with pytest.raises(ValueError, match="no Annotations"):
+        samples.voc_folder(tmp_path)

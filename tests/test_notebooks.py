@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from accel_lib import Model, Workspace, tutorial
+from accel_lib import Model, Workspace, samples, tutorial
 from accel_lib.conversion import checks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,10 +106,12 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
               "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
-              "ssd_train_scenes": 8, "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
+              "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_margin": -1.0, "tl_model_name": "tiny-shapes",
               "trained_model_name": "tiny-patterns", "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0}
+    images, truths = samples.labelled_scenes(12, seed=9)      # 07 reads a Pascal VOC folder of "your own"
+    samples.write_voc_folder(tmp_path / "my-scenes", images, truths, samples.SCENE_CLASSES)
     runs = _run_series(tmp_path, params, again="05-consume.ipynb")
     assert [r.name for r in runs].count("05-consume.ipynb") == 5           # and none of them hung
     assert all(c.seconds < c.limit / 2 for r in runs for c in r.cells), "a cell took half its limit"
@@ -121,7 +123,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert out5.count("confidence:") == 5 and "service vs in-process: 0.0" in out5
     assert "200 REST vs gRPC, max abs difference: 0.0" in out5
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
-    assert "8 training scenes" in out7 and "in-process" in out7 and "computed in fp32" in out7
+    assert "8 training scenes" in out7 and "measured on my-scenes" in out7 and "computed in fp32" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 24 and "computed in fp32" in out8 and "chance 33%" in out8
     rows = [l.split() for l in out9.splitlines() if l.split()[:1] in (["fp32"], ["ms-fp8"], ["ms-fp9"], ["msfp12"],
                                                                        ["msfp16"]) and l.rstrip().endswith(("dB", "-"))]
