@@ -1,6 +1,7 @@
 """Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, conversion's
-memory and time (conversion.py), serving (in-process vs the service over gRPC and REST; see serving.py), then a peer
-server beside ours (MLServer over the Open Inference Protocol; see peers.py).
+memory and time (conversion.py), serving (in-process vs the service over gRPC and REST; see serving.py), a peer
+server beside ours (MLServer over the Open Inference Protocol; see peers.py), then detection training (notebook 07's
+time and held-out mAP, fp32 beside the device format; see detection.py).
 Tables and JSON go to build/bench/.
 
 Measured on this machine's CPU with ONNX Runtime: the simulator's cost, not an FPGA's latency (not modelled here).
@@ -61,6 +62,7 @@ def main():
     p.add_argument("--skip-conversion", action="store_true", help="no conversion measurements (memory and time)")
     p.add_argument("--skip-peers", action="store_true", help="no MLServer beside our front end")
     p.add_argument("--only-peers", action="store_true", help="only MLServer beside our front end")
+    p.add_argument("--skip-detection", action="store_true", help="no detection training")
     args = p.parse_args()
     if args.only_peers:
         import peers
@@ -120,6 +122,12 @@ def main():
         import peers
         results["peers"] = peers.run(image_size=args.image_size)
         table = peers.report(results["peers"], machine)
+        print("\n" + table)
+        lines += ["", table]
+    if not args.skip_detection:
+        import detection
+        results["detection"] = detection.run()
+        table = detection.report(results["detection"], machine)
         print("\n" + table)
         lines += ["", table]
     os.makedirs(args.out, exist_ok=True)

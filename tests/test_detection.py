@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from accel_lib import UserError, samples
+from helpers import save_keras_h5
 from accel_lib.models import SsdSmall, SsdVgg, detection, ssd
 
 A, B = (0.1, 0.1, 0.4, 0.4), (0.5, 0.5, 0.9, 0.8)
@@ -141,3 +142,17 @@ def test_a_pascal_voc_folder_reads_back_what_was_written(tmp_path):
         samples.voc_folder(folder)
     with pytest.raises(ValueError, match="no Annotations"):
         samples.voc_folder(tmp_path)
+
+
+def test_a_weights_file_for_other_classes_gives_its_backbone_and_fresh_heads(tmp_path):
+    voc = SsdSmall(tmp_path, weights="random", seed=3)               # 21 classes, as a VOC weights file has
+    path = tmp_path / "voc.h5"
+    save_keras_h5([*voc.featurizer.layers, *voc.get_default_classifier().layers], path)
+    mine = SsdSmall(tmp_path, weights=str(path), class_names=samples.SCENE_CLASSES)
+    x = _prep(samples.labelled_scenes(1, seed=8)[0])
+    for a, b in zip(mine.featurizer(x), voc.featurizer(x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert mine.get_default_classifier().get_layer("block4_conv_cls").kernel.shape[-1] == 4 * 4
+    same = SsdSmall(tmp_path, weights=str(path))                     # the file's own classes: its heads too
+    np.testing.assert_array_equal(same.get_default_classifier().get_layer("block4_conv_cls").get_weights()[0],
+                                  voc.get_default_classifier().get_layer("block4_conv_cls").get_weights()[0])

@@ -3,6 +3,7 @@ import pytest
 
 from accel_lib import UserError, samples
 from accel_lib.models import QuantizedResnet50, Resnet50, read_metadata
+from helpers import save_keras_h5
 
 
 def test_random_weights_are_seeded_and_announced(tmp_path, capsys):
@@ -34,25 +35,11 @@ def test_weights_file_round_trip(tmp_path):
     src = Resnet50(tmp_path, weights="random", image_size=64, seed=5)
     src.restore_weights()
     path = tmp_path / "w.weights.h5"
-    _save_keras_h5([*src.featurizer.layers, *src.get_default_classifier().layers], path)
+    save_keras_h5([*src.featurizer.layers, *src.get_default_classifier().layers], path)
     dst = Resnet50(tmp_path, weights=str(path), image_size=64)
     x = samples.sample_batch(2, 64, "BGR")
     np.testing.assert_allclose(dst.import_graph_def(x).numpy(), src.import_graph_def(x).numpy(), atol=1e-5)
     assert dst.weights_source == "file:w.weights.h5"
-
-
-def _save_keras_h5(layers, path):
-    """Write weights in the Keras application file layout (layer_names / weight_names attributes)."""
-    import h5py
-    with h5py.File(path, "w") as f:
-        layers = [l for l in layers if l.weights]
-        f.attrs["layer_names"] = [l.name.encode() for l in layers]
-        for l in layers:
-            g = f.create_group(l.name)
-            names = [f"{l.name}/w{i}" for i in range(len(l.weights))]
-            g.attrs["weight_names"] = [n.encode() for n in names]
-            for n, w in zip(names, l.get_weights()):
-                g[n] = w
 
 
 def test_bad_weights_argument(tmp_path):
