@@ -96,6 +96,8 @@ def test_ssd_has_no_download_and_a_fixed_size(tmp_path):
         models.SsdVgg(tmp_path, weights="imagenet")
     with pytest.raises(UserError, match="image_size must be 300"):
         models.QuantizedSsdVgg(tmp_path, weights="random", image_size=224)
+    with pytest.raises(UserError, match="no public SsdSmall \\(the project's own\\) weights"):
+        models.SsdSmall(tmp_path, weights="imagenet")
 
 
 def test_an_old_package_format_gets_a_clear_error(tmp_path):

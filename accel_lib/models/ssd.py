@@ -179,8 +179,9 @@ class SsdVgg(AcceleratedModel):
         if image_size != IMAGE_SIZE:
             raise UserError(f"{type(self).__name__} is SSD300: image_size must be 300, got {image_size}.")
         if weights == "imagenet":
-            raise UserError(f"no public {type(self).__name__} weights exist in a Keras format: give a local .h5 "
-                            "weights file (layer names as it builds them) or weights='random'.")
+            what = "SSD-VGG" if self.family == "ssd_vgg" else f"{type(self).__name__} (the project's own)"
+            raise UserError(f"no public {what} weights exist in a Keras format: give a local .h5 weights file "
+                            "(layer names as it builds them) or weights='random'.")
         super().__init__(model_base_path, is_frozen, weights, image_size, seed)
         if class_names is not None:
             names = [str(c) for c in class_names]
