@@ -259,13 +259,17 @@ def _box_iou(box, boxes):
 def labelled_scenes(n=64, seed=0, classes=SCENE_CLASSES, size=(240, 360), **kwargs):
     """``n`` generated scenes for detection: (encoded JPEGs, one (boxes, classes) per image); each picture's height
     and width are drawn from ``size`` (low, high); other arguments go to ``scene``."""
+    from . import progress
     rng = np.random.default_rng(seed + 7000)
     images, truths = [], []
+    bar = progress.bar(total=n, desc="generating scenes", unit="scene", show=n > 32)
     for i in range(n):
         h, w = int(rng.integers(*size)), int(rng.integers(*size))
         img, boxes, labels = scene(seed * 100003 + i, h, w, classes, **kwargs)
         images.append(encode(img))
         truths.append((boxes, labels))
+        bar.update(1)
+    bar.close()
     return images, truths
 
 
@@ -274,8 +278,11 @@ def labelled_objects(classes=SCENE_CLASSES, per_class=64, seed=0, size=(180, 360
     """A labelled image set of the scenes' objects, one per picture (varied size, aspect, position and colours):
     (encoded JPEGs, integer labels from 0), classes interleaved; each picture's height and width are drawn from
     ``size`` (low, high), the object's size from ``sizes`` (fractions of the shorter side)."""
+    from . import progress
     rng = np.random.default_rng(seed + 9000)
     images, labels = [], []
+    bar = progress.bar(total=per_class * len(classes), desc="generating pictures", unit="picture",
+                       show=per_class * len(classes) > 64)
     for i in range(per_class):
         for label, kind in enumerate(classes):
             h, w = int(rng.integers(*size)), int(rng.integers(*size))
@@ -283,6 +290,8 @@ def labelled_objects(classes=SCENE_CLASSES, per_class=64, seed=0, size=(180, 360
                               clutter=clutter)
             images.append(encode(img))
             labels.append(label)
+            bar.update(1)
+    bar.close()
     return images, np.asarray(labels, np.int64)
 
 
