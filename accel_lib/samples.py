@@ -227,7 +227,7 @@ def scene(seed=0, height=300, width=300, classes=SCENE_CLASSES, objects=(2, 5), 
             if len(rows) < 4 or len(cols) < 4:
                 continue
             box = np.array([rows[0] / height, cols[0] / width, (rows[-1] + 1) / height, (cols[-1] + 1) / width])
-            if boxes and _box_iou(box, np.asarray(boxes)).max() > max_overlap:
+            if boxes and box_iou(box, np.asarray(boxes)).max() > max_overlap:
                 continue
             covered = np.bincount(owner[mask], minlength=len(boxes) + 1)[1:]
             if boxes and (np.asarray(visible) - covered < 0.6 * np.asarray(areas)).any():
@@ -248,12 +248,14 @@ def scene(seed=0, height=300, width=300, classes=SCENE_CLASSES, objects=(2, 5), 
             np.asarray(labels, np.int64))
 
 
-def _box_iou(box, boxes):
+def box_iou(box, boxes) -> np.ndarray:
+    """Intersection over union of one box against many, all as (ymin, xmin, ymax, xmax)."""
     ymin, xmin = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
     ymax, xmax = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
     inter = np.clip(ymax - ymin, 0, None) * np.clip(xmax - xmin, 0, None)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / (area(box) + area(boxes) - inter)
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def labelled_scenes(n=64, seed=0, classes=SCENE_CLASSES, size=(240, 360), **kwargs):

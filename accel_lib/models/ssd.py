@@ -13,6 +13,7 @@ import functools
 
 import numpy as np
 
+from ..samples import box_iou as iou     # one IoU for the scenes, matching, suppression and mAP
 from .zoo import AcceleratedModel, UserError, warn_random
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -95,16 +96,6 @@ def _as_list(outputs):
 def _flatten(maps, depth):
     n = maps[0].shape[0]
     return np.concatenate([m.reshape(n, -1, depth) for m in maps], axis=1)
-
-
-def iou(box, boxes) -> np.ndarray:
-    """Intersection over union of one box against many, all as (ymin, xmin, ymax, xmax)."""
-    ymin, xmin = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    ymax, xmax = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ymax - ymin, 0, None) * np.clip(xmax - xmin, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    union = area(box) + area(boxes) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _nms(classes, boxes, nms_threshold):
