@@ -34,9 +34,13 @@ tutorial: $(STAMP) $(KERNEL)
 	@$(PY) -m accel_lib.tutorial summary $(OUT)
 	@echo "Executed notebooks: $(OUT)/notebooks/   Workspace: $(OUT)/workspace/"
 
-## The whole test suite (unit tests, notebook runs), offline.
+## The whole test suite (unit tests, notebook runs), offline, with a cache and a podman image store of its own under
+## build/test (so a clean clone takes a new machine's path: the Debian base is made from Debian's packages).
+TEST_STORE := $(abspath build/test/containers)
 test: $(STAMP) $(KERNEL)
-	ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 $(PY) -m pytest -q -p no:cacheprovider tests
+	ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 ACCEL_LIB_CACHE=$(abspath build/test/cache) \
+	  ACCEL_LIB_RUN_STORE=$(TEST_STORE) CONTAINERS_STORAGE_CONF=$$($(PY) accel_lib/fpga/containers.py store $(TEST_STORE)) \
+	  $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP) $(KERNEL)
 	ACCEL_LIB_OFFLINE=1 $(PY) benchmarks/run.py

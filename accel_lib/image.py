@@ -19,6 +19,8 @@ from .fpga import server
 from .model import Model, check_name
 
 BUILD_LOG = "build.log"           # in the build context
+BUILT = "built"                   # the build note's first word: a container image was built ...
+SKIPPED = "container build skipped"   # ... or not, and why
 
 SERVER_REQUIREMENTS = ("onnxruntime", "onnx", "numpy", "pillow", "grpcio", "grpcio-health-checking", "protobuf")
 DOCKERFILE = """\
@@ -180,11 +182,20 @@ class Image:
         from .fpga import containers
         found, why = containers.find_engine(None if engine == "auto" else engine)
         log_path = self.context / BUILD_LOG
-        if found is None:
-            self.build_note = (f"container build skipped: {why}. The build context is complete: install podman (or "
-                               "start docker) and call wait_for_creation() again, or see the README to build it.")
+
+        def note(text):
             with open(log_path, "a") as log:
-                log.write(self.build_note + "\n")
+                log.write(text + "\n")
+        if found is not None:
+            try:
+                base = containers.ensure_base(found, log=note)
+                why = containers.cannot_run(found, base)
+            except containers.EngineError as e:
+                why = f"no base image to build from ({e})"
+        if why:
+            self.build_note = (f"{SKIPPED}: {why}. The build context is complete and replicas run as processes; "
+                               "once the engine runs containers, call wait_for_creation() again.")
+            note(self.build_note)
             print(self.build_note)
             return
         bar = progress.bar(total=1, desc=f"building {self.container_tag} ({containers.engine_name(found)})",
@@ -194,12 +205,7 @@ class Image:
             bar.total = of
             bar.n = n
             bar.refresh()
-
-        def note(text):
-            with open(log_path, "a") as log:
-                log.write(text + "\n")
         try:
-            base = containers.ensure_base(found, log=note)
             containers.wheelhouse(self.context / "requirements.txt", self.context / "wheels", log=note)
             containers.build(found, self.context, self.container_tag, base, log_path, on_step=step,
                              pip_args="--no-index")
@@ -213,7 +219,7 @@ class Image:
             rec.container = self.container_tag
             records.update(db, rec, "container")
         self.container_image = rec.container
-        self.build_note = f"built {self.container_tag} with {containers.engine_name(found)} (FROM {base})"
+        self.build_note = f"{BUILT} {self.container_tag} with {containers.engine_name(found)} (FROM {base})"
         note(self.build_note)
         print(self.build_note)
 

@@ -23,3 +23,27 @@ def save_keras_h5(layers, path):
             g.attrs["weight_names"] = [n.encode() for n in names]
             for n, w in zip(names, l.get_weights()):
                 g[n] = w
+
+
+def container_engine():
+    """(engine, base image) that can start containers here, else the test is skipped with the engine's reason, or
+    fails where $ACCEL_LIB_REQUIRE_CONTAINERS=1 (.ci/run sets it once it has installed podman)."""
+    import os
+
+    import pytest
+
+    from accel_lib.fpga import containers
+    engine, why = containers.find_engine()
+    base = None
+    if engine is not None:
+        try:
+            base = containers.ensure_base(engine, log=lambda _: None)
+            why = containers.cannot_run(engine, base)
+        except containers.EngineError as e:
+            why = str(e)
+    if why:
+        if os.environ.get("ACCEL_LIB_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(f"containers are required here ($ACCEL_LIB_REQUIRE_CONTAINERS=1) but: {why}")
+        pytest.skip(f"no container engine can run containers here ({why}); install podman (apt-get install podman "
+                    "runc mmdebstrap) and the containers.conf lines it names, as .ci/run does with CI=true")
+    return engine, base

@@ -2,25 +2,45 @@
 wheelhouse in the context), and a service whose replicas run in containers of it: scored over TF Serving's API and
 the Open Inference Protocol, a killed container brought back, and nothing left once it is deleted.
 
-Needs a container engine that answers (podman, or docker with its daemon); skipped, saying how, without one.
+Needs a container engine that can start containers (podman, or docker with its daemon); skipped, saying why and
+how, without one (and failed instead where .ci/run requires containers). Where .ci/run has given the run a store of
+its own ($ACCEL_LIB_RUN_STARTED), the base image must have been made in this run, as on a new machine.
 """
 import base64
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from helpers import deploy
+from helpers import container_engine, deploy
 
 from accel_lib import AccelContainerImage, Image, UserError, client_from_service, samples
 from accel_lib.fpga import containers
 from accel_lib.fpga.package import AcceleratorPackage
 
-ENGINE, WHY = containers.find_engine()
-pytestmark = pytest.mark.skipif(
-    ENGINE is None, reason=f"no container engine answers ({WHY}); install podman (apt-get install podman runc "
-                           "mmdebstrap) to run these tests, as .ci/run does with CI=true")
+ENGINE = containers.find_engine()[0]
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine():
+    """The engine, once it has started a throwaway container of the base (else every test here is skipped)."""
+    return container_engine()[0]
+
+
+def test_the_base_image_was_made_in_this_run(engine):
+    """On a fresh store (CI's, under build/) the base was made from Debian's packages in this very run."""
+    started = os.environ.get("ACCEL_LIB_RUN_STARTED")
+    if not started:
+        pytest.skip("$ACCEL_LIB_RUN_STARTED is not set: this run did not start from an empty store (.ci/run does)")
+    root = Path(os.environ["ACCEL_LIB_RUN_STORE"]).resolve()
+    assert Path(containers.graph_root(engine)).resolve().is_relative_to(root), "the engine does not use the run's store"
+    made = containers.image_created(engine, containers.BASE_TAG)
+    tar = containers.cache_dir() / containers.BASE_TAR
+    assert made is not None and made >= float(started), f"{containers.BASE_TAG} predates this run"
+    assert containers.base_tar_ok(tar) and tar.stat().st_mtime >= float(started), f"{tar} predates this run"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,12 @@ own bookkeeping; the tests mark their session's containers so). A replica's cont
 (``--network none``): it answers on Unix sockets in a folder of its own that is mounted into it, so only the front
 end can call it.
 
-This machine's kind of kernel needs podman to use runc and cgroupfs and no default ulimits; ``.ci/run`` writes that
-into containers.conf (see the README). Nothing here is modeled: the engine builds and runs real containers.
+An engine that answers ``info`` may still be unable to start a container (Debian's podman at its defaults on a
+kernel like this one: "error setting rlimit type 7"), so ``cannot_run`` starts a throwaway container of the base
+before anything is built on it, and says why and how to fix it (``containers_conf``: the lines ``.ci/run`` writes).
+Every call to the engine is bounded in time. ``store`` makes a private image store (a storage.conf for
+$CONTAINERS_STORAGE_CONF): the tests and CI use one under build/, so every run takes a new machine's path. Nothing
+here is modeled: the engine builds and runs real containers.
 """
 from __future__ import annotations
 
@@ -28,8 +32,18 @@ BASE_PYTHON = "3.11"                                       # the Python of both 
 CONTAINER_UID = 10001                                      # the Dockerfile's user
 APP = "/app"                                               # the build context's place in the image
 SOCKETS = "/run/accel"                                     # where a replica's socket folder is mounted
-INFO_TIMEOUT = 20
+INFO_TIMEOUT = 20                                          # `engine info`: an engine slower than this hangs
+RUN_TIMEOUT = 120                                          # the throwaway container of cannot_run
+BASE_TIMEOUT = 900                                         # mmdebstrap (Debian's packages: about 20 s here)
 BUILD_TIMEOUT = 1800
+BASE_TAR = "debian-bookworm-python3.tar"                   # the base's cache entry (a tarball, checked)
+CONTAINERS_CONF = """[containers]
+default_ulimits = []
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+"""                                                        # what podman needs on this kind of kernel (see cannot_run)
 
 
 class EngineError(RuntimeError):
@@ -37,7 +51,10 @@ class EngineError(RuntimeError):
 
 
 def _run(cmd, timeout=60, check=True):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{' '.join(map(str, cmd[:3]))} ... did not answer within {timeout} s") from None
     if check and r.returncode:
         raise EngineError(f"{' '.join(map(str, cmd[:3]))} ... failed (exit {r.returncode}): "
                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
@@ -63,7 +80,7 @@ def find_engine(prefer=None):
             try:
                 r = _run([path, "info"], timeout=INFO_TIMEOUT, check=False)
                 _ANSWERS[path] = None if r.returncode == 0 else (r.stderr or r.stdout).strip().splitlines()[-1:]
-            except (OSError, subprocess.TimeoutExpired) as e:
+            except (OSError, EngineError) as e:
                 _ANSWERS[path] = [str(e)]
         if _ANSWERS[path] is None:
             return path, None
@@ -90,25 +107,129 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ACCEL_LIB_CACHE") or Path.home() / ".cache" / "accel_lib")
 
 
+def base_tar_ok(tar: Path) -> bool:
+    """Whether the base's cache entry is what ensure_base writes: a tar file that holds python3, whose size its
+    marker file recorded when it was made (a directory, a truncated or foreign file is not)."""
+    mark = tar.with_name(tar.name + ".ok")
+    try:
+        return tar.is_file() and not tar.is_symlink() and mark.read_text().strip() == str(tar.stat().st_size)
+    except OSError:
+        return False
+
+
+def _discard(path: Path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def make_base_tar(tar: Path, log=print):
+    """Write the Debian base (minbase with python3 and pip) to ``tar`` with mmdebstrap, as a tarball, checked, then
+    marked good; a broken entry left there before is removed first."""
+    import tarfile
+    for old in (tar, tar.with_name(tar.name + ".ok")):
+        if old.exists() or old.is_symlink():
+            log(f"removing the broken cache entry {old.name} (not the tarball this project writes)")
+            _discard(old)
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar.with_name(f".{tar.stem}.tmp{os.getpid()}.tar")      # mmdebstrap picks its format by the name
+    _discard(tmp)
+    log("making a Debian base image from Debian's packages with mmdebstrap (once per machine; the slowest step "
+        "of a first build)")
+    t0 = time.monotonic()
+    try:
+        _run(["mmdebstrap", "--variant=minbase", "--format=tar", "--include=python3,python3-pip", "bookworm",
+              str(tmp)], timeout=BASE_TIMEOUT)
+        with tarfile.open(tmp) as t:
+            names = set(t.getnames())
+        if not names & {"./usr/bin/python3", "usr/bin/python3"}:
+            raise EngineError(f"mmdebstrap wrote {tmp.name} without usr/bin/python3")
+        os.replace(tmp, tar)
+    except (OSError, tarfile.TarError) as e:
+        raise EngineError(f"mmdebstrap's output is not a base tarball: {e}") from None
+    finally:
+        _discard(tmp)
+    tar.with_name(tar.name + ".ok").write_text(f"{tar.stat().st_size}\n")
+    log(f"made {tar.name} ({tar.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - t0:.0f} s")
+
+
 def ensure_base(engine, log=print):
-    """The base image to build from: the local Debian base if the engine has it, or made now with mmdebstrap
-    (Debian's packages, about a minute once; the tarball cached), else Docker Hub's python image."""
+    """The base image to build from: the local Debian base if the engine has it, or imported from the cached
+    tarball (made now with mmdebstrap from Debian's packages when the entry is missing or broken), else Docker
+    Hub's python image (needs Docker Hub)."""
     if image_exists(engine, BASE_TAG):
         return BASE_TAG
-    tar = cache_dir() / "debian-bookworm-python3.tar"
-    if not tar.is_file():
+    tar = cache_dir() / BASE_TAR
+    if not base_tar_ok(tar):
         if shutil.which("mmdebstrap") is None:
             log(f"no local base image and no mmdebstrap: building FROM {HUB_BASE} (needs Docker Hub)")
             return HUB_BASE
-        tar.parent.mkdir(parents=True, exist_ok=True)
-        log("making a Debian base image from Debian's packages with mmdebstrap (about a minute, once)")
-        tmp = tar.with_suffix(f".tmp{os.getpid()}")
-        _run(["mmdebstrap", "--variant=minbase", "--include=python3,python3-pip", "bookworm", str(tmp)],
-             timeout=900)
-        os.replace(tmp, tar)
+        make_base_tar(tar, log=log)
     _run([engine, "import", str(tar), BASE_TAG], timeout=300)
     log(f"imported {tar.name} as {BASE_TAG}")
     return BASE_TAG
+
+
+def containers_conf_hint() -> str:
+    """The fix for podman that cannot start a container on a kernel like this one, in one line."""
+    lines = "; ".join(x for x in CONTAINERS_CONF.splitlines() if x.strip())
+    return ("put these lines in /etc/containers/containers.conf (or ~/.config/containers/containers.conf), as "
+            f"`python3 accel_lib/fpga/containers.py conf` prints them: {lines}")
+
+
+_RUNS = {}
+
+
+def cannot_run(engine, image) -> str | None:
+    """Why ``engine`` cannot start a container of ``image`` here, in one line with the fix, or None when a
+    throwaway container (``true``, no network) ran; asked once per engine, image and store in a process."""
+    key = (engine, image, os.environ.get("CONTAINERS_STORAGE_CONF"), os.environ.get("CONTAINERS_CONF"))
+    if key not in _RUNS:
+        name = engine_name(engine)
+        try:
+            r = _run([engine, "run", "--rm", "--network", "none", image, "true"], timeout=RUN_TIMEOUT, check=False)
+            err = " ".join((r.stderr or r.stdout).split())
+            _RUNS[key] = None if r.returncode == 0 else (
+                f"{name} cannot start a container here (exit {r.returncode}: {err[-300:]})")
+        except (OSError, EngineError) as e:
+            _RUNS[key] = f"{name} cannot start a container here ({e})"
+        if _RUNS[key] and name == "podman":
+            _RUNS[key] += "; to fix it, " + containers_conf_hint()
+        elif _RUNS[key]:
+            _RUNS[key] += f"; see `{name} info` and the engine's own log"
+    return _RUNS[key]
+
+
+def store(folder) -> Path:
+    """A private image store in ``folder``: writes its storage.conf (overlay, graph and run roots inside) and
+    returns its path, for $CONTAINERS_STORAGE_CONF (podman; docker has one store per daemon)."""
+    folder = Path(folder).resolve()
+    (folder / "storage").mkdir(parents=True, exist_ok=True)
+    (folder / "run").mkdir(parents=True, exist_ok=True)
+    conf = folder / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{folder / "storage"}"\n'
+                    f'runroot = "{folder / "run"}"\n')
+    return conf
+
+
+def graph_root(engine) -> str:
+    """Where the engine keeps its images ("" when it does not say)."""
+    fmt = "{{.Store.GraphRoot}}" if engine_name(engine) == "podman" else "{{.DockerRootDir}}"
+    r = _run([engine, "info", "--format", fmt], timeout=INFO_TIMEOUT, check=False)
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def image_created(engine, tag) -> float | None:
+    """When the image ``tag`` was made (seconds since the epoch), None when the engine has no such image."""
+    from datetime import datetime
+    r = _run([engine, "image", "inspect", "--format", "{{.Created}}", tag], check=False)
+    if r.returncode:
+        return None
+    text = r.stdout.strip().replace(" +0000 UTC", "Z").replace(" ", "T", 1)    # podman's form, then docker's ISO
+    whole, _, rest = text.partition(".")
+    frac = "".join(ch for ch in rest if ch.isdigit())
+    return datetime.fromisoformat(whole.rstrip("Z") + "+00:00").timestamp() + float(f"0.{frac or 0}")
 
 
 def wheelhouse(requirements: Path, dest: Path, log=print):
@@ -244,12 +365,23 @@ def remove_labelled(engine, cluster=None) -> list[str]:
 
 
 def main(argv=None):
-    """``python -m accel_lib.fpga.containers base``: make the local Debian base image now (CI does it once)."""
+    """``python3 accel_lib/fpga/containers.py base``: make the local Debian base image now; ``conf``: print the
+    containers.conf that podman needs on this kind of kernel; ``store FOLDER``: make a private image store there and
+    print its storage.conf's path (for $CONTAINERS_STORAGE_CONF)."""
     import argparse
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("what", choices=["base"])
+    p.add_argument("what", choices=["base", "conf", "store"])
+    p.add_argument("folder", nargs="?", help="the store's folder (store)")
     p.add_argument("--engine")
     args = p.parse_args(argv)
+    if args.what == "conf":
+        print(CONTAINERS_CONF, end="")
+        return 0
+    if args.what == "store":
+        if not args.folder:
+            p.error("store needs a FOLDER")
+        print(store(args.folder))
+        return 0
     engine, why = find_engine(args.engine)
     if engine is None:
         print(f"no container engine: {why}", file=sys.stderr)

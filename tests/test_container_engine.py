@@ -1,0 +1,118 @@
+"""The container path on a new machine, on a scratch store and an empty cache: the Debian base made as a real
+tarball (over a broken cache entry, as an older release left it), an engine that answers but cannot start a
+container (the image stays a build context, said why with the fix), and engines that hang (bounded waits).
+
+Where podman or mmdebstrap is missing, the tests that need them are skipped, saying how to install them.
+"""
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from accel_lib import AccelContainerImage, Image
+from accel_lib.fpga import containers
+
+PODMAN = shutil.which("podman")
+needs_podman = pytest.mark.skipif(PODMAN is None or shutil.which("mmdebstrap") is None,
+                                  reason="needs podman and mmdebstrap (apt-get install podman runc mmdebstrap, as "
+                                         ".ci/run does with CI=true)")
+# podman refuses to raise a limit past the kernel's fs.nr_open (at most 2^20 by default) on any machine: the
+# failure Debian's defaults meet on a kernel like this one ("error setting rlimit type 7"), made certain
+TOO_MANY_FILES = 1 << 22
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """An empty cache and a private podman store, used by the environment of this module's tests only."""
+    folder = tmp_path_factory.mktemp("scratch")
+    env = {"ACCEL_LIB_CACHE": str(folder / "cache"),
+           "CONTAINERS_STORAGE_CONF": str(containers.store(folder / "store"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield folder
+    if PODMAN:
+        subprocess.run([PODMAN, "rmi", "-af"], capture_output=True, timeout=300)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_podman
+def test_a_broken_cache_entry_is_rebuilt_as_a_real_tarball_into_an_empty_store(scratch):
+    engine = containers.find_engine("podman")[0]
+    assert containers.graph_root(engine).startswith(str(scratch)), "the test's store is not the scratch one"
+    assert not containers.image_exists(engine, containers.BASE_TAG)
+    tar = containers.cache_dir() / containers.BASE_TAR
+    (tar / "etc").mkdir(parents=True)                  # what the release before this one left: a directory
+    assert not containers.base_tar_ok(tar)
+    said = []
+    assert containers.ensure_base(engine, log=said.append) == containers.BASE_TAG
+    assert any("removing the broken cache entry" in s for s in said), said
+    assert tar.is_file() and tarfile.is_tarfile(tar) and containers.base_tar_ok(tar)
+    assert containers.image_exists(engine, containers.BASE_TAG)
+    assert not list(tar.parent.glob(".*tmp*")), "a temporary file was left in the cache"
+    with open(tar, "r+b") as f:                         # a truncated entry is not good either
+        f.truncate(tar.stat().st_size // 2)
+    assert not containers.base_tar_ok(tar)
+
+
+@needs_podman
+def test_an_engine_that_cannot_start_a_container_leaves_a_build_context(scratch, converted, monkeypatch):
+    engine = containers.find_engine("podman")[0]
+    base = containers.ensure_base(engine, log=lambda _: None)
+    bad = scratch / "containers.conf"
+    bad.write_text(containers.CONTAINERS_CONF.replace("default_ulimits = []",
+                                                      f'default_ulimits = ["nofile={TOO_MANY_FILES}:{TOO_MANY_FILES}"]'))
+    monkeypatch.setenv("CONTAINERS_CONF", str(bad))
+    why = containers.cannot_run(engine, base)
+    assert why and "rlimit" in why and "default_ulimits = []" in why and "\n" not in why, why
+    ws, _, op = converted
+    img = Image.create("no-engine", [op.result], AccelContainerImage.image_configuration(), ws)
+    try:
+        assert img.wait_for_creation()
+        assert not img.container_image                  # a build context, so replicas will run as processes
+        log = (img.context / "build.log").read_text()
+        assert img.build_note.startswith("container build skipped: podman cannot start a container here")
+        assert img.build_note in log and "replicas run as processes" in img.build_note
+    finally:
+        img.delete()
+
+
+def _fake_engine(tmp_path, script):
+    path = tmp_path / "hung-engine"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_engine_that_hangs_is_not_waited_for(tmp_path, monkeypatch, converted):
+    """An engine whose ``info`` never answers is no engine; one that answers but whose container never starts is
+    one that cannot run containers; both within their bounds."""
+    monkeypatch.setattr(containers, "INFO_TIMEOUT", 2)
+    engine = _fake_engine(tmp_path, "exec sleep 600\n")
+    found, why = containers.find_engine(engine)
+    assert found is None and "did not answer within 2 s" in why, why
+    ws, _, op = converted
+    img = Image.create("hung-engine", [op.result], AccelContainerImage.image_configuration(), ws)
+    try:
+        img.wait_for_creation(engine=engine)
+        assert not img.container_image and "did not answer within 2 s" in img.build_note
+    finally:
+        img.delete()
+
+    monkeypatch.setattr(containers, "RUN_TIMEOUT", 2)
+    engine = _fake_engine(tmp_path, 'case "$1" in run) exec sleep 600;; *) exit 0;; esac\n')
+    why = containers.cannot_run(engine, "any-image")
+    assert why.startswith("hung-engine cannot start a container here") and "within 2 s" in why, why
+
+
+def test_containers_conf_is_printed_by_its_owner():
+    r = subprocess.run(["python3", str(Path(containers.__file__)), "conf"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == containers.CONTAINERS_CONF
