@@ -129,6 +129,57 @@ def stop_what_is_left(workspace):
         webservice.stop_all(workspace)
 
 
+TIMES = "times"             # OUT/times.md and OUT/times.json: what `make tutorial` measured
+REGENERATE = "make tutorial"
+
+
+def containers_status(out_dir) -> str:
+    """What the executed series said of its container build: "built ... with <engine> ...", "container build
+    skipped: <why> ...", or "not attempted"."""
+    from .image import BUILT, SKIPPED
+    for nb_path in sorted(Path(out_dir, "notebooks").glob("0*.ipynb")):
+        for c in json.loads(nb_path.read_text())["cells"]:
+            for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
+                for line in "".join(o.get("text", "")).splitlines() if o.get("name") == "stdout" else []:
+                    if line.startswith((BUILT + " ", SKIPPED)):
+                        return line
+    return "not attempted"
+
+
+def write_times(runs, out_dir, failure=None) -> dict:
+    """OUT/times.json and OUT/times.md: each notebook's wall time and slowest cell, the machine, and whether the
+    container image was built; returns what was written."""
+    from . import machine
+    from .image import BUILT
+    rows = []
+    for r in runs:
+        slowest = max(r.cells, key=lambda c: c.seconds, default=None)
+        rows.append({"notebook": r.name, "seconds": round(r.seconds, 1),
+                     "slowest_cell": {"index": slowest.index, "seconds": round(slowest.seconds, 1),
+                                      "source": slowest.source} if slowest else None,
+                     "cells_over_a_minute": sum(c.seconds > CELL_SECONDS for c in r.cells)})
+    status = containers_status(out_dir)
+    result = {"command": REGENERATE, "machine": machine.facts(), "containers": status,
+              "containers_built": status.startswith(BUILT + " "), "total_seconds": round(sum(r.seconds for r in runs), 1),
+              "notebooks": rows, "failure": failure}
+    out = Path(out_dir)
+    (out / f"{TIMES}.json").write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    lines = [f"`{REGENERATE}` on {m['cpu']}, {m['cores']} cores, {m['memory_gib']:g} GiB; containers: "
+             f"{status.split(' (')[0].split('. ')[0]}", "",
+             "| notebook | wall s | slowest cell | its s |", "|---|---|---|---|"]
+    for r in rows:
+        cell = r["slowest_cell"]
+        what = f"{cell['index']}: `{cell['source'].replace('|', '/')[:48]}`" if cell else "-"
+        lines.append(f"| {r['notebook']} | {r['seconds']:.0f} | {what} | {cell['seconds']:.0f} |" if cell else
+                     f"| {r['notebook']} | {r['seconds']:.0f} | - | - |")
+    over = sum(r["cells_over_a_minute"] for r in rows)
+    lines += ["", f"Notebooks in all: {result['total_seconds']:.0f} s ({result['total_seconds'] / 60:.1f} min); "
+                  f"cells over {CELL_SECONDS} s: {over}." + (f" FAILED: {failure}" if failure else "")]
+    (out / f"{TIMES}.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
 def summary(out_dir):
     """Print the lines a reader of `make tutorial` wants to see from the executed notebooks."""
     import nbformat
@@ -172,12 +223,16 @@ def main(argv=None):
             slowest = max(r.cells, key=lambda c: c.seconds, default=None)
             print(f"== {r.name}: {r.seconds:.0f} s" + (f" (slowest cell {slowest.index}: {slowest.seconds:.0f} s)"
                                                         if slowest else ""), flush=True)
+        runs = []
         try:
             run_series(args.notebooks, out / "notebooks", out, json.loads(args.parameters), args.time_scale,
-                       {**os.environ, "ACCEL_LIB_PROGRESS": "0"}, on_done=done)
+                       {**os.environ, "ACCEL_LIB_PROGRESS": "0"}, on_done=lambda r: (runs.append(r), done(r)))
         except NotebookFailed as err:
+            write_times(runs, out, failure=str(err).splitlines()[0])
             print(f"FAILED: {err}", file=sys.stderr)
             return 1
+        write_times(runs, out)
+        print(f"times: {out / TIMES}.md")
     else:
         summary(args.out)
     return 0

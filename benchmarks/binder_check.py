@@ -169,7 +169,7 @@ def _sampler(cg, stop, peaks):
 
 
 def run(notebooks, memory_mb, cpus, out_dir, time_goal):
-    from machine import describe as machine
+    from accel_lib.machine import describe as machine
 
     from accel_lib import tutorial
     work = Path(tempfile.mkdtemp(prefix="accel-binder-"))

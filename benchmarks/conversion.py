@@ -95,7 +95,7 @@ def main():
     import argparse
     import os
 
-    from machine import describe
+    from accel_lib.machine import describe
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="build/bench")
     p.add_argument("models", nargs="*", default=list(GOALS_GB))

@@ -58,7 +58,7 @@ def report(r, machine):
 
 
 if __name__ == "__main__":
-    from machine import describe
+    from accel_lib.machine import describe
     result = run()
     print(report(result, describe()))
     os.makedirs("build/bench", exist_ok=True)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from machine import describe
+from accel_lib.machine import describe
 
 
 def device_graph(image_size):
