@@ -364,14 +364,20 @@ SMALL_CHANNELS = (32, 64, 64, 64, 64, 64)          # SsdSmall's six feature maps
 class SsdSmall(SsdVgg):
     """SSD300 on a small backbone of the project's own (0.23 M weights, 0.11 G multiply-adds per image: 1/280 of
     SSD-VGG's): the same six feature maps (38x38 down to 1x1), anchors, heads and twelve output names as SsdVgg, so
-    the client and post-processing are the same. No weights exist for it anywhere: it starts from seeded random
-    weights and is trained on your scenes (``accel_lib.models.detection.train``)."""
+    the client and post-processing are the same. ``weights="auto"`` loads the weights the project ships, trained on
+    its generated scenes (``accel_lib.models.shipped``; heads for other classes are left to train);
+    ``weights="random"`` starts from seeded random weights, to train on your scenes (``detection.train``)."""
     family, scope = "ssd_small", "ssd_300_small"
 
     def _resolve_weights(self):
+        from . import shipped
         req = self._weights_request
+        found = shipped.for_model(self) if req == "auto" else None
+        if found is not None:
+            self.weights_source = f"shipped:{found.name}"
+            return found
         if req in ("auto", "random"):
-            self.weights_source = f"random(seed={self.seed})"        # to be trained: it has no other weights
+            self.weights_source = f"random(seed={self.seed})"        # to be trained
             return None
         return super()._resolve_weights()
 

@@ -1,0 +1,153 @@
+"""The trained weights the project ships for its own small networks (07's SsdSmall, 09's SmallResnet), so that the
+tutorial need not train them to give real answers. Each file is remade from its seed by this module's command:
+``python -m accel_lib.models.shipped make NAME`` trains exactly as the notebook does with ``train = True``, writes
+the weights (the Keras .h5 layout the zoo loads) and a JSON card with the recipe and the held-out result.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one shipped file is made: the network, its seed, the generated data and the epochs."""
+    name: str            # the file's stem: <name>.h5 and <name>.json in WEIGHTS_DIR
+    model: str           # the zoo class it is for
+    seed: int
+    train_count: int     # generated training pictures per class (SmallResnet) or scenes (SsdSmall)
+    test_count: int      # held-out pictures per class or scenes
+    epochs: int
+    metric: str          # what the card's "held_out" measures
+    spread: float        # how far a retrain's metric may lie from the card's (over seeds and machines, measured)
+
+
+RECIPES = {r.name: r for r in (
+    # SmallResnet's held-out accuracy over five seeds: 94-98%
+    Recipe("smallresnet-patterns", "SmallResnet", seed=0, train_count=300, test_count=40, epochs=10,
+           metric="held-out accuracy (fp32)", spread=0.05),
+    Recipe("ssd_small-scenes", "SsdSmall", seed=0, train_count=256, test_count=32, epochs=10,
+           metric="held-out mAP@0.5 (fp32)", spread=0.08),
+)}
+
+
+def path(name) -> Path:
+    """The shipped weights file ``name`` (UserError naming the known ones when there is none)."""
+    if name not in RECIPES:
+        raise UserError(f"no shipped weights {name!r}; known: {', '.join(RECIPES)}")
+    return WEIGHTS_DIR / f"{name}.h5"
+
+
+def card(name) -> dict:
+    """The JSON card written beside the weights: the recipe, the held-out result, the machine it was made on."""
+    return json.loads(path(name).with_suffix(".json").read_text())
+
+
+def for_model(model_graph) -> Path | None:
+    """The shipped weights file for ``model_graph``'s network (its backbone; heads for the recipe's classes), or
+    None when the project ships none for it."""
+    family = type(model_graph).__name__.replace("Quantized", "")
+    found = [path(r.name) for r in RECIPES.values() if r.model == family]
+    return found[0] if found and found[0].is_file() else None
+
+
+def write_h5(model_graph, dest: Path):
+    """Write the featurizer's and the default heads' weights in the Keras application layout (layer_names,
+    weight_names), which ``AcceleratedModel`` loads by layer name."""
+    import h5py
+    layers = [layer for m in (model_graph.featurizer, model_graph.get_default_classifier()) for layer in m.layers
+              if layer.weights]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(dest, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}/w{i}" for i in range(len(layer.weights))]
+            g.attrs["weight_names"] = [n.encode() for n in names]
+            for n, w in zip(names, layer.get_weights()):
+                g.create_dataset(n, data=w)
+
+
+def train(name, model_base_path):
+    """Train the recipe's network from its seed on its generated data, as the notebook does; returns (the model,
+    its held-out metric)."""
+    from .. import samples
+    r = RECIPES[name]
+    if r.model == "SmallResnet":
+        from .small import SmallResnet, pattern_data
+        m = SmallResnet(model_base_path, weights="random", seed=r.seed)
+        tr_x, tr_y, _, _ = pattern_data(r.train_count, r.test_count, seed=r.seed)
+        m.train(tr_x, tr_y, epochs=r.epochs)
+        return m, held_out(m)
+    from . import detection, ssd
+    m = ssd.SsdSmall(model_base_path, weights="random", class_names=samples.SCENE_CLASSES, seed=r.seed)
+    images, truths = samples.labelled_scenes(r.train_count, seed=1)
+    detection.train(m, images, truths, epochs=r.epochs, seed=r.seed)
+    return m, held_out(m)
+
+
+def held_out(model_graph) -> float:
+    """The recipe's held-out metric of ``model_graph`` in TensorFlow (fp32), on the recipe's generated data."""
+    import numpy as np
+
+    from .. import samples
+    from ..fpga.host import preprocess
+    r = _recipe_of(model_graph)
+    if r.model == "SmallResnet":
+        from .small import pattern_data
+        _, _, te_x, te_y = pattern_data(1, r.test_count, seed=r.seed)
+        return float((model_graph.predict(te_x).argmax(-1) == te_y).mean())
+    from . import detection, ssd
+    m = model_graph
+    test_images, test_truths = samples.labelled_scenes(r.test_count, seed=2)
+
+    def run(batch):
+        x = preprocess(batch, order=m.input_order, output_height=m.image_size, output_width=m.image_size,
+                       preserve_aspect_ratio=m.preserve_aspect_ratio)
+        return [np.asarray(t) for t in m.get_default_classifier()(m.featurizer(x, training=False), training=False)]
+    found = detection.detect(run, test_images, select_threshold=0.05)
+    return float(ssd.average_precision(found, test_truths, m.num_classes)[1])
+
+
+def _recipe_of(model_graph) -> Recipe:
+    family = type(model_graph).__name__.replace("Quantized", "")
+    return next(r for r in RECIPES.values() if r.model == family)
+
+
+def make(name, out_dir=WEIGHTS_DIR) -> Path:
+    """Retrain ``name`` and write <name>.h5 and its card into ``out_dir``; returns the weights' path."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from .. import machine
+    with tempfile.TemporaryDirectory() as tmp:
+        model_graph, metric = train(name, tmp)
+        dest = Path(out_dir) / f"{name}.h5"
+        write_h5(model_graph, dest)
+    info = {"recipe": asdict(RECIPES[name]), "held_out": round(metric, 4), "machine": machine.describe(),
+            "tensorflow": tf.__version__, "remake": f"python -m accel_lib.models.shipped make {name}"}
+    dest.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return dest
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m accel_lib.models.shipped", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["make"])
+    p.add_argument("names", nargs="+", choices=[*RECIPES, "all"])
+    args = p.parse_args(argv)
+    for name in RECIPES if "all" in args.names else args.names:
+        dest = make(name)
+        print(f"{dest}: {RECIPES[name].metric} {card(name)['held_out']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
