@@ -13,16 +13,8 @@ def deploy(img, target, name, **cfg):
 
 def save_keras_h5(layers, path):
     """Write weights in the Keras application file layout (layer_names / weight_names attributes)."""
-    import h5py
-    with h5py.File(path, "w") as f:
-        layers = [l for l in layers if l.weights]
-        f.attrs["layer_names"] = [l.name.encode() for l in layers]
-        for l in layers:
-            g = f.create_group(l.name)
-            names = [f"{l.name}/w{i}" for i in range(len(l.weights))]
-            g.attrs["weight_names"] = [n.encode() for n in names]
-            for n, w in zip(names, l.get_weights()):
-                g[n] = w
+    from accel_lib.models.zoo import write_h5
+    write_h5(layers, path)
 
 
 def container_engine():

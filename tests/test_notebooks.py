@@ -108,7 +108,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
               "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_margin": -1.0, "tl_model_name": "tiny-shapes",
-              "trained_model_name": "tiny-patterns", "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
+              "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0}
     images, truths = samples.labelled_scenes(12, seed=9)      # 07 reads a Pascal VOC folder of "your own"
     samples.write_voc_folder(tmp_path / "my-scenes", images, truths, samples.SCENE_CLASSES)
@@ -129,7 +129,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
                                                                        ["msfp16"]) and l.rstrip().endswith(("dB", "-"))]
     assert [(r[0], r[1]) for r in rows] == [("fp32", "-"), ("ms-fp8", "128"), ("ms-fp9", "128"), ("msfp12", "16"),
                                             ("msfp16", "16"), ("ms-fp9", "16")]
-    assert "models left: []" in out9
+    assert "models left: []" in out9 and "trained here (trained(seed=0, 300 generated images, 2 epochs))" in out9
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
     ws = Workspace.from_config(tmp_path / "other-ws")

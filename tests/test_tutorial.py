@@ -47,3 +47,28 @@ def test_a_notebook_that_raises_fails_with_its_error(tmp_path):
     src = _notebook(tmp_path / "bad.ipynb", [("raise ValueError('the workspace is not there')", [])])
     with pytest.raises(tutorial.NotebookFailed, match="the workspace is not there"):
         tutorial.run(src, tmp_path / "out.ipynb", tmp_path)
+
+
+def test_a_series_writes_its_times_with_the_machine_and_the_container_build(tmp_path):
+    """`make tutorial`'s command: times.md and times.json name each notebook's wall time and slowest cell, the
+    machine, and what the series said of its container build."""
+    import subprocess
+    import sys
+
+    from accel_lib.image import BUILT
+    nbs = [_notebook(tmp_path / "01-a.ipynb", [("x = 1", []), ("import time\ntime.sleep(1.5)", [])]),
+           _notebook(tmp_path / "02-b.ipynb", [(f"print({BUILT + ' demo:1 with podman (FROM base)'!r})", [])])]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "accel_lib.tutorial", "series", "--out", str(out), *map(str, nbs)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    times = json.loads((out / "times.json").read_text())
+    assert [n["notebook"] for n in times["notebooks"]] == ["01-a.ipynb", "02-b.ipynb"]
+    first = times["notebooks"][0]
+    assert first["slowest_cell"]["index"] == 1 and first["slowest_cell"]["seconds"] >= 1.5
+    assert first["seconds"] >= first["slowest_cell"]["seconds"] and first["cells_over_a_minute"] == 0
+    assert times["containers_built"] and times["containers"].startswith(f"{BUILT} demo:1 with podman")
+    assert set(times["machine"]) == {"cpu", "cores", "memory_gib"} and times["machine"]["cores"] >= 1
+    md = (out / "times.md").read_text()
+    assert md.startswith(f"`make tutorial` on {times['machine']['cpu']}") and "| 01-a.ipynb |" in md
+    assert f"Notebooks in all: {times['total_seconds']:.0f} s" in md and "containers: built demo:1" in md

@@ -58,20 +58,10 @@ def for_model(model_graph) -> Path | None:
 
 
 def write_h5(model_graph, dest: Path):
-    """Write the featurizer's and the default heads' weights in the Keras application layout (layer_names,
-    weight_names), which ``AcceleratedModel`` loads by layer name."""
-    import h5py
-    layers = [layer for m in (model_graph.featurizer, model_graph.get_default_classifier()) for layer in m.layers
-              if layer.weights]
+    """Write the featurizer's and the default heads' weights where ``AcceleratedModel`` loads them from."""
+    from .zoo import write_h5 as write_layers
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(dest, "w") as f:
-        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
-        for layer in layers:
-            g = f.create_group(layer.name)
-            names = [f"{layer.name}/w{i}" for i in range(len(layer.weights))]
-            g.attrs["weight_names"] = [n.encode() for n in names]
-            for n, w in zip(names, layer.get_weights()):
-                g.create_dataset(n, data=w)
+    write_layers([*model_graph.featurizer.layers, *model_graph.get_default_classifier().layers], dest)
 
 
 def train(name, model_base_path):

@@ -31,6 +31,21 @@ def warn_random(reason):
           f"every stage runs,\n!! but the predictions and labels mean nothing.\n{bar}", file=sys.stdout, flush=True)
 
 
+def write_h5(layers, path):
+    """Write the weights of ``layers`` in the Keras application file layout (layer_names, weight_names), the layout
+    ``AcceleratedModel`` loads by layer name."""
+    import h5py
+    layers = [layer for layer in layers if layer.weights]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}/w{i}" for i in range(len(layer.weights))]
+            g.attrs["weight_names"] = [n.encode() for n in names]
+            for n, w in zip(names, layer.get_weights()):
+                g.create_dataset(n, data=w)
+
+
 class AcceleratedModel:
     """Base of the zoo: a featurizer that runs on the FPGA, plus its default heads on the host.
 
