@@ -1,4 +1,4 @@
-"""Clean up, the seed's last step: delete what a tutorial made, in the seed's order (service, compute, image,
+"""Clean up, the article's last step: delete what a tutorial made, in the article's order (service, compute, image,
 models), so that nothing is refused for being in use and nothing is left behind."""
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .fpga.cluster import ROUTE_HEADER, ServiceLimits, route
 
 def parse_address(address, port=None, use_ssl=False):
     """'host', 'host:port' or 'scheme://host:port/' -> 'host:port'. A port in the address wins (our local
-    services carry one, so the seed's code that passes port=80 or 443 works unchanged); else ``port``; else 443
+    services carry one, so the article's code that passes port=80 or 443 works unchanged); else ``port``; else 443
     with SSL, 80 without."""
     addr = address.split("://", 1)[-1].strip().strip("/")
     if not addr or "," in addr or "/" in addr:
@@ -164,7 +164,7 @@ def client_from_service(service, **kwargs):
 def triton_client(service, protocol="grpc"):
     """Triton's own client (``tritonclient.grpc`` or ``.http``), which speaks the Open Inference Protocol, set up for
     a deployed Webservice: its cluster's address and certificate. Returns (client, headers): pass ``headers`` with
-    each call; they carry the service's key and the seed's route header."""
+    each call; they carry the service's key and the article's route header."""
     if protocol not in ("grpc", "http"):
         raise UserError(f"protocol must be 'grpc' or 'http', not {protocol!r}.")
     uri = service.scoring_uri if protocol == "grpc" else service.rest_uri

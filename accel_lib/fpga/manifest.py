@@ -33,7 +33,7 @@ class ManifestError(ValueError):
 
 @dataclass
 class Tensor:
-    """One named tensor of a model: the seed's name, the key its stage's graph uses, shape and dtype."""
+    """One named tensor of a model: the article's name, the key its stage's graph uses, shape and dtype."""
     name: str
     key: str
     shape: list[int]
@@ -102,7 +102,7 @@ class SavedModelMetadata:
         return {n: t for t in self.tensors() for n in t.names}
 
     def default_output_names(self):
-        """The seed's default output names: every head output, in order."""
+        """The article's default output names: every head output, in order."""
         return [o.name for o in self.outputs]
 
 

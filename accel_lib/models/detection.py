@@ -1,4 +1,4 @@
-"""Training SSD detectors on your own labelled scenes, as the seed's stock-out sample fine-tunes SSD-VGG.
+"""Training SSD detectors on your own labelled scenes, as the article's stock-out sample fine-tunes SSD-VGG.
 
 Two stages, both with SSD's loss (matched anchors, softmax cross-entropy over the positives and the hardest
 negatives, three per positive; smooth-L1 on the positives' box offsets; summed over the batch and divided by its

@@ -1,8 +1,8 @@
-"""SSD300 on VGG-16 (the seed's SsdVgg, after SSD-TensorFlow): the graph, its anchors, and host post-processing.
+"""SSD300 on VGG-16 (the article's SsdVgg, after SSD-TensorFlow): the graph, its anchors, and host post-processing.
 
 Where each part runs: the VGG-16 backbone with its extra blocks (conv4_3 with L2 normalisation, dilated fc6/fc7,
 blocks 8-11) is the **device** stage; the twelve 3x3 box and class heads run on the **host** in fp32, with the
-reshapes that give the seed's twelve output tensors. Why the host: it is the seed's split (featurizer on the FPGA,
+reshapes that give the article's twelve output tensors. Why the host: it is the article's split (featurizer on the FPGA,
 what follows on the CPU), the heads are ~3% of the multiply-adds, and their class scores and box offsets keep
 full precision for the decoding and suppression that follow. Post-processing (softmax, box decoding, per-class
 non-maximum suppression) is vectorised numpy, run by the client on the twelve arrays the service returns.
@@ -30,7 +30,7 @@ IMAGE_SIZE = 300
 NUM_CLASSES = len(VOC_CLASSES)
 CLS_NAMES = tuple(f"ssd_300_vgg/{b}_box/Reshape_1:0" for b in BLOCKS)    # class scores [N, H, W, A, 21]
 LOC_NAMES = tuple(f"ssd_300_vgg/{b}_box/Reshape:0" for b in BLOCKS)      # box offsets [N, H, W, A, 4]
-OUTPUT_NAMES = CLS_NAMES + LOC_NAMES                                     # the seed's order
+OUTPUT_NAMES = CLS_NAMES + LOC_NAMES                                     # the article's order
 
 
 def anchors_per_location():
@@ -89,7 +89,7 @@ def _as_list(outputs):
         return [np.asarray(outputs[n]) for n in OUTPUT_NAMES]
     outputs = [np.asarray(o) for o in outputs]
     if len(outputs) != 12:
-        raise UserError(f"postprocess needs the twelve SSD outputs in the seed's order, got {len(outputs)}.")
+        raise UserError(f"postprocess needs the twelve SSD outputs in the article's order, got {len(outputs)}.")
     return outputs
 
 
@@ -110,7 +110,7 @@ def _nms(classes, boxes, nms_threshold):
 
 
 def postprocess(outputs, select_threshold=0.5, nms_threshold=0.45, top_k=400):
-    """The twelve SSD outputs (seed's order, or a dict by the seed's names) -> one (classes, scores, boxes) per
+    """The twelve SSD outputs (article's order, or a dict by the article's names) -> one (classes, scores, boxes) per
     image: softmax, decoding, background and scores under ``select_threshold`` dropped, boxes clipped to [0, 1], the
     ``top_k`` best kept, then per-class non-maximum suppression. Boxes are (ymin, xmin, ymax, xmax), best first."""
     outs = _as_list(outputs)

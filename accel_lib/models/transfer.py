@@ -1,4 +1,4 @@
-"""Transfer learning, the seed's other use: a frozen (Quantized) featurizer computes features as the FPGA would, in
+"""Transfer learning, the article's other use: a frozen (Quantized) featurizer computes features as the FPGA would, in
 its numeric format, and a small Keras head (Dropout, Dense 1024, Dense N) is trained on them."""
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class DeviceFeaturizer:
 
 
 def train_head(features, labels, num_classes, epochs=30, seed=0):
-    """Train the seed's head on features: normalisation, Dropout 0.2, Dense 1024 (ReLU), Dropout 0.5, Dense N
+    """Train the article's head on features: normalisation, Dropout 0.2, Dense 1024 (ReLU), Dropout 0.5, Dense N
     (softmax). Returns the Keras model (features [N, D] -> probabilities [N, num_classes])."""
     import keras
     features, labels = np.asarray(features, np.float32), np.asarray(labels)

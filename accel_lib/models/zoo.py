@@ -49,8 +49,8 @@ def write_h5(layers, path):
 class AcceleratedModel:
     """Base of the zoo: a featurizer that runs on the FPGA, plus its default heads on the host.
 
-    Subclasses say which Keras application they build, the seed's tensor names, and the input their weights expect
-    (``input_order``; channel means are always subtracted by the preprocessing, as in the seed).
+    Subclasses say which Keras application they build, the article's tensor names, and the input their weights expect
+    (``input_order``; channel means are always subtracted by the preprocessing, as in the article).
     """
 
     family = ""                 # short name, e.g. "resnet50"
