@@ -4,6 +4,8 @@ spec), and what a service's state is from what its cluster reports (``replica_st
 ``failure``, ``logs``). ``Webservice`` is the Azure-shaped face of these."""
 from __future__ import annotations
 
+import re
+
 from . import records
 from .errors import UserError
 from .fpga import cluster
@@ -129,12 +131,16 @@ def failure(replicas):
     return None
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")      # terminal colours a library wrote into a log
+
+
 def logs(log_dir, num_replicas, where, num_lines=5000) -> str:
-    """The last ``num_lines`` lines of each replica's log under ``log_dir``, headed by replica and ``where``."""
+    """The last ``num_lines`` lines of each replica's log under ``log_dir``, headed by replica and ``where``; as plain
+    text (terminal escapes removed)."""
     parts = []
     for i in range(num_replicas):
         p = cluster.replica_log(log_dir, i)
-        lines = p.read_text(errors="replace").splitlines()[-num_lines:] if p.exists() else []
+        lines = ANSI_ESCAPE.sub("", p.read_text(errors="replace")).splitlines()[-num_lines:] if p.exists() else []
         parts.append(f"--- replica {i} ({where}) ---\n" + "\n".join(lines))
     return "\n".join(parts)
 

@@ -38,7 +38,9 @@ COPY wheels/ wheels/
 RUN python3 -m pip install --quiet ${{PIP_ARGS}} --find-links wheels -r requirements.txt && rm -rf wheels
 COPY fpga/ fpga/
 COPY package/ package/
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin accel
+RUN useradd --system --uid 10001 --create-home --home-dir /home/accel --shell /usr/sbin/nologin accel
+# a home of its own: ONNX Runtime warns at import, in every replica's log, where it cannot write there
+ENV HOME=/home/accel
 USER 10001
 EXPOSE 50051
 CMD {cmd}

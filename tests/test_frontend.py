@@ -104,7 +104,9 @@ def test_replicas_are_light_and_share_the_cores(built_image, cluster):
         assert "tensorflow" not in maps, "a replica must not load TensorFlow"
         assert psutil.Process(r.pid).memory_info().rss < 1 << 30
     threads = max(1, min(6, (psutil.cpu_count() or 1) // 2))
-    assert f"{threads} CPU thread(s)" in svc.get_logs()
+    logs = svc.get_logs()
+    assert f"{threads} CPU thread(s)" in logs
+    assert "\x1b[" not in logs and "telemetry" not in logs, "a learner's log: plain text, no ONNX Runtime warnings"
 
 
 def test_routing_by_header_by_model_name_and_to_the_only_service(built_image, cluster):

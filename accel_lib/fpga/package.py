@@ -23,6 +23,7 @@ class RequestTooLarge(RequestError):
 
 def _session(path, threads, spinning, device_graph=False, arena=True):
     import onnxruntime as ort
+    ort.set_default_logger_severity(3)       # errors only: no warnings of ONNX Runtime's own (telemetry) in the logs
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

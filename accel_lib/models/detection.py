@@ -169,7 +169,7 @@ def show_detections(images, detections, truths, labels, columns=4, select_thresh
         img = Image.open(io.BytesIO(data)).convert("RGB")
         keep = np.asarray(scores) >= select_threshold
         left, right = axes.flat[2 * i], axes.flat[2 * i + 1]
-        ssd.draw_boxes(img, t_classes, np.ones(len(t_classes)), t_boxes, labels, ax=left, title=f"scene {i}: truth")
+        ssd.draw_boxes(img, t_classes, None, t_boxes, labels, ax=left, title=f"scene {i}: truth")
         ssd.draw_boxes(img, np.asarray(classes)[keep], np.asarray(scores)[keep], np.asarray(boxes)[keep], labels,
                        ax=right, title=f"scene {i}: detected")
     fig.tight_layout()

@@ -133,7 +133,8 @@ def postprocess(outputs, select_threshold=0.5, nms_threshold=0.45, top_k=400):
 
 
 def draw_boxes(image, classes, scores, boxes, labels=VOC_CLASSES, ax=None, title=None):
-    """Draw (ymin, xmin, ymax, xmax) boxes in [0, 1] with their labels and scores on ``image`` (matplotlib)."""
+    """Draw (ymin, xmin, ymax, xmax) boxes in [0, 1] with their labels and scores on ``image`` (matplotlib);
+    ``scores`` None: labels alone (ground truth has no score)."""
     import matplotlib.pyplot as plt
     img = np.asarray(image)
     if ax is None:
@@ -142,10 +143,10 @@ def draw_boxes(image, classes, scores, boxes, labels=VOC_CLASSES, ax=None, title
     ax.set_axis_off()
     h, w = img.shape[:2]
     colours = plt.get_cmap("tab20")
-    for c, s, (y0, x0, y1, x1) in zip(classes, scores, boxes):
+    for c, s, (y0, x0, y1, x1) in zip(classes, [None] * len(classes) if scores is None else scores, boxes):
         col = colours(int(c) % 20)
         ax.add_patch(plt.Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False, ec=col, lw=2))
-        ax.text(x0 * w, y0 * h, f"{labels[int(c)]} {s:.2f}", color="white", fontsize=9, va="bottom",
+        ax.text(x0 * w, y0 * h, labels[int(c)] if s is None else f"{labels[int(c)]} {s:.2f}", color="white", fontsize=9, va="bottom",
                 bbox=dict(facecolor=col, alpha=0.8, pad=1, lw=0))
     if title:
         ax.set_title(title)
