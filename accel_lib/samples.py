@@ -50,7 +50,7 @@ def sample_batch(n=8, image_size=224, order="RGB", seed=0) -> np.ndarray:
 
 
 def write_sample_image(path, seed=7, height=360, width=480) -> str:
-    """Write a generated JPEG to ``path`` (the tutorial's stand-in for the seed's snow leopard)."""
+    """Write a generated JPEG to ``path`` (the tutorial's stand-in for the article's snow leopard)."""
     from pathlib import Path
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(encode(synthetic_image(seed, height, width)))

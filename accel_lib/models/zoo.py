@@ -57,18 +57,18 @@ class AcceleratedModel:
     keras_app = ""              # keras.applications constructor
     weights_file = ""           # Keras weights file (with top), under KERAS_WEIGHTS_BASE + weights_dir
     weights_dir = ""
-    scope = ""                  # seed's graph scope, e.g. "resnet_v1_50"
+    scope = ""                  # the article's graph scope, e.g. "resnet_v1_50"
     feature_dim = 0
     num_classes = 1000
     quantized = False
     input_order = "BGR"         # Keras ImageNet weights (caffe style) expect BGR, mean-subtracted
     default_image_size = 224
-    preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the seed's); False: squash to size
+    preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the article's); False: squash to size
     labels = "imagenet"         # the label set the default heads predict
     class_names = ()            # or the default heads' own class names, in index order (then labels is None)
     feature_layer = "pool5"     # seed-style name of the feature tensor
     head_tensor = "predictions/Softmax"
-    output_aliases = ()         # other names the seed prints for the default output
+    output_aliases = ()         # other names the article prints for the default output
 
     def __init__(self, model_base_path, is_frozen=True, weights="auto", image_size=None, seed=RANDOM_SEED):
         self.model_base_path = Path(os.path.expanduser(str(model_base_path)))
@@ -98,9 +98,9 @@ class AcceleratedModel:
 
     feature_name = property(lambda self: f"{self.scope}/{self.feature_layer}:0", doc="name of the feature tensor")
     classifier_output = property(lambda self: f"classifier/{self.scope}/{self.head_tensor}:0",
-                                 doc="seed's default classifier output tensor name")
+                                 doc="the article's default classifier output tensor name")
     output_tensors = property(lambda self: self.classifier_output,
-                              doc="the seed's default output name(s) to convert and score with")
+                              doc="the article's default output name(s) to convert and score with")
     input_shape = property(lambda self: (None, self.image_size, self.image_size, 3))
     feature_shape = property(lambda self: (None, self.feature_dim))
     output_shape = property(lambda self: (None, self.num_classes))
@@ -139,7 +139,7 @@ class AcceleratedModel:
         return self._classifier if feature_tensor is None else self._classifier(feature_tensor, training=False)
 
     def restore_weights(self, sess=None):
-        """Load the weights (TF2: done on first use; kept for the seed's call)."""
+        """Load the weights (TF2: done on first use; kept for the article's call)."""
         self._build()
 
     def _make_featurizer(self, keras):
@@ -415,7 +415,7 @@ class Densenet121(AcceleratedModel):
     """DenseNet-121 featurizer (1024 features) in fp32 on the device; input RGB, means subtracted.
 
     The Keras weights expect torch-style inputs, (rgb / 255 - mean) / std per channel: the featurizer's first layer
-    turns the seed's mean-subtracted RGB into exactly that (on the device, before the first convolution).
+    turns the article's mean-subtracted RGB into exactly that (on the device, before the first convolution).
     """
     family, keras_app, scope, feature_dim = "densenet121", "DenseNet121", "densenet121", 1024
     weights_dir, weights_file = "densenet/", "densenet121_weights_tf_dim_ordering_tf_kernels.h5"
