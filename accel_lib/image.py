@@ -189,11 +189,16 @@ class Image:
             with open(log_path, "a") as log:
                 log.write(text + "\n")
         if found is not None:
+            check = progress.bar(total=1, desc=f"base image and a test container ({containers.engine_name(found)})",
+                                 unit="check")           # a first run makes the Debian base here
             try:
                 base = containers.ensure_base(found, log=note)
                 why = containers.cannot_run(found, base)
+                check.update(1)
             except containers.EngineError as e:
                 why = f"no base image to build from ({e})"
+            finally:
+                check.close()
         if why:
             self.build_note = (f"{SKIPPED}: {why}. The build context is complete and replicas run as processes; "
                                "once the engine runs containers, call wait_for_creation() again.")
