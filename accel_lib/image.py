@@ -192,11 +192,8 @@ class Image:
             check = progress.bar(total=1, desc=f"base image and a test container ({containers.engine_name(found)})",
                                  unit="check")           # a first run makes the Debian base here
             try:
-                base = containers.ensure_base(found, log=note)
-                why = containers.cannot_run(found, base)
+                base, why = containers.ready(found, log=note)
                 check.update(1)
-            except containers.EngineError as e:
-                why = f"no base image to build from ({e})"
             finally:
                 check.close()
         if why:

@@ -28,11 +28,7 @@ def container_engine():
     engine, why = containers.find_engine()
     base = None
     if engine is not None:
-        try:
-            base = containers.ensure_base(engine, log=lambda _: None)
-            why = containers.cannot_run(engine, base)
-        except containers.EngineError as e:
-            why = str(e)
+        base, why = containers.ready(engine, log=lambda _: None)
     if why:
         if os.environ.get("ACCEL_LIB_REQUIRE_CONTAINERS") == "1":
             pytest.fail(f"containers are required here ($ACCEL_LIB_REQUIRE_CONTAINERS=1) but: {why}")

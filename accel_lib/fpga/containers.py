@@ -201,6 +201,17 @@ def cannot_run(engine, image) -> str | None:
     return _RUNS[key]
 
 
+def ready(engine, log=print) -> tuple:
+    """(base image, None) when ``engine`` can build and run containers here, else (None, why in one line): the base
+    made or found (ensure_base), then a throwaway container of it (cannot_run)."""
+    try:
+        base = ensure_base(engine, log=log)
+    except EngineError as e:
+        return None, f"no base image to build from ({e})"
+    why = cannot_run(engine, base)
+    return (None, why) if why else (base, None)
+
+
 def store(folder) -> Path:
     """A private image store in ``folder``: writes its storage.conf (overlay, graph and run roots inside) and
     returns its path, for $CONTAINERS_STORAGE_CONF (podman; docker has one store per daemon)."""

@@ -52,9 +52,8 @@ def card(name) -> dict:
 def for_model(model_graph) -> Path | None:
     """The shipped weights file for ``model_graph``'s network (its backbone; heads for the recipe's classes), or
     None when the project ships none for it."""
-    family = type(model_graph).__name__.replace("Quantized", "")
-    found = [path(r.name) for r in RECIPES.values() if r.model == family]
-    return found[0] if found and found[0].is_file() else None
+    r = _recipe_of(model_graph)
+    return path(r.name) if r is not None and path(r.name).is_file() else None
 
 
 def write_h5(model_graph, dest: Path):
@@ -105,9 +104,9 @@ def held_out(model_graph) -> float:
     return float(ssd.average_precision(found, test_truths, m.num_classes)[1])
 
 
-def _recipe_of(model_graph) -> Recipe:
+def _recipe_of(model_graph) -> Recipe | None:
     family = type(model_graph).__name__.replace("Quantized", "")
-    return next(r for r in RECIPES.values() if r.model == family)
+    return next((r for r in RECIPES.values() if r.model == family), None)
 
 
 def make(name, out_dir=WEIGHTS_DIR) -> Path:
