@@ -28,6 +28,8 @@ def top_k_chart(image, top, title="top 5", note=""):
     ax_img.set_axis_off()
     rows = list(top)[::-1]
     ax_bar.barh([label.split(",")[0] for _, label, _ in rows], [p for _, _, p in rows])
+    for y, (_, _, p) in enumerate(rows):          # the value beside each bar: a tiny one is still read
+        ax_bar.text(min(p, 0.85) + 0.01, y, f"{p:.3f}", va="center", fontsize=9)
     ax_bar.set_xlabel("confidence")
     ax_bar.set_xlim(0, 1)
     ax_bar.set_title(title + (f"  ({note})" if note else ""))
@@ -52,6 +54,31 @@ class UploadScorer:
         self.upload.observe(self._changed, names="value")
         self.widget = w.VBox([self.upload, self.output])
         self.last = None            # (file name, top-k rows) of the last image scored
+        self._data = None           # and its bytes
+
+    STATIC_TEXT = "[an upload widget: live in Jupyter, where it scores a JPEG or PNG you pick]"
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget where a front end draws widgets; in a static viewer, a line that says what it is."""
+        data = self.widget._repr_mimebundle_(**kwargs)
+        data["text/plain"] = self.STATIC_TEXT
+        return data
+
+    def show(self):
+        """Show the last result as a cell output of its own: a static viewer (GitHub, nbviewer) shows that too."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+        if self.last is None:
+            raise ValueError("nothing was scored yet: pick a picture (or call on_upload) first.")
+        name, top = self.last
+        if top is None:
+            print(f"{name}: could not be scored (the widget says why).")
+            return
+        for _, label, confidence in top:
+            print(f"{label}: {confidence:.3f}")
+        fig = top_k_chart(self._data, top, f"{name}: top {self.k}", self.note)
+        display(fig)
+        plt.close(fig)
 
     def _changed(self, change):
         for item in change["new"] or ():
@@ -71,7 +98,7 @@ class UploadScorer:
         fig = top_k_chart(data, top, f"{name}: top {self.k}", self.note)
         self.output.outputs = (figure_output(fig),)
         plt.close(fig)
-        self.last = (name, top)
+        self.last, self._data = (name, top), data
         return top
 
 
@@ -138,25 +165,47 @@ def picture_grid(images, titles, columns=10):
 
 @dataclasses.dataclass
 class FormatResult:
-    """One numeric format tried on a model: its bits per value, held-out accuracy (measured) and report."""
+    """One numeric format tried on a model: bits per value, its answers on the images (measured), its report, and
+    how those answers compare with the first variant's (fp32): accuracy where labels are known, else agreement."""
     format: str
     block: typing.Optional[int]
     bits: float
-    accuracy: float
+    probs: typing.Any           # class probabilities [N, C] of the package, run in-process
     report: typing.Any          # fpga.manifest.QuantizationReport, None for fp32
     model: typing.Any           # the converted Model
+    accuracy: typing.Optional[float] = None      # top-1 against the labels, if given
+    top1_agreement: float = 1.0                  # the same top-1 class as fp32
+    top5_agreement: float = 1.0                  # fp32's top-1 class among this format's top 5
+    logit_sqnr_db: float = float("inf")          # of the logits (log-probabilities, centred per image) vs fp32
 
     @property
     def label(self) -> str:
         return self.format + (f" /{self.block}" if self.block else "")
 
 
-def compare_formats(ws, source, saved, variants, images, labels, work_dir) -> list[FormatResult]:
-    """Convert registered model ``source`` (saved as ``saved``) into each (format, block) of ``variants`` and score
-    every package on the labelled held-out ``images`` in-process; one FormatResult per variant, in order."""
+FORMAT_COLOURS = {"fp32": "black", "ms-fp8": "tab:red", "ms-fp9": "tab:blue", "msfp12": "tab:orange",
+                  "msfp16": "tab:green"}
+BLOCK_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _logits(probs):
+    """Logits up to a constant per image, from probabilities: log p, centred (floored at float32's tiniest)."""
+    z = np.log(np.maximum(np.asarray(probs, np.float64), np.finfo(np.float32).tiny))
+    return z - z.mean(-1, keepdims=True)
+
+
+def compare_formats(ws, source, saved, variants, images, labels=None, work_dir=None) -> list[FormatResult]:
+    """Convert registered model ``source`` (saved as ``saved``) into each (format, block) of ``variants`` (fp32
+    first) and score every package on ``images`` in-process; one FormatResult per variant, in order."""
+    import tempfile
+
     from .conversion import AccelOnnxConverter
     from .fpga import formats
-    from .report import held_out_accuracy, load_report
+    from .fpga.package import AcceleratorPackage
+    from .report import load_report
+    if variants[0][0] != "fp32":
+        raise ValueError("the first variant must be fp32: the others are compared with it")
+    work_dir = work_dir or tempfile.mkdtemp()
     out = []
     for fmt, block in variants:
         op = AccelOnnxConverter.convert_tf_model(ws, source, saved.input_tensors, saved.output_tensors,
@@ -164,44 +213,136 @@ def compare_formats(ws, source, saved, variants, images, labels, work_dir) -> li
         if not op.wait_for_completion():
             raise RuntimeError(f"the {fmt} conversion failed: {op.error}")
         converted = op.result
+        pkg = AcceleratorPackage(converted.download(f"{work_dir}/{converted.version}", exist_ok=True))
+        name = pkg.default_outputs[0]
+        probs = np.concatenate([pkg.run(images[i:i + 32], [name])[name] for i in range(0, len(images), 32)])
+        del pkg
         f = formats.get(fmt, block)
-        out.append(FormatResult(format=fmt, block=f.block if f else None, bits=bits_per_value(fmt, block),
-                                accuracy=held_out_accuracy(converted, images, labels,
-                                                           f"{work_dir}/{converted.version}"),
-                                report=load_report(converted), model=converted))
+        r = FormatResult(format=fmt, block=f.block if f else None, bits=bits_per_value(fmt, block), probs=probs,
+                         report=load_report(converted), model=converted)
+        if labels is not None:
+            r.accuracy = float((probs.argmax(-1) == np.asarray(labels)).mean())
+        if out:
+            ref = out[0].probs
+            top1 = ref.argmax(-1)
+            r.top1_agreement = float((probs.argmax(-1) == top1).mean())
+            top5 = np.argsort(-probs, -1, kind="stable")[:, :5]
+            r.top5_agreement = float((top5 == top1[:, None]).any(-1).mean())
+            zr, zq = _logits(ref), _logits(probs)
+            noise = float(((zq - zr) ** 2).sum())
+            r.logit_sqnr_db = float("inf") if noise == 0 else float(10 * np.log10((zr ** 2).sum() / noise))
+        out.append(r)
     return out
 
 
 def print_format_results(results):
-    """A table of FormatResults: format, block, bits per value, held-out accuracy, feature SQNR."""
-    print(f"{'format':<8}{'block':>6}{'bits/value':>12}{'held-out accuracy':>19}{'feature SQNR':>14}")
+    """A table of FormatResults: format, block, bits per value, accuracy (if measured) or agreement with fp32,
+    and SQNR."""
+    labelled = results[0].accuracy is not None
+    head = f"{'held-out accuracy':>19}" if labelled else f"{'top-1 agree':>13}{'top-5 agree':>13}{'logit SQNR':>12}"
+    print(f"{'format':<8}{'block':>6}{'bits/value':>12}{head}{'feature SQNR':>14}")
     for r in results:
         sqnr = f"{r.report.feature_sqnr_db:.1f} dB" if r.report else "-"
-        print(f"{r.format:<8}{str(r.block or '-'):>6}{r.bits:>12.2f}{r.accuracy:>19.1%}{sqnr:>14}")
+        if labelled:
+            cols = f"{r.accuracy:>19.1%}"
+        else:
+            logit = "-" if r.format == "fp32" else f"{r.logit_sqnr_db:.1f} dB"
+            cols = f"{r.top1_agreement:>13.1%}{r.top5_agreement:>13.1%}{logit:>12}"
+        print(f"{r.format:<8}{str(r.block or '-'):>6}{r.bits:>12.2f}{cols}{sqnr:>14}")
+
+
+def _style(r, results):
+    """One colour per format (in every panel), one marker per block size of that format."""
+    blocks = sorted({x.block or 0 for x in results if x.format == r.format})
+    return FORMAT_COLOURS.get(r.format, "tab:gray"), BLOCK_MARKERS[blocks.index(r.block or 0) % len(BLOCK_MARKERS)]
 
 
 def format_cost_plots(results, random_report=None):
-    """Held-out accuracy against bits per value, and SQNR per layer for each FormatResult (and the report of a
-    random-weights twin)."""
+    """Accuracy (or top-1 agreement with fp32) against bits per value, and SQNR per layer, for each FormatResult
+    (and the report of a random-weights twin); one colour per format."""
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    labelled = results[0].accuracy is not None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
     for r in results:
-        ax1.scatter(r.bits, 100 * r.accuracy, s=40)
-        ax1.annotate(r.label, (r.bits, 100 * r.accuracy), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        colour, marker = _style(r, results)
+        y = r.accuracy if labelled else r.top1_agreement
+        ax1.scatter(r.bits, 100 * y, s=55, color=colour, marker=marker, label=r.label)
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("bits per value (log scale)")
-    ax1.set_ylabel("held-out accuracy, % (measured)")
-    ax1.set_title("Accuracy against storage per value")
+    ax1.set_ylabel("held-out accuracy, %" if labelled else "top-1 agreement with fp32, %")
+    ax1.set_title("Accuracy against storage per value (measured)" if labelled
+                  else "Agreement with fp32 against storage per value (measured)")
+    ax1.set_ylim(-2, 102)
     ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8, loc="lower right")
     for r in results:
         if r.report:
-            ax2.plot([x.output_sqnr_db for x in r.report.layers], "o-", ms=3, label=r.label)
+            colour, marker = _style(r, results)
+            ax2.plot([x.output_sqnr_db for x in r.report.layers], "-", marker=marker, ms=3, color=colour,
+                     label=r.label)
     if random_report:
-        ax2.plot([x.output_sqnr_db for x in random_report.layers], "k--", label="ms-fp9, random weights")
+        ax2.plot([x.output_sqnr_db for x in random_report.layers], "--", color="gray",
+                 label="ms-fp9, random weights")
     ax2.set_xlabel("layer (Conv / MatMul, in graph order)")
     ax2.set_ylabel("layer output SQNR vs fp32, dB")
     ax2.set_title("Error per layer (measured)")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def format_findings(results, random_report=None) -> list[str]:
+    """What the measured FormatResults say, as sentences made from their numbers (printed by the notebook, so that
+    the words follow the run): each format's loss against fp32, what the block size changed, trained vs random."""
+    labelled = results[0].accuracy is not None
+    what = "held-out accuracy" if labelled else "top-1 agreement with fp32"
+    score = (lambda r: r.accuracy) if labelled else (lambda r: r.top1_agreement)
+    base = score(results[0])
+    lines = []
+    for r in results[1:]:
+        d = 100 * (score(r) - base)
+        verdict = "the same as fp32" if abs(d) < 0.05 else f"{abs(d):.1f} points {'below' if d < 0 else 'above'} fp32"
+        lines.append(f"{r.label}: {what} {score(r):.1%}, {verdict}.")
+    by_block = {}
+    for r in results[1:]:
+        by_block.setdefault(r.format, []).append(r)
+    for fmt, rs in by_block.items():
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: r.block)
+        vals = [score(r) for r in rs]
+        trend = ("the block size made no difference here" if max(vals) - min(vals) < 1e-9 else
+                 "larger blocks cost more here" if all(a >= b for a, b in zip(vals, vals[1:])) else
+                 "smaller blocks cost more here" if all(a <= b for a, b in zip(vals, vals[1:])) else
+                 "no steady trend with the block size here")
+        lines.append(f"{fmt} at blocks {', '.join(str(r.block) for r in rs)}: "
+                     f"{', '.join(f'{v:.1%}' for v in vals)}: {trend}.")
+    if random_report is not None:
+        trained = next((r.report for r in results if r.format == "ms-fp9" and r.block == 128 and r.report), None)
+        if trained is not None:
+            d = trained.feature_sqnr_db - random_report.feature_sqnr_db
+            lines.append(f"ms-fp9 feature SQNR: trained {trained.feature_sqnr_db:.1f} dB, random weights "
+                         f"{random_report.feature_sqnr_db:.1f} dB: "
+                         + ("about the same" if abs(d) < 1.0 else f"{abs(d):.1f} dB {'higher' if d > 0 else 'lower'}"
+                            " for the trained network") + ".")
+    return lines
+
+
+def confusion_matrix(truth, predicted, classes):
+    """A figure: how many pictures of each true class (rows) were predicted as each class (columns)."""
+    import matplotlib.pyplot as plt
+    n = len(classes)
+    counts = np.zeros((n, n), int)
+    np.add.at(counts, (np.asarray(truth), np.asarray(predicted)), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.2, 1.1 * n + 1.2))
+    ax.imshow(counts, cmap="Blues", vmin=0)
+    for (r, c), v in np.ndenumerate(counts):
+        ax.text(c, r, str(v), ha="center", va="center", color="white" if v > counts.max() / 2 else "black")
+    ax.set_xticks(range(n), classes)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true class")
+    ax.set_title(f"held-out pictures: {np.trace(counts)} of {counts.sum()} right")
     fig.tight_layout()
     return fig

@@ -67,14 +67,3 @@ def _plot(rep, tag):
     ax2.grid(alpha=0.3)
     plt.tight_layout()
     plt.show()
-
-
-def held_out_accuracy(converted_model, images, labels, work_dir):
-    """Top-1 accuracy of a converted model's package, run in-process (device format included), on labelled images."""
-    import numpy as np
-
-    from .fpga.package import AcceleratorPackage
-    pkg = AcceleratorPackage(converted_model.download(work_dir, exist_ok=True))
-    name = pkg.default_outputs[0]
-    pred = np.concatenate([pkg.run(images[i:i + 64], [name])[name].argmax(-1) for i in range(0, len(images), 64)])
-    return float((pred == np.asarray(labels)).mean())

@@ -70,6 +70,49 @@ def write_photo(path) -> str:
     return str(path)
 
 
+PHOTOS = {   # real photographs that ship in installed packages: name -> (package, credit and licence)
+    "chelsea": ("scikit-image", "Chelsea the cat, by Stefan van der Walt (CC0)"),
+    "coffee": ("scikit-image", "a coffee cup, by Rachel Michetti (CC0)"),
+    "astronaut": ("scikit-image", "the astronaut Eileen Collins, NASA (public domain)"),
+    "rocket": ("scikit-image", "DSCOVR's launch on a Falcon 9, SpaceX (public domain)"),
+    "hubble_deep_field": ("scikit-image", "the Hubble eXtreme Deep Field, NASA (public domain)"),
+    "grace_hopper": ("matplotlib", "Grace Hopper, a U.S. Navy photograph (public domain)"),
+}
+VIEW_SCALES = (0.9, 0.7, 0.5)             # a view's side, as a fraction of the photograph's
+VIEW_PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.5, 0.0))   # where, (x, y) in [0, 1]
+
+
+def photo(name) -> np.ndarray:
+    """One of ``PHOTOS`` as RGB uint8 [H, W, 3], read from the package that ships it (no network)."""
+    if name not in PHOTOS:
+        raise ValueError(f"no photograph {name!r}; there are {sorted(PHOTOS)}")
+    if PHOTOS[name][0] == "matplotlib":
+        import matplotlib.cbook
+        from PIL import Image
+        with Image.open(matplotlib.cbook.get_sample_data(f"{name}.jpg")) as im:
+            return np.asarray(im.convert("RGB"))
+    from skimage import data
+    return np.asarray(getattr(data, name)())[..., :3]
+
+
+def photo_views(names=tuple(PHOTOS)):
+    """Views of real photographs, JPEG-encoded: every scale of ``VIEW_SCALES`` at every place of ``VIEW_PLACES``,
+    each also mirrored (36 per photograph, 216 for all six). Returns (encoded views, photograph name of each)."""
+    views, owners = [], []
+    for name in names:
+        img = photo(name)
+        h, w = img.shape[:2]
+        for scale in VIEW_SCALES:
+            ch, cw = int(h * scale), int(w * scale)
+            for fx, fy in VIEW_PLACES:
+                y, x = int((h - ch) * fy), int((w - cw) * fx)
+                crop = img[y:y + ch, x:x + cw]
+                for view in (crop, crop[:, ::-1]):
+                    views.append(encode(np.ascontiguousarray(view), "JPEG", quality=92))
+                    owners.append(name)
+    return views, owners
+
+
 SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night", "rings", "squares", "triangles", "crosses", "dots")
 
 

@@ -107,7 +107,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
               "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
               "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
-              "images_per_class": 16, "test_per_class": 8, "epochs": 20, "tl_margin": -1.0, "tl_model_name": "tiny-shapes",
+              "images_per_class": 16, "test_per_class": 8, "epochs": 20, "min_accuracy_tl": 0.0, "tl_model_name": "tiny-shapes",
               "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0}
     images, truths = samples.labelled_scenes(12, seed=9)      # 07 reads a Pascal VOC folder of "your own"

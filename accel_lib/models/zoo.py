@@ -24,11 +24,47 @@ def offline() -> bool:
     return os.environ.get("ACCEL_LIB_OFFLINE", "0").lower() not in ("0", "false", "no", "")
 
 
+def _unreachable(url, timeout=3.0) -> str | None:
+    """Why ``url``'s server cannot be reached now (None if a TCP connection opens), within ``timeout`` seconds
+    (name lookup included: it runs in a thread that is left behind if it hangs)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    host = urlsplit(url).hostname
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host} cannot be reached ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return result[0] if result else f"{host} did not answer within {timeout:.0f} s"
+
+
+def imagenet_unavailable(model) -> str | None:
+    """Why ``model``'s Keras ImageNet weights cannot be had (None: cached, or their server answers)."""
+    cached = model.model_base_path / "weights" / model.weights_file
+    if cached.is_file():
+        return None
+    if offline():
+        return f"ACCEL_LIB_OFFLINE is set and {model.weights_file} is not cached in {cached.parent}"
+    why = _unreachable(KERAS_WEIGHTS_BASE)
+    return None if why is None else f"{model.weights_file} is not cached in {cached.parent} and {why}"
+
+
 def warn_random(reason):
     """Say loudly, on stdout, that the model uses seeded random weights and why."""
+    import textwrap
     bar = "!" * 78
-    print(f"{bar}\n!! RANDOM WEIGHTS: {reason}\n!! The featurizer and classifier use seeded random weights: "
-          f"every stage runs,\n!! but the predictions and labels mean nothing.\n{bar}", file=sys.stdout, flush=True)
+    lines = textwrap.wrap(f"RANDOM WEIGHTS: {reason.rstrip('.')}.", 74) + [
+        "The featurizer and classifier use seeded random weights: every stage runs,",
+        "but the predictions and labels mean nothing."]
+    print("\n".join([bar, *(f"!! {line}" for line in lines), bar]), file=sys.stdout, flush=True)
 
 
 def write_h5(layers, path):
@@ -61,6 +97,7 @@ class AcceleratedModel:
     feature_dim = 0
     num_classes = 1000
     quantized = False
+    quantized_format = "ms-fp9"  # the device format of the Quantized twin (Brainwave's)
     input_order = "BGR"         # Keras ImageNet weights (caffe style) expect BGR, mean-subtracted
     default_image_size = 224
     preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the article's); False: squash to size
@@ -93,8 +130,8 @@ class AcceleratedModel:
 
     @property
     def default_numeric_format(self):
-        """The device format the converter uses by default: ms-fp9 for Quantized models, else fp32."""
-        return "ms-fp9" if self.quantized else "fp32"
+        """The device format the converter uses by default: ``quantized_format`` for Quantized models, else fp32."""
+        return self.quantized_format if self.quantized else "fp32"
 
     feature_name = property(lambda self: f"{self.scope}/{self.feature_layer}:0", doc="name of the feature tensor")
     classifier_output = property(lambda self: f"classifier/{self.scope}/{self.head_tensor}:0",
@@ -167,7 +204,7 @@ class AcceleratedModel:
         if path is None:
             self._calibrate_random()
         else:
-            self._load_h5(path)
+            self._load_weights(path)
         bar.update(1)
         bar.close()
         self._featurizer.trainable = not self.is_frozen
@@ -184,12 +221,12 @@ class AcceleratedModel:
         if cached.is_file():
             self.weights_source = "imagenet"
             return cached
-        if offline():
+        why = imagenet_unavailable(self)          # asked before Keras, which would print "Downloading data from"
+        if why is not None:
             if req == "imagenet":
-                raise UserError(f"weights='imagenet' needs {self.weights_file} in {cached.parent}, and "
-                                "ACCEL_LIB_OFFLINE is set; unset it to download, or copy the file there.")
-            warn_random("ACCEL_LIB_OFFLINE is set and no cached ImageNet weights were found "
-                         f"in {cached.parent}.")
+                raise UserError(f"weights='imagenet' needs {self.weights_file} in {cached.parent}, but {why}: "
+                                "connect to the network (and unset ACCEL_LIB_OFFLINE), or copy the file there.")
+            warn_random(why)
             self.weights_source = f"random(seed={self.seed})"
             return None
         import keras
@@ -205,6 +242,10 @@ class AcceleratedModel:
             return None
         self.weights_source = "imagenet"
         return Path(got)
+
+    def _load_weights(self, path):
+        """Assign the weights ``_resolve_weights`` found (a Keras .h5 file here; a family may read its own kind)."""
+        self._load_h5(path)
 
     def _load_h5(self, path):
         """Assign weights from a Keras .h5 file, layer by layer by name (works for any input size)."""
