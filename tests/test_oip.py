@@ -83,7 +83,7 @@ def test_oip_errors_follow_the_status_mapping(built_image, cluster):
     g = tgrpc.InferenceServerClient(_hostport(svc.scoring_uri))
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED|missing or wrong key"):
         g.infer(svc.name, [_bytes_input(tgrpc.InferInput, [image])])
-    with pytest.raises(InferenceServerException, match="no service 'nope'"):     # routed by the seed's header
+    with pytest.raises(InferenceServerException, match="no service 'nope'"):     # routed by the article's header
         g.infer("nope", [_bytes_input(tgrpc.InferInput, [image])],
                 headers={**head, cluster_files.ROUTE_HEADER: cluster_files.route("nope")})
     with pytest.raises(InferenceServerException, match="version 1 only"):

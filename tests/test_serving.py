@@ -145,7 +145,7 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
         _stock_predict(uri, data)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    # the seed's client code, unchanged: it strips the scheme and passes port 80
+    # the article's client code, unchanged: it strips the scheme and passes port 80
     address = uri[uri.find('/') + 2:].strip('/')
     with PredictionClient(address=address, port=80, use_ssl=uri.startswith("https"), access_token=key,
                           service_name=svc.name) as seed_client:

@@ -81,12 +81,15 @@ def test_through_the_deployed_service_the_cat_is_a_cat_and_the_coffee_espresso(s
     assert op.result.manifest.numeric_format == "msfp16"
     img = Image.create("squeezenet-image", [op.result], AccelContainerImage.image_configuration(), ws)
     target = ComputeTarget.create(ws, "sq-aks", AksCompute.provisioning_configuration(agent_count=1))
+    svc = None
     try:
         svc = helpers.deploy(img, target, "sq-svc", flash_seconds=0)
         with client_from_service(svc) as client:
             probs = client.score_numpy_arrays({"images": [_photo("chelsea"), _photo("coffee")]},
                                               outputs=info.output_tensors)
     finally:
+        if svc is not None:
+            svc.delete()
         target.delete()
     top = probs.argmax(-1)
     assert top[0] in CATS, LABELS[top[0]]

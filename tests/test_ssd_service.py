@@ -1,4 +1,4 @@
-"""SSD-VGG end to end: both classes converted with the seed's twelve outputs, served over gRPC, post-processed."""
+"""SSD-VGG end to end: both classes converted with the article's twelve outputs, served over gRPC, post-processed."""
 import numpy as np
 import pytest
 

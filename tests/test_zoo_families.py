@@ -9,7 +9,7 @@ from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, Comp
                        Webservice, AksWebservice, Workspace, client_from_service, models, samples)
 from accel_lib.conversion import checks
 
-FAMILIES = {  # class: (image size for the test, feature dim, the seed's default output name, input order)
+FAMILIES = {  # class: (image size for the test, feature dim, the article's default output name, input order)
     "Resnet152": (32, 2048, "classifier/resnet_v1_152/predictions/Softmax:0", "BGR"),
     "Vgg16": (32, 4096, "classifier/vgg_16/fc8/squeezed:0", "BGR"),
     "Densenet121": (32, 1024, "classifier/densenet121/predictions/Softmax:0", "RGB"),

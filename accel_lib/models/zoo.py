@@ -103,7 +103,7 @@ class AcceleratedModel:
     preserve_aspect_ratio = True    # resize the shortest side and centre-crop (the article's); False: squash to size
     labels = "imagenet"         # the label set the default heads predict
     class_names = ()            # or the default heads' own class names, in index order (then labels is None)
-    feature_layer = "pool5"     # seed-style name of the feature tensor
+    feature_layer = "pool5"     # article-style name of the feature tensor
     head_tensor = "predictions/Softmax"
     output_aliases = ()         # other names the article prints for the default output
 
@@ -122,7 +122,7 @@ class AcceleratedModel:
         self._classifier = None
         self.weights_source = None
 
-    # -- seed-facing attributes ----------------------------------------------------------------
+    # -- the article's attributes ----------------------------------------------------------------
     @property
     def version(self):
         """The featurizer's version string."""
@@ -148,7 +148,7 @@ class AcceleratedModel:
 
     # -- the stages' tensors ---------------------------------------------------------------------
     def feature_tensors(self):
-        """The device stage's outputs: (key, seed-style name, shape) each."""
+        """The device stage's outputs: (key, article-style name, shape) each."""
         return [("features", self.feature_name, [-1, self.feature_dim])]
 
     def output_specs(self, head=None, head_name=None):
