@@ -24,10 +24,13 @@ def show_report(converted_model, plot=True):
     if rep is None:
         print(f"{converted_model.id} runs in fp32 on the device: nothing is quantized, no report.")
         return None
-    tag = " [RANDOM WEIGHTS: a trained model degrades far less]" if rep.random_weights else ""
+    tag = " [RANDOM WEIGHTS: these numbers say nothing of a trained model]" if rep.random_weights else ""
     print(f"{rep.numeric_format} vs fp32 on {rep.images} generated images (measured){tag}")
     print(f"  top-1 agreement {rep.top1_agreement:.0%}, top-5 overlap {rep.top5_overlap:.0%}, "
           f"feature SQNR {rep.feature_sqnr_db:.1f} dB")
+    print(f"  (an SQNR of {rep.feature_sqnr_db:.1f} dB: the device's error carries "
+          f"{10 ** (-rep.feature_sqnr_db / 10):.2g} of the features' power; the agreement counts {rep.images} images, "
+          "so one image is " f"{1 / max(rep.images, 1):.0%} of it: notebook 09 measures on more)")
     rows = rep.layers
     show = rows if len(rows) <= 12 else rows[:6] + [None] + rows[-5:]
     print(f"  {'layer':<28}{'channels':>9}{'weight SQNR':>13}{'output SQNR':>13}")
