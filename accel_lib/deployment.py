@@ -8,7 +8,7 @@ import re
 
 from . import records
 from .errors import UserError
-from .fpga import cluster
+from .fpga import cluster, lifecycle
 
 TRANSITIONING, HEALTHY, REPLACED = "Transitioning", "Healthy", "Replaced"     # a service's recorded state
 
@@ -95,7 +95,7 @@ CRASHES_TO_FAIL = 3          # restarts in CrashLoopBackOff after which waiting 
 def replica_status(run_dir, running, name, generation) -> list:
     """What the cluster's supervisor reports for each replica of service ``name`` deployed as ``generation``
     (cluster.ReplicaStatus: state, restarts, last exit); [] while nothing is reported, or the cluster is down."""
-    st = cluster.read_optional(cluster.ClusterStatus, run_dir) if running else None
+    st = lifecycle.status(run_dir) if running else None            # the running process's own word only
     mine = st.service(name) if st else None
     if mine is None or mine.generation != generation:
         return []

@@ -83,7 +83,8 @@ class Workspace:
         for d in (start, *start.parents):
             for cand in (d / CONFIG_FILE, d / ".azureml" / CONFIG_FILE):
                 if cand.is_file():
-                    if cand.stat().st_uid != os.getuid():
+                    # the file (a link is judged by its own owner, lstat) and what it points to must both be yours
+                    if {cand.lstat().st_uid, cand.stat().st_uid} != {os.getuid()}:
                         print(f"Workspace.from_config: skipped {cand}, which another user owns", file=sys.stderr)
                         continue
                     cfg = json.loads(cand.read_text())

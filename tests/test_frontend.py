@@ -14,7 +14,7 @@ import requests
 
 from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, UserError, Webservice, client_from_service, samples)
 from accel_lib.fpga import supervisor
-from accel_lib.fpga.cluster import TLS_KEY_FILE
+from accel_lib.fpga.cluster import STATUS_FILE, TLS_KEY_FILE
 from accel_lib.fpga.package import AcceleratorPackage
 from accel_lib.deployment import schedule
 from helpers import deploy as _deploy
@@ -376,10 +376,12 @@ def test_the_cluster_process_owns_its_replicas(built_image, cluster):
     assert svc.state == "Unhealthy" and svc.scoring_uri is None
     with pytest.raises(UserError, match="restart"):
         client_from_service(svc)
+    assert (cluster.run_dir / STATUS_FILE).exists()                  # the killed process could not remove its report
     cluster.restart()                                               # its spec brings the services back
-    svc.wait_for_deployment(timeout=60)
-    with client_from_service(svc) as c:
-        assert c.score_numpy_arrays({"images": samples.sample_images(1)}, outputs=SOFTMAX).shape == (1, 1000)
+    svc.wait_for_deployment(timeout=60)                             # on the new process's word, not the old report
+    ch, stub = _stub(svc.scoring_uri)
+    with ch:                                                        # a stock stub: no retry hides an UNAVAILABLE
+        assert stub.Predict(_request(samples.sample_images(1), svc.name), timeout=30).outputs[SOFTMAX].tensor_shape
 
 
 def test_deleting_the_cluster_stops_every_process(built_image):

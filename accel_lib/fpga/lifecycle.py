@@ -21,50 +21,6 @@ class NotRunning(RuntimeError):
     """The cluster process is not running (or did not start in time)."""
 
 
-def generate_certificate(common_name, days=365):
-    """A certificate for ``common_name`` (also valid for localhost and 127.0.0.1) signed by a CA made for it: returns
-    (CA certificate, leaf certificate then the CA, the leaf's key), PEM bytes. The CA may sign no other CA (path
-    length 0) and signs only this leaf; the leaf is not a CA, and serves TLS only (serverAuth)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    now = datetime.datetime.now(datetime.timezone.utc)
-    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
-    org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "accel_lib simulated AKS cluster")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"accel_lib CA for {common_name}"), org])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                                                              org]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(valid[0]).not_valid_after(valid[1])
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name), x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return ca.public_bytes(pem), leaf.public_bytes(pem) + ca.public_bytes(pem), key_pem
-
-
 def prepare(run_dir, cert=None, key=None, ca=None):
     """Make a fresh cluster folder (0700) and, for TLS, write its certificate chain ``cert``, its key (0600) and
     the ``ca`` clients trust (PEM bytes; ``ca`` None for a certificate of your own)."""
@@ -114,7 +70,7 @@ def publish(run_dir, name, nodes, vcpus_per_node, services, timeout=30) -> int:
                                           tls=tls_enabled(run_dir), revision=revision), run_dir)
     deadline = time.monotonic() + timeout
     while running(run_dir) and time.monotonic() < deadline:
-        st = cluster.read_optional(cluster.ClusterStatus, run_dir)
+        st = status(run_dir)
         if st is not None and st.revision >= revision:
             break
         time.sleep(0.02)
@@ -160,13 +116,24 @@ def running(run_dir) -> bool:
     return ep is not None and alive(ep.pid, run_dir)
 
 
+def status(run_dir):
+    """What the running cluster process reports (``cluster.ClusterStatus``), or None: while nothing is reported,
+    when no process runs, or when the report is another process's (one killed before it could remove it)."""
+    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    if ep is None or not alive(ep.pid, run_dir):
+        return None
+    st = cluster.read_optional(cluster.ClusterStatus, run_dir)
+    return st if st is not None and st.pid == ep.pid else None
+
+
 def start(run_dir, timeout=START_TIMEOUT):
     """Start the cluster process if it is not running (idempotent); returns its endpoints once it listens."""
     if running(run_dir):
         return endpoints(run_dir)
     from . import frontend
     run_dir = Path(run_dir)
-    (run_dir / cluster.ENDPOINTS_FILE).unlink(missing_ok=True)
+    for stale in (cluster.ENDPOINTS_FILE, cluster.STATUS_FILE):     # what a killed process could not remove
+        (run_dir / stale).unlink(missing_ok=True)
     with open(run_dir / cluster.LOG_FILE, "ab") as log:
         subprocess.Popen(frontend.command(sys.executable, run_dir), stdin=subprocess.DEVNULL, stdout=log,
                          stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
