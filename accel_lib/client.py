@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .fpga.cluster import ROUTE_HEADER, ServiceLimits, route
+from .fpga.cluster import DEFAULT_MODEL, ROUTE_HEADER, ServiceLimits, route
 
 
 def parse_address(address, port=None, use_ssl=False):
@@ -36,6 +36,7 @@ class PredictionClient:
                  max_message_mb=ServiceLimits.max_message_mb, retry_seconds=30.0, root_certificates=None):
         import grpc
         self.target = parse_address(address, port, use_ssl)
+        self.use_ssl = bool(use_ssl)
         self.service_name = service_name
         self.access_token = access_token
         self.retry_seconds = retry_seconds
@@ -69,7 +70,7 @@ class PredictionClient:
         if self.access_token:
             md.append(("authorization", f"Bearer {self.access_token}"))
         if self.service_name:
-            md.append(("x-ms-aml-grpc-service-route", f"/api/v1/service/{self.service_name}"))
+            md.append((ROUTE_HEADER, route(self.service_name)))
         return md
 
     def _call(self, method, request, timeout):
@@ -90,7 +91,7 @@ class PredictionClient:
         """Send {name: TensorProto} (the project's, or TensorFlow's own); returns {output name: TensorProto}."""
         from .fpga.protos import serving_pb2, tensorflow_pb2
         req = serving_pb2.PredictRequest()
-        req.model_spec.name = self.service_name or "default"
+        req.model_spec.name = self.service_name or DEFAULT_MODEL
         for k, v in input_map.items():
             if isinstance(v, tensorflow_pb2.TensorProto):
                 req.inputs[k].CopyFrom(v)
@@ -134,7 +135,7 @@ class PredictionClient:
 
         from .fpga.protos import serving_pb2
         req = serving_pb2.GetModelMetadataRequest()
-        req.model_spec.name = self.service_name or "default"
+        req.model_spec.name = self.service_name or DEFAULT_MODEL
         req.metadata_field.append("signature_def")
         resp = self._call(self.stub.GetModelMetadata, req, timeout)
         sigmap = serving_pb2.SignatureDefMap()

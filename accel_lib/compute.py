@@ -13,8 +13,8 @@ from pathlib import Path
 
 from . import records
 from .errors import UserError
-from .fpga import cluster, lifecycle
-from .model import check_name
+from .fpga import certificates, cluster, lifecycle
+from .records import check_name
 from .workspace import LOCATIONS
 
 FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
@@ -268,7 +268,7 @@ class ComputeTarget:
         if cfg.ssl and "leaf_domain_label" in cfg.ssl:
             import secrets
             cn = f"{cfg.ssl['leaf_domain_label']}{secrets.token_hex(3)}.{cfg.location}.cloudapp.azure.com"
-            tls = dict(zip(("ca", "cert", "key"), lifecycle.generate_certificate(cn)))
+            tls = dict(zip(("ca", "cert", "key"), certificates.generate(cn)))
         elif cfg.ssl:
             tls = {"cert": Path(cfg.ssl["cert"]).read_bytes(), "key": Path(cfg.ssl["key"]).read_bytes()}
         lifecycle.prepare(self.run_dir, **tls)

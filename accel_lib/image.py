@@ -15,8 +15,9 @@ from pathlib import Path
 
 from . import records
 from .errors import UserError
-from .fpga import server
-from .model import Model, check_name
+from .fpga import containers, server
+from .model import Model
+from .records import check_name
 
 BUILD_LOG = "build.log"           # in the build context
 BUILT = "built"                   # the build note's first word: a container image was built ...
@@ -32,17 +33,17 @@ ARG BASE=python:3.11-slim
 FROM ${{BASE}}
 ARG PIP_ARGS=
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-WORKDIR /app
+WORKDIR {app}
 COPY requirements.txt .
 COPY wheels/ wheels/
 RUN python3 -m pip install --quiet ${{PIP_ARGS}} --find-links wheels -r requirements.txt && rm -rf wheels
 COPY fpga/ fpga/
 COPY package/ package/
-RUN useradd --system --uid 10001 --create-home --home-dir /home/accel --shell /usr/sbin/nologin accel
+RUN useradd --system --uid {uid} --create-home --home-dir {home} --shell /usr/sbin/nologin {user}
 # a home of its own: ONNX Runtime warns at import, in every replica's log, where it cannot write there
-ENV HOME=/home/accel
-USER 10001
-EXPOSE 50051
+ENV HOME={home}
+USER {uid}
+EXPOSE {port}
 CMD {cmd}
 """
 
@@ -296,8 +297,10 @@ def _write_context(ctx: Path, model: Model, name, version):
     (ctx / "wheels").mkdir()
     (ctx / "wheels" / "README").write_text("The pinned wheels go here when the image is built offline "
                                            "(Image.wait_for_creation with a container engine).\n")
-    cmd = server.command(server.IMAGE_PYTHON, host="0.0.0.0", port=50051)   # TCP: Docker or Kubernetes
-    (ctx / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version, cmd=json.dumps(cmd)))
+    cmd = server.command(containers.PYTHON, host="0.0.0.0", port=containers.PORT)   # TCP: Docker or Kubernetes
+    (ctx / "Dockerfile").write_text(DOCKERFILE.format(
+        name=name, version=version, cmd=json.dumps(cmd), app=containers.APP, uid=containers.CONTAINER_UID,
+        user=containers.CONTAINER_USER, home=containers.CONTAINER_HOME, port=containers.PORT))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fpga import cluster, server
+from .fpga import cluster, containers, server
 
 FPGA_RESOURCE = "microsoft.com/fpga"
-PORT = 50051
+PORT = containers.PORT
 KEYS_DIR = "/etc/accel-keys"
 KEYS_FILE = "keys"
 
@@ -19,12 +19,12 @@ KEYS_FILE = "keys"
 def manifests(name, image, replicas, keys=None, flash_seconds=0.0, limits=None, cpus=6):
     """The Deployment, Service and (with keys) Secret of a service, as dicts, in the order to apply them."""
     labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
-    cmd = server.command(server.IMAGE_PYTHON, host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
+    cmd = server.command(containers.PYTHON, host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
                          limits=limits or cluster.ServiceLimits(), threads=cpus,
                          keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
     probe = {"grpc": {"port": PORT}}
     container = {
-        "name": "replica", "image": image, "workingDir": "/app", "command": cmd,
+        "name": "replica", "image": image, "workingDir": containers.APP, "command": cmd,
         "ports": [{"name": "grpc", "containerPort": PORT}],
         "resources": {"limits": {FPGA_RESOURCE: "1", "cpu": str(cpus)}, "requests": {FPGA_RESOURCE: "1"}},
         # flashing the FPGA takes time: the start-up probe waits for it before liveness counts

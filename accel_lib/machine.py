@@ -16,16 +16,16 @@ def cpu_name() -> str:
 
 def memory_bytes() -> int:
     """Memory this process may use: the machine's, capped by its cgroup's limit."""
-    from .fpga import host
+    from .fpga import resources
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    limit = host.memory_limit()
+    limit = resources.memory_limit()
     return min(total, limit) if limit else total
 
 
 def facts() -> dict:
     """{"cpu", "cores" (those this process may use), "memory_gib"}."""
-    from .fpga import host
-    return {"cpu": cpu_name(), "cores": host.cpus(), "memory_gib": round(memory_bytes() / 2**30, 1)}
+    from .fpga import resources
+    return {"cpu": cpu_name(), "cores": resources.cpus(), "memory_gib": round(memory_bytes() / 2**30, 1)}
 
 
 def describe(runtime=True) -> str:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from . import records
+from .records import check_name
 from .errors import UserError
 from .workspace import Workspace
 
-NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
 CONVERTED_SUFFIX = ".accelonnx"
 
 
@@ -28,16 +27,15 @@ def of_family(model_name, candidate) -> bool:
     return candidate.endswith(CONVERTED_SUFFIX) and head == model_name and tail.isdigit()
 
 
-NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
-                  "starting with a letter or digit")
-
-
-def check_name(name, what="model"):
-    """Raise UserError unless ``name`` follows the naming rule."""
-    if not isinstance(name, str) or not NAME_RULE.match(name):
-        hint = f" (try {name.lower()!r})" if isinstance(name, str) and NAME_RULE.match(name.lower()) else ""
-        raise UserError(f"invalid {what} name {name!r}: {NAME_RULE_TEXT}{hint}.")
-    return name
+def tensor_names(model):
+    """(input name, output names) recorded in a registered or converted model's metadata, for conversion and
+    scoring."""
+    from .fpga import manifest
+    if manifest.MANIFEST_FILE in model.files:
+        m = model.manifest
+        return m.input.name, list(m.outputs)
+    meta = model.source_metadata
+    return meta.input.name, meta.default_output_names()
 
 
 class Model:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import ClassVar
@@ -53,6 +54,20 @@ def now() -> str:
     """The time now (UTC, ISO 8601, to the second), as the records store it."""
     import datetime as _dt
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- names ------------------------------------------------------------------------------------------
+NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
+NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
+                  "starting with a letter or digit")
+
+
+def check_name(name, what="model"):
+    """Raise UserError unless ``name`` follows the naming rule."""
+    if not isinstance(name, str) or not NAME_RULE.match(name):
+        hint = f" (try {name.lower()!r})" if isinstance(name, str) and NAME_RULE.match(name.lower()) else ""
+        raise UserError(f"invalid {what} name {name!r}: {NAME_RULE_TEXT}{hint}.")
+    return name
 
 
 # -- the workspace folder ---------------------------------------------------------------------------

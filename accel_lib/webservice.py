@@ -20,7 +20,7 @@ from .errors import OperationTimeout, UserError
 from .fpga import cluster
 from .fpga.manifest import ManifestError
 from .image import Image
-from .model import check_name
+from .records import check_name
 
 _LIMITS, _CFG = cluster.ServiceLimits(), cluster.ServiceConfig()      # the defaults, spelled there only
 AksServiceDeploymentConfiguration = cluster.ServiceConfig     # what deploy_configuration() returns, typed

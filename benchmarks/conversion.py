@@ -41,13 +41,13 @@ def _tree_peak(pid, stop, out):
 def convert_one(model_class, log=print) -> dict:
     """Save, register and convert one zoo model; its measurements."""
     from accel_lib import AccelOnnxConverter, Model, Workspace, models
-    from accel_lib.conversion import steps
+    from accel_lib.conversion import runner
     d = Path(tempfile.mkdtemp(prefix="accel-bench-convert-"))
     ws = Workspace.create("bench-convert", path=d / "ws")
     graph = getattr(models, model_class)(d / "m", weights="random")
     info = graph.save(d / "m" / "saved")
     src = Model.register(ws, info.path, model_class.lower())
-    log(f"converting {model_class} ({steps.weights_bytes(info.path) / 2**20:.0f} MB of weights) ...")
+    log(f"converting {model_class} ({runner.weights_bytes(info.path) / 2**20:.0f} MB of weights) ...")
     t0 = time.monotonic()
     op = AccelOnnxConverter.convert_tf_model(ws, src, info.input_tensors, info.output_tensors)
     stop, out = threading.Event(), {}
@@ -65,7 +65,7 @@ def convert_one(model_class, log=print) -> dict:
         seconds = float(rest.split(" s", 1)[0])
         gb = float(rest.split("peak memory ", 1)[1].split(" GB", 1)[0]) if "peak memory" in rest else None
         per_step.append({"step": name, "seconds": seconds, "peak_gb": gb})
-    return {"model": model_class, "weights_mb": round(steps.weights_bytes(info.path) / 2**20),
+    return {"model": model_class, "weights_mb": round(runner.weights_bytes(info.path) / 2**20),
             "seconds": round(took, 1), "peak_tree_gb": round(out.get("peak", 0) / 2**30, 2),
             "goal_gb": GOALS_GB.get(model_class), "steps": per_step}
 
@@ -86,7 +86,7 @@ def report(rows, machine) -> str:
         lines.append(f"| {r['model']} | {r['weights_mb']} | {r['seconds']:.0f} | {r['peak_tree_gb']:.2f} | "
                      f"{r['goal_gb'] or '-'} | {largest} |")
     lines.append("")
-    lines.append("Each step runs in a process of its own (accel_lib/conversion/steps.py); the tree's peak is the "
+    lines.append("Each step runs in a process of its own (accel_lib/conversion/runner.py); the tree's peak is the "
                  "worker plus the step running, sampled every 0.1 s.")
     return "\n".join(lines)
 

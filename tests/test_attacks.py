@@ -16,11 +16,11 @@ import requests
 
 from accel_lib import Webservice, client_from_service, samples
 from accel_lib.fpga import cluster as cluster_files
-from accel_lib.fpga import frontend, supervisor
+from accel_lib.fpga import ingress, routing, supervisor
 from accel_lib.fpga.protos import serving_pb2, tensorflow_pb2
 from helpers import deploy as _deploy
 
-PREDICT = frontend.PREDICT
+PREDICT = routing.PREDICT
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 BIG = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
 
@@ -309,7 +309,7 @@ def test_half_sent_requests_are_dropped_and_the_connection_count_is_capped(built
     svc = _deploy(built_image, cluster, "svc-slow")
     port = cluster.endpoints().rest_port
     socks = []
-    for _ in range(frontend.MAX_CONNECTIONS + 20):
+    for _ in range(ingress.MAX_CONNECTIONS + 20):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         s.sendall(b"GET /v1/models/svc-slow HTTP/1.1\r\nHost: x\r\n")      # the headers never end
         socks.append(s)
@@ -321,8 +321,8 @@ def test_half_sent_requests_are_dropped_and_the_connection_count_is_capped(built
         except ConnectionResetError:
             closed += 1
     assert closed == 20
-    deadline = time.monotonic() + frontend.HEADER_SECONDS + 10
-    for s in socks[:frontend.MAX_CONNECTIONS]:                             # the rest: after the header timeout
+    deadline = time.monotonic() + ingress.HEADER_SECONDS + 10
+    for s in socks[:ingress.MAX_CONNECTIONS]:                             # the rest: after the header timeout
         s.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             assert s.recv(1) == b""
@@ -555,3 +555,61 @@ def test_a_killed_register_or_image_build_leaves_no_debris(converted, tmp_path):
         assert img.creation_state == "Failed" and "interrupted" in (img.context / "build.log").read_text()
     finally:
         img.delete()
+
+
+def test_from_config_judges_a_planted_link_by_its_own_owner(tmp_path, capsys):
+    """A link owned by another user, pointing at the victim's own config, must not make its folder a workspace."""
+    from accel_lib import UserError, Workspace
+    if os.getuid() != 0:
+        pytest.skip("needs root to own a link as another user")
+    victim = Workspace.create("victim", path=tmp_path / "victim")
+    attacker = tmp_path / "shared" / "attacker"
+    attacker.mkdir(parents=True)
+    link = attacker / "config.json"
+    link.symlink_to(victim.path / "config.json")
+    os.lchown(link, 65534, 65534)                               # the link is the other user's; its target is yours
+    with pytest.raises(UserError, match="no workspace config.json"):
+        Workspace.from_config(attacker)
+    assert "another user owns" in capsys.readouterr().err
+    assert Workspace.from_config(victim.path).path == victim.path    # your own config still works
+
+
+def test_connections_that_never_start_tls_count_against_the_cap(built_image):
+    from accel_lib import AksCompute, ComputeTarget
+    ws = built_image.workspace
+    cfg = AksCompute.provisioning_configuration(agent_count=1).enable_ssl(leaf_domain_label="cap")
+    target = ComputeTarget.create(ws, "aks-tls-cap", cfg)
+    socks = []
+    try:
+        svc = _deploy(built_image, target, "svc-tls-cap")
+        port = target.endpoints().rest_port
+        for _ in range(ingress.MAX_CONNECTIONS + 20):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))    # no ClientHello, ever
+        closed = 0
+        for s in socks[-20:]:                                                # past the cap: closed at once
+            s.settimeout(5)
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 20
+        for s in socks:
+            s.close()
+        socks = []
+        deadline = time.monotonic() + ingress.HEADER_SECONDS + 10           # the held ones time out, then it serves
+        while True:
+            try:
+                r = requests.get(svc.rest_uri.rsplit(":", 1)[0], verify=str(target.ssl_certificate_file), timeout=5)
+                break
+            except requests.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the REST listener did not take connections again"
+                time.sleep(0.2)
+        assert r.status_code == 200
+        log = (target.run_dir / cluster_files.LOG_FILE).read_text(errors="replace")
+        assert log.count("connections are open (TLS handshakes included)") == 1      # said once, not per refusal
+    finally:
+        for s in socks:
+            s.close()
+        for s in [s for s in Webservice.list(ws) if s.compute_name == target.name]:
+            s.delete()
+        target.delete()

@@ -183,3 +183,59 @@ def test_the_protocol_forms_are_checked_before_they_are_copied():
     meta = json.loads(blob[:length])
     assert meta["outputs"][0]["parameters"]["binary_data_size"] == 24
     assert np.frombuffer(blob[length:], "<f4").tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_unknown_model_is_not_found_even_with_one_service_and_no_shape_is_a_500(built_image, cluster):
+    """The protocol's corners, called with stubs made from the protocols' own definitions (the .proto files that
+    accel_lib/fpga/protos compiles), without the route header: the model name alone must decide."""
+    import grpc
+
+    from accel_lib.fpga import oip, routing
+    from accel_lib.fpga.protos import inference_pb2, serving_pb2
+    svc = deploy(built_image, cluster, "svc-corner", num_replicas=1)        # the cluster's only service
+    image = samples.sample_images(1, seed=11)[0]
+    channel = grpc.insecure_channel(_hostport(svc.scoring_uri))
+    calls = [(routing.MODEL_READY, inference_pb2.ModelReadyRequest(name="nope"), inference_pb2.ModelReadyResponse),
+             (routing.MODEL_METADATA, inference_pb2.ModelMetadataRequest(name="nope"),
+              inference_pb2.ModelMetadataResponse)]
+    infer = inference_pb2.ModelInferRequest(model_name="nope")
+    infer.inputs.add(name="images", datatype="BYTES", shape=[1])
+    infer.raw_input_contents.append(oip.join_bytes([image]))
+    calls.append((routing.INFER, infer, inference_pb2.ModelInferResponse))
+    predict = serving_pb2.PredictRequest()
+    predict.model_spec.name = "nope"
+    calls.append((routing.PREDICT, predict, serving_pb2.PredictResponse))
+    try:
+        for method, request, reply in calls:
+            stub = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=reply.FromString)
+            with pytest.raises(grpc.RpcError) as e:
+                stub(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no service 'nope'" in e.value.details(), method
+        # no model named (the article's client sends "default"): the documented single-service default
+        ready = channel.unary_unary(routing.MODEL_READY, request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=inference_pb2.ModelReadyResponse.FromString)
+        assert ready(inference_pb2.ModelReadyRequest(name=cluster_files.DEFAULT_MODEL), timeout=30).ready
+        assert ready(inference_pb2.ModelReadyRequest(name=svc.name), timeout=30).ready
+    finally:
+        channel.close()
+    url = svc.v2_uri
+    good = {"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "base64"},
+            "data": [base64.b64encode(image).decode()]}
+    bad = [{"inputs": [{**good, "shape": [2 ** 63]}]},                     # a uint64, not an int64
+           {"inputs": [{**good, "shape": [2 ** 64 + 5, 1]}]},
+           {"inputs": [{**good, "shape": [-1]}]},
+           {"inputs": [good], "parameters": [1]},
+           {"inputs": [good], "outputs": {"name": SOFTMAX}},
+           {"inputs": [good], "outputs": [{"name": SOFTMAX, "parameters": "binary"}]},
+           {"inputs": [{**good, "name": "\ud800"}]},                       # a lone surrogate, escaped in the JSON
+           {"inputs": [{**good, "datatype": "INT64", "data": [2 ** 70]}]}]
+    for body in bad:
+        r = requests.post(url + "/infer", data=json.dumps(body), timeout=60)
+        assert r.status_code == 400 and r.headers["Content-Type"].startswith("application/json"), (body, r.text)
+        assert "error" in r.json(), r.text
+    r = requests.post(url + "/infer", data=json.dumps({"inputs": [{**good, "shape": [2 ** 63 - 1]}]}), timeout=60)
+    assert r.status_code in (400, 413) and "error" in r.json(), r.text   # valid, but more than the request holds
+    assert requests.get(url.replace("svc-corner", "nope") + "/ready", timeout=10).status_code == 404
+    ok = requests.post(url + "/infer", json={"inputs": [good]}, timeout=60)
+    assert ok.status_code == 200, ok.text                                 # the service kept serving

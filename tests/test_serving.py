@@ -25,7 +25,7 @@ def _deploy(img, target, name, **cfg):
     return svc
 
 
-def _stock_predict(address, data, key=None, outputs=(SOFTMAX,), route=None, model="any", credentials=None):
+def _stock_predict(address, data, key=None, outputs=(SOFTMAX,), route=None, model="", credentials=None):
     """Score with TensorFlow Serving's own stub and TensorFlow's make_tensor_proto (not accel_lib's client)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -144,6 +144,9 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
     with pytest.raises(grpc.RpcError) as e:
         _stock_predict(uri, data)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:                  # a model the cluster does not have: not the only one
+        _stock_predict(uri, data, key, model="any")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
     # the article's client code, unchanged: it strips the scheme and passes port 80
     address = uri[uri.find('/') + 2:].strip('/')

@@ -4,24 +4,24 @@ import numpy as np
 import pytest
 
 from accel_lib import UserError
-from accel_lib.models import shipped
+from accel_lib.models import recipes, shipped
 from accel_lib.models.small import SmallResnet
 from accel_lib.models.ssd import QuantizedSsdSmall, SsdSmall
 
 
 def test_every_recipe_has_its_file_and_card():
-    for name, recipe in shipped.RECIPES.items():
-        assert shipped.path(name).is_file(), f"remake it: python -m accel_lib.models.shipped make {name}"
-        card = shipped.card(name)
+    for name, recipe in recipes.RECIPES.items():
+        assert recipes.path(name).is_file(), f"remake it: python -m accel_lib.models.shipped make {name}"
+        card = recipes.card(name)
         assert card["recipe"]["seed"] == recipe.seed and card["recipe"]["epochs"] == recipe.epochs, name
         assert card["remake"].endswith(f"make {name}")
     with pytest.raises(UserError, match="no shipped weights 'nope'; known: smallresnet-patterns"):
-        shipped.path("nope")
+        recipes.path("nope")
 
 
 def _held_out_matches_card(model_graph, name, pictures):
     """The card's metric, measured again here: fp32 on another CPU may flip a borderline picture or two."""
-    got, card = shipped.held_out(model_graph), shipped.card(name)["held_out"]
+    got, card = shipped.held_out(model_graph), recipes.card(name)["held_out"]
     assert abs(got - card) <= 2 / pictures, (name, got, card)
     return got
 
@@ -30,7 +30,7 @@ def test_smallresnet_loads_its_shipped_weights_by_default(tmp_path):
     m = SmallResnet(tmp_path, image_size=40)
     m.featurizer
     assert m.weights_source == "shipped:smallresnet-patterns.h5"
-    r = shipped.RECIPES["smallresnet-patterns"]
+    r = recipes.RECIPES["smallresnet-patterns"]
     assert _held_out_matches_card(m, r.name, 10 * r.test_count) >= 0.9
     with pytest.raises(UserError, match="SmallResnet has no ImageNet weights"):
         SmallResnet(tmp_path, weights="imagenet").featurizer
@@ -40,7 +40,7 @@ def test_ssd_small_loads_its_shipped_weights_and_heads_for_other_classes_are_lef
     m = QuantizedSsdSmall(tmp_path, class_names=("disc", "square", "triangle"))
     m.featurizer
     assert m.weights_source == "shipped:ssd_small-scenes.h5"
-    r = shipped.RECIPES["ssd_small-scenes"]
+    r = recipes.RECIPES["ssd_small-scenes"]
     assert _held_out_matches_card(m, r.name, 50) >= 0.7
     other = SsdSmall(tmp_path, class_names=("cat", "dog"))
     other.featurizer
@@ -52,10 +52,10 @@ def test_ssd_small_loads_its_shipped_weights_and_heads_for_other_classes_are_lef
     assert rnd.weights_source.startswith("random(")
 
 
-@pytest.mark.parametrize("name", list(shipped.RECIPES))
+@pytest.mark.parametrize("name", list(recipes.RECIPES))
 def test_a_retrain_from_the_recipe_lands_within_its_spread(name, tmp_path):
     model_graph, metric = shipped.train(name, tmp_path)
-    card, spread = shipped.card(name)["held_out"], shipped.RECIPES[name].spread
+    card, spread = recipes.card(name)["held_out"], recipes.RECIPES[name].spread
     assert abs(metric - card) <= spread, f"{name}: retrained {metric:.3f}, shipped {card:.3f} (spread {spread})"
     out = tmp_path / "again.h5"
     shipped.write_h5(model_graph, out)

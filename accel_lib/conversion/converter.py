@@ -41,13 +41,13 @@ class AccelOnnxConverter:
         ``numeric_format``: the device format (fp32, ms-fp8, ms-fp9, msfp12, msfp16); default ms-fp9 for the
         Quantized models, else fp32. ``block_size``: values sharing one exponent (default: the format's).
         """
-        from . import steps, worker
+        from . import runner, worker
         if not isinstance(source_model, Model):
             raise UserError("source_model must be a registered Model (Model.register(...) or Model(ws, name)).")
         meta = source_model.source_metadata
         if input_node not in meta.input.names:
             raise UserError(f"unknown input tensor {input_node!r}; the model's input is one of {meta.input.names}.")
-        names, fmt, spec = steps.checked_request(meta, split_names(outputs_nodes), numeric_format, block_size)
+        names, fmt, spec = runner.checked_request(meta, split_names(outputs_nodes), numeric_format, block_size)
         request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
                    "block_size": spec.block if spec else None}
         op_id = uuid.uuid4().hex[:12]
@@ -141,7 +141,7 @@ class ModelConvertOperation:
 
     def log_lines(self, *keys) -> list[str]:
         """The log's lines that contain any of ``keys`` (all lines without keys), without their timestamps."""
-        from .steps import strip_timestamp
+        from .state import strip_timestamp
         lines = [strip_timestamp(line) for line in self.get_log().splitlines()]
         return [line for line in lines if not keys or any(k in line for k in keys)]
 

@@ -29,6 +29,7 @@ TLS_KEY_FILE = "tls/key.pem"          # its key (0600)
 TLS_CA_FILE = "tls/ca.pem"            # what clients trust: the CA that signed a generated certificate
 ROUTE_HEADER = "x-ms-aml-grpc-service-route"
 ROUTE_PREFIX = "/api/v1/service/"
+DEFAULT_MODEL = "default"     # the model name the article's client sends without a service name: no model named
 
 # replica states, as the supervisor reports them
 STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", "CrashLoopBackOff", "Failed"

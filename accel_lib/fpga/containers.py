@@ -29,8 +29,14 @@ LABEL = "accel_lib.cluster"
 BASE_TAG = "localhost/accel-lib-debian-base:bookworm"      # made by ensure_base from Debian's packages
 HUB_BASE = "python:3.11-slim"                              # for a machine that reaches Docker Hub
 BASE_PYTHON = "3.11"                                       # the Python of both bases (the wheelhouse's target)
-CONTAINER_UID = 10001                                      # the Dockerfile's user
+# The image's contract, read by the Dockerfile (image.py), the engine's command lines here and the manifests
+# (kubernetes.py): who runs, where, with which interpreter, on which port.
+CONTAINER_UID = 10001                                      # the Dockerfile's user ...
+CONTAINER_USER = "accel"
+CONTAINER_HOME = "/home/accel"                             # ... and its home (ONNX Runtime writes there at import)
 APP = "/app"                                               # the build context's place in the image
+PYTHON = "python3"                                         # the interpreter (both bases have it; Debian's no "python")
+PORT = 50051                                               # a replica's gRPC port over TCP (Docker, Kubernetes)
 SOCKETS = "/run/accel"                                     # where a replica's socket folder is mounted
 INFO_TIMEOUT = 20                                          # `engine info`: an engine slower than this hangs
 RUN_TIMEOUT = 120                                          # the throwaway container of cannot_run

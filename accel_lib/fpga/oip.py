@@ -23,6 +23,7 @@ PLATFORM = "accel_lib_fpga"               # a model's platform in ModelMetadata
 MODEL_VERSION = "1"                       # every service has one version
 EXTENSIONS = ["binary_tensor_data"]       # Triton's name for the binary tensor data extension over HTTP
 HEADER_LENGTH = "Inference-Header-Content-Length"
+INT64_LIMIT = 2 ** 63                     # a shape dimension is an int64 (the protocol's proto and JSON forms)
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int32): "INT32",
              np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL"}
 NUMPY = {v: k for k, v in DATATYPES.items()}
@@ -157,16 +158,26 @@ def model_metadata(response_cls, name, manifest):
 
 
 # -- HTTP/REST <-> gRPC (the front end's REST process pool) ------------------------------------------------
-def _load_json(text):
+def load_json(text, what="the inference header"):
+    """A request's JSON object (TF Serving's REST body or the protocol's inference header); any malformed JSON,
+    deep nesting and bad encodings too, is INVALID_ARGUMENT, and so is a document that is not an object."""
     try:
         doc = json.loads(text)
     except RecursionError:
-        raise ProtocolError("INVALID_ARGUMENT", "the body is not JSON we take: nested too deeply.") from None
+        raise ProtocolError("INVALID_ARGUMENT", f"{what} is not JSON we take: nested too deeply.") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError("INVALID_ARGUMENT", f"the inference header is not JSON ({str(e)[:200]}).") from None
+        raise ProtocolError("INVALID_ARGUMENT", f"{what} is not JSON ({str(e)[:200]}).") from None
     if not isinstance(doc, dict):
-        raise ProtocolError("INVALID_ARGUMENT", "the inference request must be a JSON object.")
+        raise ProtocolError("INVALID_ARGUMENT", f"{what} must be a JSON object.")
     return doc
+
+
+def _object(doc, key, where):
+    """``doc[key]`` if it is a JSON object (an empty one if absent), else INVALID_ARGUMENT."""
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise ProtocolError("INVALID_ARGUMENT", f"{where} {key!r} must be an object.")
+    return value
 
 
 def _param(message_params, key, value):
@@ -184,6 +195,14 @@ def _param(message_params, key, value):
 def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple:
     """An HTTP infer body (JSON, then binary tensor data when ``header_length`` is given) -> (ModelInferRequest
     bytes, how to answer: {"binary": names of outputs to send as binary, or True for all, "id": request id})."""
+    try:
+        return _rest_infer_request(body, header_length, service, max_images)
+    except UnicodeEncodeError as e:       # JSON's "\ud800" escapes decode to lone surrogates, not Unicode text
+        raise ProtocolError("INVALID_ARGUMENT", f"a string of the request holds {e.object[e.start:e.end]!r}, a "
+                                                "lone UTF-16 surrogate: not valid Unicode text.") from None
+
+
+def _rest_infer_request(body, header_length, service, max_images):
     import base64
 
     from .protos import inference_pb2
@@ -191,9 +210,9 @@ def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple
         if not 0 <= header_length <= len(body):
             raise ProtocolError("INVALID_ARGUMENT", f"{HEADER_LENGTH} is {header_length}, but the body has "
                                                     f"{len(body)} bytes.")
-        doc, blob = _load_json(body[:header_length]), memoryview(body)[header_length:]
+        doc, blob = load_json(body[:header_length]), memoryview(body)[header_length:]
     else:
-        doc, blob = _load_json(body), memoryview(b"")
+        doc, blob = load_json(body), memoryview(b"")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("INVALID_ARGUMENT", "'inputs' must be a non-empty list of tensors "
@@ -206,9 +225,10 @@ def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple
         shape = t.get("shape")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
             raise ProtocolError("INVALID_ARGUMENT", f"inputs[{i}].shape must be a list of whole numbers.")
-        params = t.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError("INVALID_ARGUMENT", f"inputs[{i}].parameters must be an object.")
+        if not all(0 <= s < INT64_LIMIT for s in shape):
+            raise ProtocolError("INVALID_ARGUMENT", f"inputs[{i}].shape {shape} has a dimension that is negative or "
+                                                    "does not fit the protocol's int64.")
+        params = _object(t, "parameters", f"inputs[{i}]")
         req.inputs.add(name=t["name"], datatype=t["datatype"], shape=shape)
         size = params.get("binary_data_size")
         if size is not None:
@@ -240,7 +260,7 @@ def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple
         elif t["datatype"] in NUMPY:
             try:
                 arr = np.asarray(data, NUMPY[t["datatype"]])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ProtocolError("INVALID_ARGUMENT", f"inputs[{i}].data holds values that are not "
                                                         f"{t['datatype']}.") from None
             req.raw_input_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -250,13 +270,16 @@ def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple
     if offset != len(blob):
         raise ProtocolError("INVALID_ARGUMENT", f"{len(blob) - offset} bytes of binary data follow the inputs that "
                                                 "no input claims (binary_data_size).")
-    binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    binary = bool(_object(doc, "parameters", "the request's").get("binary_data_output", False))
     wanted = set()
-    for i, o in enumerate(doc.get("outputs") or []):
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise ProtocolError("INVALID_ARGUMENT", "'outputs' must be a list of {\"name\"} objects.")
+    for i, o in enumerate(outputs):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise ProtocolError("INVALID_ARGUMENT", f"outputs[{i}] needs a 'name'.")
         req.outputs.add(name=o["name"])
-        if (o.get("parameters") or {}).get("binary_data", binary):
+        if _object(o, "parameters", f"outputs[{i}]").get("binary_data", binary):
             wanted.add(o["name"])
     answer = {"binary": True if binary and not doc.get("outputs") else sorted(wanted), "id": req.id}
     return req.SerializeToString(), answer

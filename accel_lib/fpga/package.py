@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import device, host, manifest
+from . import device, host, manifest, resources
 
 
 class RequestError(ValueError):
@@ -52,7 +52,7 @@ class AcceleratorPackage:
         self.prep = m.stage("preprocess").params
         self.max_pixels = max_pixels
         self.max_decoded_bytes = max_decoded_bytes
-        threads = threads or host.cpus()
+        threads = threads or resources.cpus()
         self.device = (_session(device_file or self.path / m.device.file, threads, spinning, device_graph=True,
                                 arena=arena) if device else None)
         heads = m.stage("heads")

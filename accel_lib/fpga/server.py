@@ -29,7 +29,6 @@ from pathlib import Path
 
 from .cluster import EXIT_LOAD_FAILED, ServiceLimits
 
-IMAGE_PYTHON = "python3"      # the interpreter in an image (both bases have it; Debian's has no "python")
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
 
 

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from . import cluster, host, server
+from . import cluster, resources, server
 
 BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kubernetes: 10 s)
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
@@ -130,7 +130,7 @@ class ReplicaProcess:
         folder = containers.prepare_socket_dir(cluster.replica_socket_dir(self.sup.socket_dir, serial))
         self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
         self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
-        inner = server.command(server.IMAGE_PYTHON, socket=f"{containers.SOCKETS}/{self.socket.name}",
+        inner = server.command(containers.PYTHON, socket=f"{containers.SOCKETS}/{self.socket.name}",
                                health_socket=f"{containers.SOCKETS}/{self.health_socket.name}",
                                service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
                                limits=self.svc.limits, threads=self.sup.threads)
@@ -304,7 +304,7 @@ class Supervisor:
     async def reconcile(self, spec: cluster.ClusterSpec):
         """Start what the spec adds, stop what it removes (or redeploys under a new generation)."""
         replicas_here = sum(len(s.replicas) for s in spec.services)
-        self.threads = cluster.threads_per_replica(host.cpus(), replicas_here, spec.vcpus_per_node)
+        self.threads = cluster.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
         wanted = {s.name: s for s in spec.services}
         for name in list(self.services):
             if name not in wanted or wanted[name].generation != self.generations[name]:

@@ -7,53 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import UserError
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one shipped file is made: the network, its seed, the generated data and the epochs."""
-    name: str            # the file's stem: <name>.h5 and <name>.json in WEIGHTS_DIR
-    model: str           # the zoo class it is for
-    seed: int
-    train_count: int     # generated training pictures per class (SmallResnet) or scenes (SsdSmall)
-    test_count: int      # held-out pictures per class or scenes
-    epochs: int
-    metric: str          # what the card's "held_out" measures
-    spread: float        # how far a retrain's metric may lie from the card's (over seeds and machines, measured)
-
-
-RECIPES = {r.name: r for r in (
-    # SmallResnet's held-out accuracy over five seeds: 94-98%
-    Recipe("smallresnet-patterns", "SmallResnet", seed=0, train_count=300, test_count=40, epochs=10,
-           metric="held-out accuracy (fp32)", spread=0.05),
-    Recipe("ssd_small-scenes", "SsdSmall", seed=0, train_count=256, test_count=32, epochs=10,
-           metric="held-out mAP@0.5 (fp32)", spread=0.08),
-)}
-
-
-def path(name) -> Path:
-    """The shipped weights file ``name`` (UserError naming the known ones when there is none)."""
-    if name not in RECIPES:
-        raise UserError(f"no shipped weights {name!r}; known: {', '.join(RECIPES)}")
-    return WEIGHTS_DIR / f"{name}.h5"
-
-
-def card(name) -> dict:
-    """The JSON card written beside the weights: the recipe, the held-out result, the machine it was made on."""
-    return json.loads(path(name).with_suffix(".json").read_text())
-
-
-def for_model(model_graph) -> Path | None:
-    """The shipped weights file for ``model_graph``'s network (its backbone; heads for the recipe's classes), or
-    None when the project ships none for it."""
-    r = _recipe_of(model_graph)
-    return path(r.name) if r is not None and path(r.name).is_file() else None
+from .recipes import RECIPES, WEIGHTS_DIR, card, recipe_of
 
 
 def write_h5(model_graph, dest: Path):
@@ -87,7 +44,7 @@ def held_out(model_graph) -> float:
 
     from .. import samples
     from ..fpga.host import preprocess
-    r = _recipe_of(model_graph)
+    r = recipe_of(model_graph)
     if r.model == "SmallResnet":
         from .small import pattern_data
         _, _, te_x, te_y = pattern_data(1, r.test_count, seed=r.seed)
@@ -102,11 +59,6 @@ def held_out(model_graph) -> float:
         return [np.asarray(t) for t in m.get_default_classifier()(m.featurizer(x, training=False), training=False)]
     found = detection.detect(run, test_images, select_threshold=0.05)
     return float(ssd.average_precision(found, test_truths, m.num_classes)[1])
-
-
-def _recipe_of(model_graph) -> Recipe | None:
-    family = type(model_graph).__name__.replace("Quantized", "")
-    return next((r for r in RECIPES.values() if r.model == family), None)
 
 
 def make(name, out_dir=WEIGHTS_DIR) -> Path:

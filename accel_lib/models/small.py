@@ -46,12 +46,12 @@ class SmallResnet(AcceleratedModel):
         return keras.Model(inp, x, name=self.scope)
 
     def _resolve_weights(self):
-        from . import shipped
+        from . import recipes
         if self._weights_request == "imagenet":
             raise UserError("SmallResnet has no ImageNet weights: weights='auto' loads the project's trained ones; "
                             "or create it with weights='random' and train() it, or give a weights file it saved.")
         if self._weights_request == "auto":
-            found = shipped.for_model(self)
+            found = recipes.for_model(self)
             if found is None:
                 raise UserError("the shipped SmallResnet weights are missing: remake them with `python -m "
                                 "accel_lib.models.shipped make smallresnet-patterns`, or use weights='random'.")

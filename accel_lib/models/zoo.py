@@ -478,13 +478,3 @@ class Densenet121(AcceleratedModel):
 class QuantizedDensenet121(Densenet121):
     """DenseNet-121 featurizer run in ms-fp9 on the device."""
     quantized = True
-
-
-def tensor_names(model):
-    """(input name, output names) recorded in a registered or converted model's metadata, for conversion and
-    scoring."""
-    if manifest.MANIFEST_FILE in model.files:
-        m = model.manifest
-        return m.input.name, list(m.outputs)
-    meta = model.source_metadata
-    return meta.input.name, meta.default_output_names()

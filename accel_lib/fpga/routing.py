@@ -1,0 +1,131 @@
+"""The front end's routing: the methods it serves, which service a call is for (the route header, else the model
+the request names, else the only service), its keys and size, balancing over the service's healthy replicas with
+a retry on UNAVAILABLE, and the Open Inference Protocol calls the front end answers itself."""
+from __future__ import annotations
+
+import itertools
+import time
+
+from . import cluster, oip
+from .server import key_ok
+from .supervisor import Supervisor
+
+SERVICE = "/tensorflow.serving.PredictionService/"
+PREDICT, METADATA = SERVICE + "Predict", SERVICE + "GetModelMetadata"
+OIP = "/inference.GRPCInferenceService/"            # the Open Inference Protocol (fpga.oip)
+INFER, MODEL_METADATA, MODEL_READY = OIP + "ModelInfer", OIP + "ModelMetadata", OIP + "ModelReady"
+SERVER_LIVE, SERVER_READY, SERVER_METADATA = OIP + "ServerLive", OIP + "ServerReady", OIP + "ServerMetadata"
+FORWARDED = (PREDICT, METADATA, INFER, MODEL_METADATA)      # sent on to a replica as the bytes that came
+ANSWERED = (MODEL_READY, SERVER_LIVE, SERVER_READY, SERVER_METADATA)    # the front end answers them itself
+CLUSTER_WIDE = (SERVER_LIVE, SERVER_READY, SERVER_METADATA)      # about the cluster, not a service: no key
+
+CallError = oip.ProtocolError     # a call the front end answers itself: a gRPC status code name and a message
+
+
+class Router:
+    """Routing, keys, limits, balancing and retries, shared by the gRPC and REST listeners."""
+
+    def __init__(self, sup: Supervisor):
+        self.sup = sup
+        self._turn = itertools.count()
+
+    def pick_service(self, route_header, model_name) -> cluster.ServiceSpec:
+        """The service a call is for: the route header's, else the model the request names, else (no model named:
+        empty or ``cluster.DEFAULT_MODEL``) the cluster's only service. A model that no service has is NOT_FOUND,
+        whatever the number of services; NOT_FOUND says no more than the caller told (no list of the services)."""
+        spec = self.sup.spec
+        name = cluster.service_from_route(route_header)
+        if name is None and model_name and model_name != cluster.DEFAULT_MODEL:
+            name = model_name
+        if name is None:
+            if len(spec.services) == 1:
+                return spec.services[0]
+            raise CallError("NOT_FOUND", f"no route: send the header '{cluster.ROUTE_HEADER}: "
+                                         f"{cluster.ROUTE_PREFIX}<service>'.")
+        svc = spec.service(name)
+        if svc is None:
+            raise CallError("NOT_FOUND", f"no service {name!r} on this cluster.")
+        return svc
+
+    def all_ready(self) -> bool:
+        """Whether every service of the cluster has a replica that serves (the protocol's server readiness)."""
+        return all(self.sup.ready(s.name) for s in self.sup.spec.services)
+
+    @staticmethod
+    def check_key(svc, authorization):
+        if svc.keys and not key_ok(authorization or "", svc.keys):
+            raise CallError("UNAUTHENTICATED", "missing or wrong key: send 'authorization: Bearer <key>' with a key "
+                                               "from service.get_keys().")
+
+    @staticmethod
+    def check_size(svc, nbytes):
+        limit = svc.limits.message_bytes
+        if nbytes > limit:
+            raise CallError("RESOURCE_EXHAUSTED", f"the request is {nbytes:,} bytes; service {svc.name!r} takes at "
+                                                  f"most {limit:,} (max_message_mb={svc.limits.max_message_mb:g}).")
+
+    async def forward(self, svc, method, request: bytes, deadline):
+        """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one. Returns the reply's bytes."""
+        import grpc
+        tried = set()
+        last = None
+        while True:
+            ready = [r for r in self.sup.ready(svc.name) if id(r) not in tried]
+            if not ready:
+                if last is not None:
+                    raise CallError("UNAVAILABLE", f"every replica of {svc.name!r} failed the call: {last}")
+                states = self.sup.states(svc.name)
+                raise CallError("UNAVAILABLE", f"service {svc.name!r} has no ready replica now (replicas: {states}); "
+                                               "retry shortly.")
+            r = ready[next(self._turn) % len(ready)]
+            tried.add(id(r))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise CallError("DEADLINE_EXCEEDED", "the client's deadline passed before a replica answered.")
+            call = self.sup.channel(r.socket).unary_unary(method)
+            try:
+                return await call(request, timeout=left)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise CallError(e.code().name, e.details()) from None
+                r.not_ready()
+                last = e.details()
+
+
+def model_name(method, request):
+    """The service a request without a route header names (the only case where the request is decoded): TF
+    Serving's model_spec.name, the Open Inference Protocol's model name."""
+    from google.protobuf.message import DecodeError
+
+    from .protos import inference_pb2, serving_pb2
+    cls, field = {PREDICT: (serving_pb2.PredictRequest, "model_spec"),
+                  METADATA: (serving_pb2.GetModelMetadataRequest, "model_spec"),
+                  INFER: (inference_pb2.ModelInferRequest, "model_name"),
+                  MODEL_METADATA: (inference_pb2.ModelMetadataRequest, "name"),
+                  MODEL_READY: (inference_pb2.ModelReadyRequest, "name")}[method]
+    try:
+        value = getattr(cls.FromString(request), field)
+    except DecodeError:
+        return ""
+    return value if isinstance(value, str) else value.name
+
+
+def answer(router, method, svc=None, request=b"") -> bytes:
+    """The front end's own answer to an Open Inference Protocol health or metadata call (``svc`` and the request
+    for ModelReady)."""
+    from .protos import inference_pb2
+    if method == MODEL_READY:
+        check_version(svc, inference_pb2.ModelReadyRequest.FromString(request).version)
+        return inference_pb2.ModelReadyResponse(ready=bool(router.sup.ready(svc.name))).SerializeToString()
+    if method == SERVER_LIVE:
+        return inference_pb2.ServerLiveResponse(live=True).SerializeToString()
+    if method == SERVER_READY:
+        return inference_pb2.ServerReadyResponse(ready=router.all_ready()).SerializeToString()
+    return inference_pb2.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION,
+                                                extensions=oip.EXTENSIONS).SerializeToString()
+
+
+def check_version(svc, version):
+    """NOT_FOUND unless ``version`` is empty or the one version every service has."""
+    if version not in (None, "", oip.MODEL_VERSION):
+        raise CallError("NOT_FOUND", f"service {svc.name!r} has version {oip.MODEL_VERSION} only, not {version!r}.")
