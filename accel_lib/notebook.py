@@ -194,17 +194,20 @@ def _logits(probs):
     return z - z.mean(-1, keepdims=True)
 
 
-def compare_formats(ws, source, saved, variants, images, labels=None, work_dir=None) -> list[FormatResult]:
-    """Convert registered model ``source`` (saved as ``saved``) into each (format, block) of ``variants`` (fp32
-    first) and score every package on ``images`` in-process; one FormatResult per variant, in order."""
+def compare_formats(ws, source, saved, variants, images, labels=None, work_dir=None,
+                    reference=None) -> list[FormatResult]:
+    """Convert registered model ``source`` (saved as ``saved``) into each (format, block) of ``variants`` and score
+    every package on ``images`` in-process; one FormatResult per variant, in order. Each is compared with the fp32
+    result: ``reference`` (from an earlier call, to split the work between cells), else the first variant's."""
     import tempfile
 
     from .conversion import AccelOnnxConverter
     from .fpga import formats
     from .fpga.package import AcceleratorPackage
     from .report import load_report
-    if variants[0][0] != "fp32":
-        raise ValueError("the first variant must be fp32: the others are compared with it")
+    if reference is None and variants[0][0] != "fp32":
+        raise ValueError("the first variant must be fp32 (or give the fp32 result as reference): the others are "
+                         "compared with it")
     work_dir = work_dir or tempfile.mkdtemp()
     out = []
     for fmt, block in variants:
@@ -222,8 +225,9 @@ def compare_formats(ws, source, saved, variants, images, labels=None, work_dir=N
                          report=load_report(converted), model=converted)
         if labels is not None:
             r.accuracy = float((probs.argmax(-1) == np.asarray(labels)).mean())
-        if out:
-            ref = out[0].probs
+        base = reference if reference is not None else (out[0] if out else None)
+        if base is not None:
+            ref = base.probs
             top1 = ref.argmax(-1)
             r.top1_agreement = float((probs.argmax(-1) == top1).mean())
             top5 = np.argsort(-probs, -1, kind="stable")[:, :5]
