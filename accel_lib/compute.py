@@ -4,14 +4,14 @@ Provisioning is modeled (no VMs exist); the quota in "Standard PBS Family vCPUs"
 What runs is real: each cluster has one process on this machine (``fpga.frontend``: the front end that routes
 calls, and the supervisor that runs the replicas), started when the cluster is created and stopped when it is
 deleted. The cluster's files (its spec, status, endpoints, TLS certificate) are named in ``fpga.cluster``; the
-process's lifecycle (folder, spec under its lock, start, stop) is ``fpga.lifecycle``, which ComputeTarget calls
-with plain values. The records are ``records.ComputeRecord``.
+process's lifecycle (folder, start, stop) is ``fpga.lifecycle``, which ComputeTarget calls with plain values; what
+the spec declares is ``deployment``'s (``publish``). The records are ``records.ComputeRecord``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import records
+from . import deployment, records
 from .errors import UserError
 from .fpga import certificates, cluster, lifecycle
 from .records import check_name
@@ -202,9 +202,7 @@ class ComputeTarget:
         """Declare in ``cluster.json`` the services the workspace's records give this cluster, under the cluster's
         spec lock (no deployment is lost to another at the same time); if its process runs, wait until its
         supervisor has taken the change (replicas of new services started, of removed ones stopped)."""
-        from .deployment import service_specs
-        lifecycle.publish(self.run_dir, self.name, self.fpgas, self.host_vcpus,
-                          lambda: service_specs(self.workspace, self), timeout)
+        deployment.publish(self.workspace, self, timeout)
 
     def restart(self):
         """Start the cluster's process if it is not running (idempotent): after a reboot, or if it was killed."""

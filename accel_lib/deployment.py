@@ -1,10 +1,14 @@
-"""Deployment: where a new service's replicas go (``schedule``, ``record_service``), what a cluster must run,
-derived from the workspace's records (``service_specs``, which ``ComputeTarget.publish`` writes into the cluster's
-spec), and what a service's state is from what its cluster reports (``replica_status``, ``service_state``,
-``failure``, ``logs``). ``Webservice`` is the Azure-shaped face of these."""
+"""Deployment: what a deployment settles from the user's request (``settle``), where a new service's replicas go
+(``schedule``, ``record_service``), the one path of a deployment (``deploy``: record, then publish, then start),
+what a cluster must run, derived from the workspace's records (``service_spec(s)``, which ``publish`` writes into
+the cluster's spec), and what a service's state is from what its cluster reports (``replica_status``,
+``service_state``, ``failure``, ``logs``). ``Webservice`` is the Azure-shaped face of these."""
 from __future__ import annotations
 
 import re
+import secrets
+import shutil
+import time
 
 from . import records
 from .errors import UserError
@@ -32,7 +36,61 @@ def schedule(nodes, held, num_replicas, edge=False):
     return free[:num_replicas], []
 
 
-def record_service(workspace, name, image, target, cfg, keys):
+def container_engine(image, required=True) -> str:
+    """The engine that holds ``image``'s container image; without one, UserError saying how to build it (or ""
+    when not ``required``)."""
+    from .fpga import containers
+    if not required:
+        engine = containers.find_engine()[0] if image.container_image else None
+        return engine if engine and containers.image_exists(engine, image.container_image) else ""
+    if not image.container_image:
+        raise UserError(f"image {image.id} has no container image: runtime='container' needs one. Build it with "
+                        "image.wait_for_creation() where podman or docker answers, or deploy with runtime='process'.")
+    engine, why = containers.find_engine()
+    if engine is None:
+        raise UserError(f"runtime='container' needs a container engine: {why}.")
+    if not containers.image_exists(engine, image.container_image):
+        raise UserError(f"{containers.engine_name(engine)} holds no image {image.container_image}: build it again "
+                        "with image.wait_for_creation(engine=...) using this engine.")
+    return engine
+
+
+def settle(cfg, image, target) -> tuple:
+    """What deploying ``image`` to ``target`` with ``cfg`` settles: (cluster.Settled, keys or None). Keys are on
+    by default on AKS, as in Azure ML, and off on an edge device; replicas run in containers where the image
+    was built into one and its engine answers, unless ``cfg.runtime`` says."""
+    runtime = cfg.runtime or ("container" if container_engine(image, required=False) else "process")
+    engine = container_engine(image) if runtime == "container" else ""
+    settled = cluster.Settled(generation=time.time_ns() // 1000, runtime=runtime, engine=engine,
+                              container_image=image.container_image if engine else "")
+    keyed = cfg.auth_enabled if cfg.auth_enabled is not None else target.type == "aks"
+    return settled, [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if keyed else None
+
+
+def deploy(workspace, name, image, cfg, target) -> records.ServiceRecord:
+    """The one path of a deployment: settle, record (scheduling the replicas), publish the cluster's spec, start
+    its process if it is down. A failure after the record removes it again. Returns the service's record."""
+    settled, keys = settle(cfg, image, target)
+    rec, replaced = record_service(workspace, name, image, target, cfg, settled, keys)
+    log_dir = workspace.service_folder(name)
+    shutil.rmtree(log_dir, ignore_errors=True)              # a new service: logs of an earlier one go
+    for old in replaced:
+        text = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
+                "one model runs on the FPGA at a time")
+        note(workspace.service_folder(old), 0, text)
+        note(log_dir, 0, text)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        publish(workspace, target)
+        target.restart()
+    except Exception:
+        forget_service(workspace, name)
+        publish(workspace, target)
+        raise
+    return rec
+
+
+def record_service(workspace, name, image, target, cfg, settled, keys):
     """In one transaction: refuse a taken name, schedule ``cfg.num_replicas`` replicas on ``target``'s FPGAs, mark
     what it replaces on an edge device, and record the service and its replicas. Returns (its record, the names
     of the services it replaced)."""
@@ -50,7 +108,8 @@ def record_service(workspace, name, image, target, cfg, keys):
                                error=f"replaced on edge device {target.name!r} by service {name!r} (image {image.id})")
             records.delete(db, records.ReplicaRecord, service=old)
         rec = records.ServiceRecord(name=name, image_name=image.name, image_version=image.version, compute=target.name,
-                                    config=cfg, state=TRANSITIONING, keys=keys, error=None, created_time=records.now())
+                                    config=cfg, state=TRANSITIONING, keys=keys, error=None, created_time=records.now(),
+                                    settled=settled)
         records.insert(db, rec)
         for idx, node in enumerate(nodes):
             records.insert(db, records.ReplicaRecord(service=name, idx=idx, compute=target.name, fpga=node))
@@ -70,7 +129,14 @@ def mark_healthy(workspace, name):
         records.set_status(db, records.ServiceRecord, {"name": name}, HEALTHY, only_from=(TRANSITIONING,))
 
 
-def service_specs(workspace, target):
+def _spec(layout, s, image, replicas) -> cluster.ServiceSpec:
+    return cluster.ServiceSpec(
+        name=s.name, context=str(layout.resolve(image.context)), log_dir=str(layout.service_logs(s.name)),
+        replicas=[cluster.ReplicaSpec(idx=r.idx, node=r.fpga) for r in replicas if r.service == s.name],
+        config=s.config, settled=s.settled, keys=list(s.keys or []))
+
+
+def service_specs(workspace, target) -> list:
     """The services a cluster runs, as its spec declares them (built from the workspace's records, read in one
     transaction)."""
     with workspace.connect() as db:
@@ -78,14 +144,33 @@ def service_specs(workspace, target):
         replicas = records.find(db, records.ReplicaRecord, compute=target.name)
         images = {s.name: records.get(db, records.ImageRecord, name=s.image_name, version=s.image_version)
                   for s in services}
-    layout = workspace.layout
-    return [cluster.ServiceSpec(
-        name=s.name, context=str(layout.resolve(images[s.name].context)), log_dir=str(layout.service_logs(s.name)),
-        replicas=[cluster.ReplicaSpec(idx=r.idx, node=r.fpga) for r in replicas if r.service == s.name],
-        keys=list(s.keys or []), flash_seconds=s.config.flash_seconds, limits=s.config.limits,
-        generation=s.config.generation, runtime=s.config.runtime or "process",
-        container_image=images[s.name].container or "" if s.config.runtime == "container" else "",
-        engine=s.config.engine) for s in services]
+    return [_spec(workspace.layout, s, images[s.name], replicas) for s in services]
+
+
+def service_spec(workspace, name) -> cluster.ServiceSpec:
+    """Service ``name`` as a cluster runs it (what ``kubernetes.manifests`` reads); UserError if there is none."""
+    with workspace.connect() as db:
+        s = records.get(db, records.ServiceRecord, name=name)
+        if s is None:
+            raise UserError(f"no service {name!r} in workspace {workspace.name!r}.")
+        image = records.get(db, records.ImageRecord, name=s.image_name, version=s.image_version)
+        replicas = records.find(db, records.ReplicaRecord, service=name)
+    return _spec(workspace.layout, s, image, replicas)
+
+
+def publish(workspace, target, timeout=30):
+    """Declare in the cluster's spec the services the workspace's records give ``target``, reading the records and
+    writing the spec under the cluster's spec lock (no deployment is lost to another at the same time); if its
+    process runs, wait up to ``timeout`` s until its supervisor has taken the change. Returns the spec's revision
+    (None when the cluster's folder is gone)."""
+    run_dir = target.run_dir
+    if not run_dir.is_dir():
+        return None
+    with cluster.spec_lock(run_dir):
+        revision = lifecycle.declare(run_dir, target.name, target.fpgas, target.host_vcpus,
+                                     service_specs(workspace, target))
+    lifecycle.wait_applied(run_dir, revision, timeout)
+    return revision
 
 
 # -- what the cluster reports -----------------------------------------------------------------------

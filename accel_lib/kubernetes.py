@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fpga import cluster, containers, server
+from .fpga import containers, server
 
 FPGA_RESOURCE = "microsoft.com/fpga"
 PORT = containers.PORT
@@ -16,11 +16,12 @@ KEYS_DIR = "/etc/accel-keys"
 KEYS_FILE = "keys"
 
 
-def manifests(name, image, replicas, keys=None, flash_seconds=0.0, limits=None, cpus=6):
-    """The Deployment, Service and (with keys) Secret of a service, as dicts, in the order to apply them."""
+def manifests(svc, image, cpus=6):
+    """The Deployment, Service and (with keys) Secret of service ``svc`` (a ``cluster.ServiceSpec``, as
+    ``deployment.service_spec`` gives it) running container ``image``, as dicts, in the order to apply them."""
+    name, keys = svc.name, svc.keys
     labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
-    cmd = server.command(containers.PYTHON, host="0.0.0.0", port=PORT, service=name, flash_seconds=flash_seconds,
-                         limits=limits or cluster.ServiceLimits(), threads=cpus,
+    cmd = server.command(containers.PYTHON, svc, host="0.0.0.0", port=PORT, threads=cpus,
                          keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
     probe = {"grpc": {"port": PORT}}
     container = {
@@ -42,7 +43,7 @@ def manifests(name, image, replicas, keys=None, flash_seconds=0.0, limits=None, 
         container["volumeMounts"] = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}]
         pod["volumes"] = [{"name": "keys", "secret": {"secretName": secret, "defaultMode": 0o400}}]
     out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
-                "spec": {"replicas": int(replicas), "selector": {"matchLabels": {"app": name}},
+                "spec": {"replicas": len(svc.replicas), "selector": {"matchLabels": {"app": name}},
                          "template": {"metadata": {"labels": labels}, "spec": pod}}})
     out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
                 "spec": {"selector": {"app": name}, "ports": [{"name": "grpc", "port": PORT, "targetPort": "grpc"}]}})

@@ -3,7 +3,8 @@ migrations that open older ones, one typed record per table with its row mapping
 classes share (get, latest and next version, users-of, set-status). No other module writes SQL. ``Layout`` owns
 where everything else in the workspace folder lives.
 
-Version 2 (this accel_lib): images record the container image built from their context (``container``: its tag).
+Version 3 (this accel_lib): a service's record keeps what its deployment settled (``settled``: generation, runtime,
+engine, container image) apart from what the user asked (``config``). Version 2: images record the container image built from their context (``container``: its tag).
 Version 1: the replicas table holds only where each replica runs (service, idx, compute, fpga); version 0 also had
 pid, port and log columns that nothing wrote or read.
 """
@@ -20,7 +21,7 @@ from typing import ClassVar
 
 from .errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL, version INTEGER NOT NULL, description TEXT, tags TEXT NOT NULL,
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS computes (
     kind TEXT NOT NULL, provisioning_state TEXT NOT NULL, provisioning_errors TEXT, created_time TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY, image_name TEXT NOT NULL, image_version INTEGER NOT NULL, compute TEXT NOT NULL,
-    config TEXT NOT NULL, state TEXT NOT NULL, keys TEXT, error TEXT, created_time TEXT NOT NULL);
+    config TEXT NOT NULL, state TEXT NOT NULL, keys TEXT, error TEXT, created_time TEXT NOT NULL,
+    settled TEXT);
 CREATE TABLE IF NOT EXISTS replicas (
     service TEXT NOT NULL, idx INTEGER NOT NULL, compute TEXT NOT NULL, fpga INTEGER NOT NULL,
     PRIMARY KEY (service, idx), UNIQUE (compute, fpga));
@@ -47,6 +49,15 @@ MIGRATIONS = {        # version reached -> what takes a workspace of the version
     1: ["ALTER TABLE replicas DROP COLUMN pid", "ALTER TABLE replicas DROP COLUMN port",
         "ALTER TABLE replicas DROP COLUMN log"],
     2: ["ALTER TABLE images ADD COLUMN container TEXT"],
+    3: ["ALTER TABLE services ADD COLUMN settled TEXT",       # taken out of version 2's config, as it settled them
+        "UPDATE services SET settled = json_object("
+        "'generation', coalesce(json_extract(config, '$.generation'), 0), "
+        "'runtime', coalesce(json_extract(config, '$.runtime'), 'process'), "
+        "'engine', coalesce(json_extract(config, '$.engine'), ''), "
+        "'container_image', CASE WHEN json_extract(config, '$.runtime') = 'container' THEN coalesce("
+        "(SELECT container FROM images WHERE images.name = image_name AND images.version = image_version), '') "
+        "ELSE '' END, "
+        "'format', 'accel_lib.service-settled/1')"],
 }
 
 
@@ -135,6 +146,11 @@ def _json(default=None):
 def _config_codec():
     from .fpga import cluster
     return (lambda c: c.to_json(), cluster.ServiceConfig.from_json)
+
+
+def _settled_codec():
+    from .fpga import cluster
+    return (lambda c: c.to_json(), cluster.Settled.from_json)
 
 
 @dataclasses.dataclass
@@ -257,6 +273,7 @@ class ServiceRecord(Record):
     keys: list | None = _json()
     error: str | None = None           # why it stopped serving (on an edge device: which service replaced it)
     created_time: str = ""
+    settled: object = dataclasses.field(default=None, metadata={"codec": _settled_codec})  # fpga.cluster.Settled
 
 
 @dataclasses.dataclass

@@ -8,9 +8,6 @@ live in ``deployment``; supervision lives in ``fpga.supervisor``.
 """
 from __future__ import annotations
 
-import dataclasses
-import secrets
-import shutil
 import time
 from pathlib import Path
 
@@ -34,10 +31,12 @@ class AksWebservice:
                              flash_seconds=_CFG.flash_seconds,
                              max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
                              max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
-                             max_request_mb=_LIMITS.max_request_mb, runtime=_CFG.runtime) -> cluster.ServiceConfig:
+                             max_request_mb=_LIMITS.max_request_mb, scoring_timeout_ms=_LIMITS.scoring_timeout_ms,
+                             runtime=_CFG.runtime) -> cluster.ServiceConfig:
         """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
         Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
-        ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding).
+        ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding); per call:
+        ``scoring_timeout_ms`` (then DEADLINE_EXCEEDED, or HTTP 504).
         ``runtime="container"`` runs each replica in a container of the image (built by ``wait_for_creation`` with
         podman or docker), ``"process"`` as a local process; None (the default): in a container where the image was
         built into one and its engine answers, else as a process."""
@@ -49,31 +48,13 @@ class AksWebservice:
             flash_seconds=float(flash_seconds) if isinstance(flash_seconds, (int, float)) else flash_seconds,
             description=description, tags=dict(tags or {}), runtime=runtime,
             limits=cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images,
-                                         max_pixels=max_pixels, max_request_mb=max_request_mb))
+                                         max_pixels=max_pixels, max_request_mb=max_request_mb,
+                                         scoring_timeout_ms=scoring_timeout_ms))
         try:
             cfg.validate()
         except ManifestError as e:
             raise UserError(str(e)) from None
         return cfg
-
-
-def _container_engine(image, required=True) -> str:
-    """The engine that holds ``image``'s container image; without one, UserError saying how to build it (or ""
-    when not ``required``)."""
-    from .fpga import containers
-    if not required:
-        engine = containers.find_engine()[0] if image.container_image else None
-        return engine if engine and containers.image_exists(engine, image.container_image) else ""
-    if not image.container_image:
-        raise UserError(f"image {image.id} has no container image: runtime='container' needs one. Build it with "
-                        "image.wait_for_creation() where podman or docker answers, or deploy with runtime='process'.")
-    engine, why = containers.find_engine()
-    if engine is None:
-        raise UserError(f"runtime='container' needs a container engine: {why}.")
-    if not containers.image_exists(engine, image.container_image):
-        raise UserError(f"{containers.engine_name(engine)} holds no image {image.container_image}: build it again "
-                        "with image.wait_for_creation(engine=...) using this engine.")
-    return engine
 
 
 class Webservice:
@@ -95,7 +76,9 @@ class Webservice:
         self.compute_type = "AKS" if compute_kind == "aks" else "Edge"
         self.compute_name = rec.compute
         self.created_time = rec.created_time
-        self.deployment_config: cluster.ServiceConfig = rec.config
+        self.deployment_config: cluster.ServiceConfig = rec.config     # what was asked
+        self.settled: cluster.Settled = rec.settled                     # what the deployment settled from it
+        self.auth_enabled = bool(rec.keys)    # whether calls must carry a key (``authorization: Bearer <key>``)
         self.error = rec.error              # why it stopped serving (on an edge device: replaced by which service)
 
     @classmethod
@@ -145,37 +128,14 @@ class Webservice:
         target = ComputeTarget(workspace, deployment_target.name)
         if target.provisioning_state != "Succeeded":
             raise UserError(f"compute {target.name!r} is {target.provisioning_state}: {target.provisioning_errors}")
-        cfg = dataclasses.replace(deployment_config, generation=time.time_ns() // 1000)
-        if cfg.auth_enabled is None:                    # AKS: keys on, as in Azure ML; an edge device: off
-            cfg.auth_enabled = target.type == "aks"
-        if cfg.runtime is None:                         # as the image allows
-            cfg.runtime = "container" if _container_engine(image, required=False) else "process"
-        if cfg.runtime == "container":
-            cfg.engine = _container_engine(image)
-        keys = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if cfg.auth_enabled else None
-        rec, replaced = deployment.record_service(workspace, name, image, target, cfg, keys)
-        svc = Webservice.from_record(workspace, rec, target.type)
-        shutil.rmtree(svc.log_dir, ignore_errors=True)           # a new service: logs of an earlier one go
-        for old in replaced:
-            note = (f"edge device {target.name}: service {old!r} replaced by {name!r} (image {image.id}); "
-                    "one model runs on the FPGA at a time")
-            deployment.note(workspace.service_folder(old), 0, note)
-            deployment.note(svc.log_dir, 0, note)
-        svc.log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            target.publish()
-            target.restart()
-        except Exception:
-            svc.delete()
-            raise
-        return svc
+        return Webservice.from_record(workspace, deployment.deploy(workspace, name, image, deployment_config, target),
+                                      target.type)
 
     # -- state --------------------------------------------------------------------------------
     def replica_status(self):
         """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet."""
         target = self.compute
-        return deployment.replica_status(target.run_dir, target.running(), self.name,
-                                         self.deployment_config.generation)
+        return deployment.replica_status(target.run_dir, target.running(), self.name, self.settled.generation)
 
     @property
     def restart_count(self):
@@ -250,11 +210,6 @@ class Webservice:
         ep = self._endpoints()
         return f"{ep.scheme}://{ep.host}:{ep.rest_port}/v2/models/{self.name}" if ep else None
 
-    @property
-    def auth_enabled(self) -> bool:
-        """Whether calls must carry one of the service's keys (``authorization: Bearer <key>``)."""
-        return bool(self.deployment_config.auth_enabled)
-
     def get_keys(self):
         """(primary, secondary) auth keys; UserError when auth is off."""
         rec = self._record()
@@ -270,12 +225,9 @@ class Webservice:
         """Write the Deployment, Service and Secret a real Kubernetes cluster with FPGA nodes would run for this
         service (``kubectl apply -f folder`` once the image is pushed); returns the files written."""
         from . import kubernetes
-        cfg = self.deployment_config
-        rec = self._record()
         img = self.image
-        docs = kubernetes.manifests(self.name, img.container_image or img.container_tag, cfg.num_replicas,
-                                    keys=list(rec.keys) if rec and rec.keys else None,
-                                    flash_seconds=cfg.flash_seconds, limits=cfg.limits)
+        docs = kubernetes.manifests(deployment.service_spec(self.workspace, self.name),
+                                    img.container_image or img.container_tag)
         return kubernetes.write(docs, folder)
 
     @staticmethod

@@ -80,7 +80,7 @@ def test_the_image_serves_on_tcp_as_docker_run_would(container_image, tmp_path):
         port = s.getsockname()[1]
     name = f"accel-tcp-{port}"
     containers.run_detached(ENGINE, container_image.container_tag, name,
-                            server.command(containers.PYTHON, host="127.0.0.1", port=port, flash_seconds=0.0))
+                            server.command(containers.PYTHON, host="127.0.0.1", port=port))
     try:
         images = samples.sample_images(1, seed=13)
         ref = AcceleratorPackage(container_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]

@@ -175,6 +175,23 @@ def test_rest_api_like_tensorflow_serving(built_image, cluster):
     assert svc.state == "Healthy"
 
 
+def test_a_call_past_the_services_scoring_timeout_fails_as_deadline_exceeded(built_image, cluster):
+    with pytest.raises(UserError, match="limit scoring_timeout_ms must be a whole number above 0"):
+        AksWebservice.deploy_configuration(scoring_timeout_ms=0)
+    svc = _deploy(built_image, cluster, "svc-timeout", scoring_timeout_ms=1)   # a ResNet-50 takes far longer
+    images = samples.sample_images(2, seed=3)
+    ch, stub = _stub(svc.scoring_uri)
+    with ch:
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(_request(images), metadata=_route("svc-timeout"), timeout=60)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "'svc-timeout' did not answer within its scoring_timeout_ms (1 ms)" in e.value.details()
+    r = requests.post(svc.rest_uri, json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]}, timeout=60)
+    assert r.status_code == 504 and "scoring_timeout_ms (1 ms)" in r.json()["error"]
+    assert svc.state == "Healthy"                          # the call timed out, not the replica
+    svc.delete()
+
+
 def test_rest_answers_503_while_the_fpga_is_flashed(built_image, cluster):
     svc = Webservice.deploy_from_image(built_image.workspace, "svc-slow", built_image,
                                        AksWebservice.deploy_configuration(flash_seconds=30.0, auth_enabled=False), cluster)

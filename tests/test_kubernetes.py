@@ -4,8 +4,17 @@ import pytest
 import yaml
 
 from accel_lib import kubernetes
+from accel_lib.fpga import cluster
 
 K8S = "1.33.0"
+
+
+def _service(name, replicas, keys=(), **config):
+    """A service as deployment.service_spec gives it."""
+    return cluster.ServiceSpec(name=name, context="/ws/images/i/1", log_dir="/ws/services/" + name,
+                               replicas=[cluster.ReplicaSpec(idx=i, node=i) for i in range(replicas)],
+                               config=cluster.ServiceConfig(num_replicas=replicas, **config),
+                               settled=cluster.Settled(generation=1, runtime="process"), keys=list(keys))
 
 
 def _validate(doc):
@@ -13,8 +22,8 @@ def _validate(doc):
 
 
 def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
-    docs = kubernetes.manifests("my-aks-service", "ws.azurecr.local/resnet50-image:1", 2, keys=["k1", "k2"],
-                                flash_seconds=1.0)
+    docs = kubernetes.manifests(_service("my-aks-service", 2, keys=["k1", "k2"], flash_seconds=1.5),
+                                "ws.azurecr.local/resnet50-image:1")
     paths = kubernetes.write(docs, tmp_path / "k8s")
     assert [p.name for p in paths] == ["00-secret.yaml", "01-deployment.yaml", "02-service.yaml"]
     loaded = [yaml.safe_load(p.read_text()) for p in paths]
@@ -28,12 +37,13 @@ def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
     assert c["resources"]["limits"][kubernetes.FPGA_RESOURCE] == "1"          # one FPGA per replica
     assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == kubernetes.PORT
     assert c["command"][:3] == ["python3", "-m", "fpga.server"] and "--keys-file" in c["command"]
+    assert c["command"][c["command"].index("--flash-seconds") + 1] == "1.5"       # read from the service's spec
     assert pod["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_without_keys_there_is_no_secret():
-    docs = kubernetes.manifests("svc", "img:1", 1)
+    docs = kubernetes.manifests(_service("svc", 1), "img:1")
     assert [d["kind"] for d in docs] == ["Deployment", "Service"]
     assert "--keys-file" not in docs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
     for doc in docs:
@@ -41,7 +51,7 @@ def test_without_keys_there_is_no_secret():
 
 
 def test_the_validator_catches_a_broken_manifest():
-    deployment = kubernetes.manifests("svc", "img:1", 1)[0]
+    deployment = kubernetes.manifests(_service("svc", 1), "img:1")[0]
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(deployment)

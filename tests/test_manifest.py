@@ -60,8 +60,13 @@ def test_service_config_is_stored_as_itself_and_older_flat_configs_still_read():
             '"max_message_mb": 2, "description": null, "tags": {}, "max_images": 64, "max_pixels": 40000000, '
             '"generation": 17}')                                  # as an older accel_lib stored it
     old = ServiceConfig.from_json(flat)
-    assert old.auth_enabled is True and old.generation == 17 and old.limits.max_message_mb == 2
+    assert old.auth_enabled is True and old.limits.max_message_mb == 2 and not hasattr(old, "generation")
     assert old.limits.max_request_mb == ServiceLimits.max_request_mb
+    v1 = {**json.loads(cfg.to_json()), "format": "accel_lib.service-config/1", "generation": 17,
+          "engine": "/usr/bin/podman"}                             # version 1 kept what Settled now holds
+    assert ServiceConfig.from_json(json.dumps(v1)) == cfg
+    with pytest.raises(ManifestError, match="this accel_lib reads 'accel_lib.service-config/2'"):
+        ServiceConfig.from_json(cfg.to_json().replace(ServiceConfig.FORMAT, "accel_lib.service-config/9"))
     with pytest.raises(UserError, match="num_replicas must be a whole number"):
         AksWebservice.deploy_configuration(num_replicas=0)
     with pytest.raises(UserError, match="limit max_images must be a whole number"):

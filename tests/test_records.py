@@ -6,15 +6,16 @@ from accel_lib.fpga import cluster
 
 
 def test_each_record_maps_to_its_table_and_back(ws):
-    cfg = cluster.ServiceConfig(num_replicas=2, auth_enabled=True, tags={"a": "b"}, generation=7,
+    cfg = cluster.ServiceConfig(num_replicas=2, auth_enabled=True, tags={"a": "b"},
                                 limits=cluster.ServiceLimits(max_message_mb=8))
+    settled = cluster.Settled(generation=7, runtime="container", engine="/usr/bin/podman", container_image="i:1")
     rows = [records.ModelRecord(name="m", version=1, tags={"t": "1"}, properties={}, created_time=records.now(),
                                 files={"a.txt": "00" * 32}, kind="file"),
             records.ImageRecord(name="i", version=1, model_name="m", model_version=1, tags={}, properties={},
                                 context="images/i/1", created_time=records.now()),
             records.ComputeRecord(name="c", vm_size="Standard_PB6s", location="eastus", created_time=records.now()),
             records.ServiceRecord(name="s", image_name="i", image_version=1, compute="c", config=cfg,
-                                  keys=["k1", "k2"], created_time=records.now()),
+                                  keys=["k1", "k2"], created_time=records.now(), settled=settled),
             records.ReplicaRecord(service="s", idx=0, compute="c", fpga=0),
             records.OperationRecord(id="op1", log="operations/op1/log.txt", request={"source": "m:1"},
                                     created_time=records.now())]
@@ -27,6 +28,7 @@ def test_each_record_maps_to_its_table_and_back(ws):
     with ws.connect() as db:
         svc = records.get(db, records.ServiceRecord, name="s")
     assert isinstance(svc.config, cluster.ServiceConfig) and svc.config.limits.max_message_mb == 8
+    assert svc.settled == settled
 
 
 def test_versions_users_and_status(ws):

@@ -50,6 +50,8 @@ class ServiceLimits:
     max_pixels: int = _limit(40_000_000, "the most pixels one image may have, read from its header before decoding")
     max_request_mb: float = _limit(256.0, "what one request may decode to, in MB: its images' pixels, its tensors' "
                                           "filled-out values, its strings")
+    scoring_timeout_ms: int = _limit(60_000, "the most time one call may take at the front end, in ms (Azure ML's "
+                                             "scoring_timeout_ms); past it the call fails with DEADLINE_EXCEEDED")
 
     def validate(self):
         for f in dataclasses.fields(self):
@@ -70,6 +72,10 @@ class ServiceLimits:
     @property
     def request_bytes(self) -> int:
         return int(self.max_request_mb * 2**20)
+
+    @property
+    def scoring_seconds(self) -> float:
+        return self.scoring_timeout_ms / 1000
 
     def flags(self) -> list[str]:
         """The replica's command-line flags for these limits (``add_arguments`` reads them back)."""
@@ -96,23 +102,23 @@ def _flag(name):
 
 @dataclass
 class ServiceConfig:
-    """How a service is deployed, as ``AksWebservice.deploy_configuration()`` makes it and the workspace stores it:
+    """What the user asked for, as ``AksWebservice.deploy_configuration()`` makes it and the workspace stores it:
     replicas (one FPGA each), keys on or off (None: as the target's kind says), the modeled flash time, a
-    description and tags, and what one request may hold."""
+    description and tags, what one request may hold, and where replicas run (None: as the image allows).
+    What the deployment settles from it is ``Settled``."""
     num_replicas: int = 1
     auth_enabled: typing.Optional[bool] = None
     flash_seconds: float = 1.0
     description: typing.Optional[str] = None
     tags: dict = field(default_factory=dict)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
-    generation: int = 0           # set at each deployment, so that a redeploy under the same name restarts
     runtime: typing.Optional[str] = None   # "process" or "container"; None: a container where the image was built
-    engine: str = ""              # with "container": the engine that runs the replicas (settled at deployment)
-    format: str = "accel_lib.service-config/1"
+    format: str = "accel_lib.service-config/2"
 
     FILE: typing.ClassVar[str] = "deployment_config"
-    FORMAT: typing.ClassVar[str] = "accel_lib.service-config/1"
+    FORMAT: typing.ClassVar[str] = "accel_lib.service-config/2"
     HOW: typing.ClassVar[str] = "deploy the service again"
+    OLDER: typing.ClassVar[tuple] = (None, "accel_lib.service-config/1")    # flat; or with generation and engine
 
     def validate(self):
         if isinstance(self.num_replicas, bool) or not isinstance(self.num_replicas, int) or self.num_replicas < 1:
@@ -131,14 +137,44 @@ class ServiceConfig:
 
     @classmethod
     def from_json(cls, text) -> "ServiceConfig":
-        """Read a stored config; one stored flat by an older accel_lib (no format, the limits beside the rest) too."""
+        """Read a stored config; one of version 1 (with what ``Settled`` now holds) or stored flat by an older
+        accel_lib (no format, the limits beside the rest) too."""
         import json
         data = json.loads(text)
-        if "format" not in data:
-            names = {f.name for f in dataclasses.fields(ServiceLimits)}
-            data = {**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}},
-                    "limits": {k: v for k, v in data.items() if k in names}, "format": cls.FORMAT}
-            text = json.dumps(data)
+        if data.get("format") not in cls.OLDER:
+            return manifest.loads(cls, text)
+        limits = {f.name for f in dataclasses.fields(ServiceLimits)}
+        mine = {f.name for f in dataclasses.fields(cls)} - {"limits", "format"}
+        data = {**{k: v for k, v in data.items() if k in mine},
+                "limits": data.get("limits", {k: v for k, v in data.items() if k in limits}), "format": cls.FORMAT}
+        return manifest.build(cls, data)
+
+
+@dataclass
+class Settled:
+    """What a deployment settles from a ServiceConfig and the target: its generation (a redeploy under the same
+    name restarts), where its replicas run and, in containers, which engine and image."""
+    generation: int
+    runtime: str                  # one of RUNTIMES
+    engine: str = ""              # with "container": the container engine's path (podman or docker)
+    container_image: str = ""     # with "container": the image's tag
+    format: str = "accel_lib.service-settled/1"
+
+    FILE: typing.ClassVar[str] = "settled"
+    FORMAT: typing.ClassVar[str] = "accel_lib.service-settled/1"
+    HOW: typing.ClassVar[str] = "deploy the service again"
+
+    def validate(self):
+        if self.runtime not in RUNTIMES:
+            raise manifest.ManifestError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
+        if self.runtime == "container" and not (self.engine and self.container_image):
+            raise manifest.ManifestError("a service in containers needs its engine and its container image.")
+
+    def to_json(self) -> str:
+        return manifest.dumps(self)
+
+    @classmethod
+    def from_json(cls, text) -> "Settled":
         return manifest.loads(cls, text)
 
 
@@ -151,18 +187,15 @@ class ReplicaSpec:
 
 @dataclass
 class ServiceSpec:
-    """A service as deployed: the image context to start replicas from, limits, keys and where logs go."""
+    """A service as the cluster runs it: what the user asked (``config``), what its deployment settled
+    (``settled``), the image context replicas start from, where each replica runs, its keys and where logs go."""
     name: str
     context: str                  # the image's build context (absolute); replicas run from it alone
     log_dir: str                  # absolute; replica i logs to replica_log(log_dir, i)
     replicas: list[ReplicaSpec]
+    config: ServiceConfig
+    settled: Settled
     keys: list[str] = field(default_factory=list)
-    flash_seconds: float = 0.0
-    limits: ServiceLimits = field(default_factory=ServiceLimits)
-    generation: int = 0           # bumped on each deployment, so a redeploy under the same name restarts
-    runtime: str = "process"      # "container": each replica runs in a container of ``container_image``
-    container_image: str = ""
-    engine: str = ""              # the container engine's path (podman or docker)
 
 
 @dataclass
@@ -174,16 +207,17 @@ class ClusterSpec:
     services: list[ServiceSpec] = field(default_factory=list)
     tls: bool = False
     revision: int = 0             # grows with every write; the status says which revision it reflects
-    format: str = "accel_lib.cluster/2"
+    format: str = "accel_lib.cluster/3"
 
     FILE: typing.ClassVar[str] = SPEC_FILE
-    FORMAT: typing.ClassVar[str] = "accel_lib.cluster/2"
+    FORMAT: typing.ClassVar[str] = "accel_lib.cluster/3"
     HOW: typing.ClassVar[str] = "ComputeTarget(ws, name).restart() writes it again from the workspace's records"
 
     def validate(self):
         held = {}
         for s in self.services:
-            s.limits.validate()
+            s.config.validate()
+            s.settled.validate()
             for r in s.replicas:
                 if not 0 <= r.node < self.nodes:
                     raise manifest.ManifestError(f"{SPEC_FILE}: service {s.name!r} replica {r.idx} is on node "
@@ -197,9 +231,13 @@ class ClusterSpec:
         """The service called ``name`` (None if there is none)."""
         return next((s for s in self.services if s.name == name), None)
 
+    def engines(self) -> set[str]:
+        """The container engines this cluster's services run replicas with."""
+        return {s.settled.engine for s in self.services if s.settled.runtime == "container"}
+
     def largest_message(self) -> int:
         """Bytes of the largest message any service here takes (the listeners' own receive limit)."""
-        return max((s.limits.message_bytes for s in self.services), default=ServiceLimits().message_bytes)
+        return max((s.config.limits.message_bytes for s in self.services), default=ServiceLimits().message_bytes)
 
 
 @dataclass

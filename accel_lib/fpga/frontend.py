@@ -68,7 +68,7 @@ async def amain(args):
     listener = GrpcListener(router, args.host, args.grpc_port, credentials)
     rest = None
     try:
-        await sup.remove_containers(s.engine for s in spec.services if s.runtime == "container")  # left by a kill
+        await sup.remove_containers(spec.engines())  # left by a kill
         await sup.reconcile(spec)
         await listener.ensure(spec.largest_message())
         await api.start()

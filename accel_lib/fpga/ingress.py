@@ -201,7 +201,7 @@ class RestApi:
         svc = self._service(request, name)
         req = serving_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         req.model_spec.name = svc.name
-        raw = await self.router.forward(svc, METADATA, req.SerializeToString(), time.monotonic() + 30)
+        raw = await self.router.forward(svc, METADATA, req.SerializeToString())
         resp = serving_pb2.GetModelMetadataResponse.FromString(raw)
         sigmap = serving_pb2.SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sigmap)
@@ -229,9 +229,9 @@ class RestApi:
         svc = self._service(request, name)
         body = await self.read_body(request, svc)
         raw_request, rows, n = await self.work(svc, len(body), tfserving.rest_predict_request, body, svc.name,
-                                               svc.limits.max_images)
+                                               svc.config.limits.max_images)
         del body
-        raw = await self.router.forward(svc, PREDICT, raw_request, time.monotonic() + 60)
+        raw = await self.router.forward(svc, PREDICT, raw_request)
         reply = await self.work(svc, len(raw), tfserving.rest_predict_reply, raw, rows, n)
         return web.Response(body=reply, content_type="application/json")
 
@@ -275,7 +275,7 @@ class RestApi:
         svc = self._service(request, name)
         check_version(svc, version)
         req = inference_pb2.ModelMetadataRequest(name=svc.name).SerializeToString()
-        raw = await self.router.forward(svc, MODEL_METADATA, req, time.monotonic() + 30)
+        raw = await self.router.forward(svc, MODEL_METADATA, req)
         return web.json_response(oip.model_metadata_json(raw))
 
     async def v2_infer(self, request, name, version):
@@ -291,9 +291,9 @@ class RestApi:
                 from None
         body = await self.read_body(request, svc)
         raw_request, how = await self.work(svc, len(body), oip.rest_infer_request, body, header_length, svc.name,
-                                           svc.limits.max_images)
+                                           svc.config.limits.max_images)
         del body
-        raw = await self.router.forward(svc, INFER, raw_request, time.monotonic() + 60)
+        raw = await self.router.forward(svc, INFER, raw_request)
         reply, length = await self.work(svc, len(raw), oip.rest_infer_reply, raw, how)
         if length is None:
             return web.Response(body=reply, content_type="application/json")

@@ -52,29 +52,28 @@ def trusted_certificate(run_dir):
     return None
 
 
-def publish(run_dir, name, nodes, vcpus_per_node, services, timeout=30) -> int:
-    """Declare the cluster's spec: ``services()`` (called under the spec lock, so that it reads every change
-    committed before this write) gives its ServiceSpecs. If the process runs, wait up to ``timeout`` s for its
-    supervisor to take the change (replicas of new services started, of removed ones stopped). Returns the spec's
-    revision (None when the folder is gone: no cluster runs there)."""
-    if not Path(run_dir).is_dir():
-        return None
-    with cluster.spec_lock(run_dir):
-        declared = services()
-        try:
-            before = cluster.read_optional(cluster.ClusterSpec, run_dir)
-        except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
-            before = None
-        revision = (before.revision if before else 0) + 1
-        cluster.write(cluster.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=declared,
-                                          tls=tls_enabled(run_dir), revision=revision), run_dir)
+def declare(run_dir, name, nodes, vcpus_per_node, services) -> int:
+    """Write the cluster's spec with ``services`` (ServiceSpecs) as its next revision, and return that revision.
+    Call it under ``cluster.spec_lock(run_dir)``, holding it since the services were read from the records."""
+    try:
+        before = cluster.read_optional(cluster.ClusterSpec, run_dir)
+    except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
+        before = None
+    revision = (before.revision if before else 0) + 1
+    cluster.write(cluster.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=services,
+                                      tls=tls_enabled(run_dir), revision=revision), run_dir)
+    return revision
+
+
+def wait_applied(run_dir, revision, timeout=30):
+    """If the cluster's process runs, wait up to ``timeout`` s for its supervisor to take spec ``revision``
+    (replicas of new services started, of removed ones stopped)."""
     deadline = time.monotonic() + timeout
     while running(run_dir) and time.monotonic() < deadline:
         st = status(run_dir)
         if st is not None and st.revision >= revision:
             break
         time.sleep(0.02)
-    return revision
 
 
 def has_spec(run_dir) -> bool:
@@ -146,7 +145,7 @@ def _engines(run_dir) -> set:
         spec = cluster.read_optional(cluster.ClusterSpec, run_dir)
     except Exception:  # noqa: BLE001 - an older or broken spec: no containers of ours
         return set()
-    return {s.engine for s in spec.services if s.runtime == "container" and s.engine} if spec else set()
+    return spec.engines() if spec else set()
 
 
 def stop(run_dir, timeout=20, engines=None):

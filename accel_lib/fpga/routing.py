@@ -59,14 +59,20 @@ class Router:
 
     @staticmethod
     def check_size(svc, nbytes):
-        limit = svc.limits.message_bytes
+        limit = svc.config.limits.message_bytes
         if nbytes > limit:
             raise CallError("RESOURCE_EXHAUSTED", f"the request is {nbytes:,} bytes; service {svc.name!r} takes at "
-                                                  f"most {limit:,} (max_message_mb={svc.limits.max_message_mb:g}).")
+                                                  f"most {limit:,} (max_message_mb={svc.config.limits.max_message_mb:g}).")
 
-    async def forward(self, svc, method, request: bytes, deadline):
-        """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one. Returns the reply's bytes."""
+    async def forward(self, svc, method, request: bytes, deadline=None):
+        """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one, until the client's
+        ``deadline`` (monotonic) or the service's scoring_timeout_ms, whichever comes first. Returns the reply."""
         import grpc
+        limits = svc.config.limits
+        own = time.monotonic() + limits.scoring_seconds
+        late = (f"service {svc.name!r} did not answer within its scoring_timeout_ms ({limits.scoring_timeout_ms} ms)"
+                if deadline is None or own < deadline else "the client's deadline passed before a replica answered")
+        deadline = own if deadline is None else min(deadline, own)
         tried = set()
         last = None
         while True:
@@ -79,13 +85,15 @@ class Router:
                                                "retry shortly.")
             r = ready[next(self._turn) % len(ready)]
             tried.add(id(r))
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise CallError("DEADLINE_EXCEEDED", "the client's deadline passed before a replica answered.")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallError("DEADLINE_EXCEEDED", late + ".")
             call = self.sup.channel(r.socket).unary_unary(method)
             try:
                 return await call(request, timeout=left)
             except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise CallError("DEADLINE_EXCEEDED", late + ".") from None
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise CallError(e.code().name, e.details()) from None
                 r.not_ready()

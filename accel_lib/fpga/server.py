@@ -27,24 +27,25 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-from .cluster import EXIT_LOAD_FAILED, ServiceLimits
+from .cluster import EXIT_LOAD_FAILED, ServiceConfig, ServiceLimits
 
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
 
 
-def command(python, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0, service="local",
-            fpga="node-0/fpga-0", flash_seconds=0.0, limits=None, threads=0, keys_file=None, exit_with_parent=False,
-            check=False):
-    """The replica's command line (run with the image's build context as working directory and PYTHONPATH): on the
-    Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``."""
+def command(python, svc=None, *, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0,
+            fpga="node-0/fpga-0", threads=0, keys_file=None, exit_with_parent=False, check=False):
+    """The replica's command line for service ``svc`` (a ``cluster.ServiceSpec``: its name, flash time and limits;
+    None: a service "local" at ``ServiceConfig``'s defaults), run with the image's build context as working
+    directory and PYTHONPATH: on the Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``."""
     cmd = [python, "-m", "fpga.server", "--package", str(package)]
     if check:
         return cmd + ["--check"]
+    name, cfg = (svc.name, svc.config) if svc is not None else ("local", ServiceConfig())
     cmd += (["--socket", str(socket)] if socket else ["--host", host, "--port", str(port)])
     if health_socket:
         cmd += ["--health-socket", str(health_socket)]
-    cmd += ["--service", service, "--fpga", fpga, "--flash-seconds", str(flash_seconds), "--threads", str(threads),
-            *(limits or ServiceLimits()).flags()]
+    cmd += ["--service", name, "--fpga", fpga, "--flash-seconds", str(cfg.flash_seconds), "--threads", str(threads),
+            *cfg.limits.flags()]
     if keys_file:
         cmd += ["--keys-file", str(keys_file)]
     if exit_with_parent:
@@ -337,7 +338,8 @@ def main(argv=None):
     p.add_argument("--service", default="local")
     p.add_argument("--fpga", default="node-0/fpga-0")
     p.add_argument("--keys-file", help="check the keys in this file (one a line) on every call")
-    p.add_argument("--flash-seconds", type=float, default=0.0)
+    p.add_argument("--flash-seconds", type=float, default=ServiceConfig().flash_seconds,
+                   help="the modeled time to flash the FPGA before serving")
     ServiceLimits.add_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: the CPUs this process may use)")
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started it is gone")

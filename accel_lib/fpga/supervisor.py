@@ -107,13 +107,12 @@ class ReplicaProcess:
 
     async def _start(self):
         serial = next(self.sup.serials)
-        if self.svc.runtime == "container":
+        if self.svc.settled.runtime == "container":
             cmd = self._container_command(serial)
         else:
             self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, serial)
-            cmd = server.command(sys.executable, socket=self.socket, health_socket=self.health_socket,
-                                 service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
-                                 limits=self.svc.limits, threads=self.sup.threads, exit_with_parent=True)
+            cmd = server.command(sys.executable, self.svc, socket=self.socket, health_socket=self.health_socket,
+                                 fpga=self.fpga, threads=self.sup.threads, exit_with_parent=True)
         env = {**os.environ, "PYTHONPATH": self.svc.context, "PYTHONUNBUFFERED": "1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as f:
@@ -130,19 +129,19 @@ class ReplicaProcess:
         folder = containers.prepare_socket_dir(cluster.replica_socket_dir(self.sup.socket_dir, serial))
         self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
         self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
-        inner = server.command(containers.PYTHON, socket=f"{containers.SOCKETS}/{self.socket.name}",
-                               health_socket=f"{containers.SOCKETS}/{self.health_socket.name}",
-                               service=self.svc.name, fpga=self.fpga, flash_seconds=self.svc.flash_seconds,
-                               limits=self.svc.limits, threads=self.sup.threads)
-        self.sup.engines.add(self.svc.engine)
-        return containers.replica_run_command(self.svc.engine, self.svc.container_image, self.container,
+        inner = server.command(containers.PYTHON, self.svc, socket=f"{containers.SOCKETS}/{self.socket.name}",
+                               health_socket=f"{containers.SOCKETS}/{self.health_socket.name}", fpga=self.fpga,
+                               threads=self.sup.threads)
+        settled = self.svc.settled
+        self.sup.engines.add(settled.engine)
+        return containers.replica_run_command(settled.engine, settled.container_image, self.container,
                                               self.sup.cluster_id, folder, inner)
 
     async def _kill(self):
         """Kill the replica as a crash would (its container, for one that runs in a container)."""
         if self.container:
             from . import containers
-            await asyncio.to_thread(containers.kill, self.svc.engine, self.container)
+            await asyncio.to_thread(containers.kill, self.svc.settled.engine, self.container)
         elif self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
 
@@ -262,7 +261,7 @@ class ReplicaProcess:
                 pass
         if self.container:
             from . import containers
-            await asyncio.to_thread(containers.remove, self.svc.engine, self.container)
+            await asyncio.to_thread(containers.remove, self.svc.settled.engine, self.container)
         self._forget_sockets()
         self.task.cancel()
 
@@ -307,12 +306,12 @@ class Supervisor:
         self.threads = cluster.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
         wanted = {s.name: s for s in spec.services}
         for name in list(self.services):
-            if name not in wanted or wanted[name].generation != self.generations[name]:
+            if name not in wanted or wanted[name].settled.generation != self.generations[name]:
                 await self.remove(name, "the service was deleted or redeployed")
         for name, svc in wanted.items():
             if name not in self.services:
                 self.services[name] = [ReplicaProcess(self, svc, r) for r in svc.replicas]
-                self.generations[name] = svc.generation
+                self.generations[name] = svc.settled.generation
         self.spec = spec              # only now does the status report this revision
         self.changed()
 
