@@ -109,7 +109,7 @@ class AksCompute:
 def list_usage(workspace, location=None):
     """Quota use like ``az vm list-usage``: one row for "Standard PBS Family vCPUs" per location."""
     with workspace.connect() as db:
-        held = records.find(db, records.ComputeRecord, kind="aks", provisioning_state="Succeeded")
+        held = records.find(db, records.ComputeRecord, kind=records.AKS, provisioning_state=records.SUCCEEDED)
     out = []
     for loc in ([location] if location else LOCATIONS):
         out.append({"location": loc, "localName": QUOTA_NAME, "currentValue": _vcpus_in(held, loc),
@@ -120,10 +120,10 @@ def list_usage(workspace, location=None):
 def _vcpus_in(computes, location):
     """The quota's vCPUs that AKS clusters among ``computes`` (records) hold in ``location``."""
     return sum(FPGA_VM_SIZES[c.vm_size]["vcpus"] * c.agent_count for c in computes
-               if c.location == location and c.kind == "aks" and c.provisioning_state == "Succeeded")
+               if c.location == location and c.kind == records.AKS and c.provisioning_state == records.SUCCEEDED)
 
 
-class ComputeTarget:
+class ComputeTarget(records.Attached):
     """A compute target. ``ComputeTarget(ws, name)`` re-attaches to one."""
 
     def __init__(self, workspace, name):
@@ -132,23 +132,9 @@ class ComputeTarget:
         if rec is None:
             raise UserError(f"no compute target {name!r} in workspace {workspace.name!r}; create it with "
                             "ComputeTarget.create(...).")
-        self._load(workspace, rec)
+        self._attach(workspace, rec)
 
-    def _load(self, workspace, rec: records.ComputeRecord):
-        self.workspace = workspace
-        self.name = rec.name
-        self.vm_size, self.agent_count, self.location = rec.vm_size, rec.agent_count, rec.location
-        self.type = rec.kind
-        self.provisioning_state = rec.provisioning_state
-        self.provisioning_errors = rec.provisioning_errors
-        self.created_time = rec.created_time
-
-    @classmethod
-    def from_record(cls, workspace, rec: records.ComputeRecord) -> "ComputeTarget":
-        """The compute target of a record (no query)."""
-        target = cls.__new__(cls)
-        target._load(workspace, rec)
-        return target
+    RENAMED = {"kind": "type"}          # records.AKS or records.EDGE
 
     def __repr__(self):
         return (f"ComputeTarget(name={self.name!r}, vm_size={self.vm_size!r}, agent_count={self.agent_count}, "
@@ -183,7 +169,7 @@ class ComputeTarget:
     @property
     def host_vcpus(self):
         """The host cores each FPGA's replica shares: a node's vCPUs on AKS, the edge device's host cores."""
-        return FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == "aks" else EDGE_HOST_VCPUS
+        return FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == records.AKS else EDGE_HOST_VCPUS
 
     def endpoints(self, wait=0.0) -> cluster.Endpoints:
         """Where the cluster's front end listens (waits up to ``wait`` s for it to start); UserError if it is down."""
@@ -206,7 +192,7 @@ class ComputeTarget:
 
     def restart(self):
         """Start the cluster's process if it is not running (idempotent): after a reboot, or if it was killed."""
-        if self.provisioning_state != "Succeeded":
+        if self.provisioning_state != records.SUCCEEDED:
             raise UserError(f"compute {self.name!r} is {self.provisioning_state}: {self.provisioning_errors}")
         if self.running():
             return self
@@ -231,27 +217,27 @@ class ComputeTarget:
         if not isinstance(cfg, (AksProvisioningConfiguration, EdgeProvisioningConfiguration)):
             raise UserError("provisioning_configuration must come from AksCompute.provisioning_configuration(...) or "
                             "EdgeCompute.provisioning_configuration(...).")
-        kind = "edge" if isinstance(cfg, EdgeProvisioningConfiguration) else "aks"
+        kind = records.EDGE if isinstance(cfg, EdgeProvisioningConfiguration) else records.AKS
         with workspace.connect(immediate=True) as db:
             if records.exists(db, records.ComputeRecord, name=name):
                 raise UserError(f"a compute target named {name!r} exists; reuse it with ComputeTarget(ws, {name!r}) "
                                 "or delete it first.")
             used = _vcpus_in(records.find(db, records.ComputeRecord, location=cfg.location), cfg.location)
             limit = workspace.fpga_quota_vcpus
-            if kind == "aks" and used + cfg.vcpus > limit:
-                state = "Failed"
+            if kind == records.AKS and used + cfg.vcpus > limit:
+                state = records.FAILED
                 errors = (f"QuotaExceeded: {cfg.agent_count} x {cfg.vm_size} needs {cfg.vcpus} '{QUOTA_NAME}' in "
                           f"{cfg.location}; {used} of {limit} are in use. Delete a cluster, lower agent_count, or "
                           "raise "
                           "the workspace's quota (Workspace.create(..., fpga_quota_vcpus=N)).")
             else:
-                state, errors = "Succeeded", None
+                state, errors = records.SUCCEEDED, None
             rec = records.ComputeRecord(name=name, vm_size=cfg.vm_size, agent_count=cfg.agent_count,
                                         location=cfg.location, kind=kind, provisioning_state=state,
                                         provisioning_errors=errors, created_time=records.now())
             records.insert(db, rec)
         target = ComputeTarget.from_record(workspace, rec)
-        if state == "Succeeded":
+        if state == records.SUCCEEDED:
             try:
                 target._provision(cfg)
             except BaseException:
@@ -276,12 +262,12 @@ class ComputeTarget:
     def wait_for_completion(self, show_output=False):
         """Wait for provisioning (modeled: done at once); show_output prints the state and the front end."""
         if show_output:
-            what = self.vm_size if self.type == "edge" else f"{self.agent_count} x {self.vm_size}"
+            what = self.vm_size if self.type == records.EDGE else f"{self.agent_count} x {self.vm_size}"
             print(f"Provisioning of {self.name} ({what}, {self.location}; modeled): {self.provisioning_state}")
-            if self.provisioning_state == "Succeeded":
+            if self.provisioning_state == records.SUCCEEDED:
                 print(f"Front end: one address for every service on the cluster, "
                       f"{'TLS' if self.ssl_enabled else 'plain text'} (gRPC and REST).")
-        return self.provisioning_state == "Succeeded"
+        return self.provisioning_state == records.SUCCEEDED
 
     @staticmethod
     def list(workspace):

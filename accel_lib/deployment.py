@@ -14,7 +14,7 @@ from . import records
 from .errors import UserError
 from .fpga import cluster, lifecycle
 
-TRANSITIONING, HEALTHY, REPLACED = "Transitioning", "Healthy", "Replaced"     # a service's recorded state
+from .records import DELETED, FAILED, HEALTHY, REPLACED, TRANSITIONING, UNHEALTHY     # a service's states
 
 
 def schedule(nodes, held, num_replicas, edge=False):
@@ -63,7 +63,7 @@ def settle(cfg, image, target) -> tuple:
     engine = container_engine(image) if runtime == "container" else ""
     settled = cluster.Settled(generation=time.time_ns() // 1000, runtime=runtime, engine=engine,
                               container_image=image.container_image if engine else "")
-    keyed = cfg.auth_enabled if cfg.auth_enabled is not None else target.type == "aks"
+    keyed = cfg.auth_enabled if cfg.auth_enabled is not None else target.type == records.AKS
     return settled, [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if keyed else None
 
 
@@ -100,7 +100,7 @@ def record_service(workspace, name, image, target, cfg, settled, keys):
                             "choose another name.")
         held = {r.fpga: r.service for r in records.find(db, records.ReplicaRecord, compute=target.name)}
         try:
-            nodes, replaced = schedule(target.fpgas, held, cfg.num_replicas, edge=target.type == "edge")
+            nodes, replaced = schedule(target.fpgas, held, cfg.num_replicas, edge=target.type == records.EDGE)
         except UserError as e:
             raise UserError(f"deployment of {name!r} to {target.name!r} failed: {e}") from None
         for old in replaced:
@@ -192,18 +192,18 @@ def service_state(recorded, running, replicas) -> str:
     down, or a replica in CrashLoopBackOff), Failed (a replica cannot load), Healthy (every replica serves), else
     Transitioning (starting, flashing, restarting)."""
     if recorded is None:
-        return "Deleted"
+        return DELETED
     if recorded.state == REPLACED:
         return REPLACED
     if not running:
-        return "Unhealthy"
+        return UNHEALTHY
     states = [r.state for r in replicas]
     if cluster.FAILED in states:
-        return "Failed"
+        return FAILED
     if states and all(s == cluster.HEALTHY for s in states):
         return HEALTHY
     if cluster.BACKOFF in states:
-        return "Unhealthy"
+        return UNHEALTHY
     return TRANSITIONING
 
 

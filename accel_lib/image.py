@@ -71,7 +71,7 @@ class AccelContainerImage:
         return ImageConfiguration(tags, properties, description)
 
 
-class Image:
+class Image(records.Attached):
     """A container image record. ``Image(ws, name, version=None)`` fetches one (latest by default)."""
 
     def __init__(self, workspace, name, version=None):
@@ -81,26 +81,13 @@ class Image:
         if rec is None:
             raise UserError(f"no image {name!r}" + (f" version {version}" if version else "")
                             + f" in workspace {workspace.name!r}; create it with Image.create(...).")
-        self._load(workspace, rec)
+        self._attach(workspace, rec)
 
-    def _load(self, workspace, rec: records.ImageRecord):
-        self.workspace = workspace
-        self.name, self.version = rec.name, rec.version
-        self.model_name, self.model_version = rec.model_name, rec.model_version
-        self.description = rec.description
-        self.tags, self.properties = rec.tags, rec.properties
-        self.creation_state = rec.creation_state
-        self.created_time = rec.created_time
-        self.context = workspace.layout.resolve(rec.context)
-        self.container_image = rec.container    # the tag of the container image built from it (None: not built)
+    RENAMED = {"container": "container_image"}   # the tag of the container image built from it (None: not built)
+
+    def _derive(self, rec):
+        self.context = self.workspace.layout.resolve(rec.context)
         self.build_note = ""        # what the last wait_for_creation did about a container build
-
-    @classmethod
-    def from_record(cls, workspace, rec: records.ImageRecord) -> "Image":
-        """The image of a record (no query)."""
-        img = cls.__new__(cls)
-        img._load(workspace, rec)
-        return img
 
     @property
     def image_location(self):
@@ -141,7 +128,7 @@ class Image:
             records.insert(db, records.ImageRecord(
                 name=name, version=version, model_name=model.name, model_version=model.version,
                 description=image_config.description, tags=dict(image_config.tags),
-                properties=dict(image_config.properties), creation_state="Running", context=layout.relative(ctx),
+                properties=dict(image_config.properties), creation_state=records.RUNNING, context=layout.relative(ctx),
                 created_time=records.now()))
         bar = progress.bar(total=2, desc=f"image {name}:{version}")
         log_rel = layout.relative(ctx / BUILD_LOG)
@@ -151,11 +138,11 @@ class Image:
                 bar.update(1)
                 _smoke_test(ctx)
                 bar.update(1)
-                state = "Succeeded"
+                state = records.SUCCEEDED
             except Exception as e:  # noqa: BLE001 - recorded on the image and in its build log
                 with open(ctx / BUILD_LOG, "a") as log:
                     log.write(f"FAILED: {type(e).__name__}: {e}\n")
-                state = "Failed"
+                state = records.FAILED
             finally:
                 bar.close()
             with workspace.connect(immediate=True) as db:
@@ -167,7 +154,7 @@ class Image:
         podman or docker, or name one; None: do not build), the output streamed to the build log with progress;
         without an engine, say why the build is skipped (the context is complete either way). show_output prints
         the build log. Idempotent: an image built once is not built again."""
-        if self.creation_state != "Succeeded":
+        if self.creation_state != records.SUCCEEDED:
             raise UserError(f"image {self.id} failed to build; see {self.image_build_log_uri}.")
         if engine is not None and not self.container_image:
             self._build(engine)

@@ -38,7 +38,7 @@ def tensor_names(model):
     return meta.input.name, meta.default_output_names()
 
 
-class Model:
+class Model(records.Attached):
     """A registered model. ``Model(ws, name, version=None)`` fetches one (latest version by default)."""
 
     def __init__(self, workspace: Workspace, name: str | None = None, version: int | None = None,
@@ -57,28 +57,7 @@ class Model:
                 raise UserError(f"model {name!r} has no version {version}; it has versions {versions}.")
             raise UserError(f"no model named {name!r} in workspace {workspace.name!r}; "
                             f"registered models: {known or 'none'}. Register it with Model.register(...).")
-        self._load(workspace, rec)
-
-    def _load(self, workspace, rec: records.ModelRecord):
-        self.workspace = workspace
-        self.name, self.version, self.description = rec.name, rec.version, rec.description
-        self.tags, self.properties = rec.tags, rec.properties
-        self.created_time = rec.created_time
-        self.files = rec.files                  # relative path -> sha256
-        self.kind = rec.kind                    # "file" or "folder"
-
-    @classmethod
-    def from_record(cls, workspace, rec: records.ModelRecord) -> "Model":
-        """The model of a record (no query)."""
-        m = cls.__new__(cls)
-        m._load(workspace, rec)
-        return m
-
-    def record(self) -> records.ModelRecord:
-        """This model as its record."""
-        return records.ModelRecord(name=self.name, version=self.version, description=self.description,
-                                   tags=self.tags, properties=self.properties, created_time=self.created_time,
-                                   files=self.files, kind=self.kind)
+        self._attach(workspace, rec)
 
     id = property(lambda self: f"{self.name}:{self.version}", doc="name:version")
     url = property(lambda self: f"models/{self.name}/{self.version}", doc="where the model lives in the workspace")
@@ -130,7 +109,7 @@ class Model:
     def delete(self):
         """Delete this version; refused while an image uses it (the message names the image)."""
         with self.workspace.connect(immediate=True) as db:
-            users = records.users_of(db, self.record())
+            users = records.users_of(db, records.ModelRecord(name=self.name, version=self.version))
             if users:
                 names = ", ".join(f"{r.name} (version {r.version})" for r in users)
                 raise UserError(f"model {self.id} is used by image {names}; delete the image first "
@@ -149,7 +128,7 @@ class Model:
             if description is not None:
                 rec.description = description
             records.update(db, rec, "tags", "properties", "description")
-        self._load(self.workspace, rec)
+        self._attach(self.workspace, rec)
 
     # -- files --------------------------------------------------------------------------------
     def download(self, target_dir=".", exist_ok=False) -> str:

@@ -67,6 +67,14 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# -- the vocabulary: states and kinds as the records store them; every module names them from here ---------------
+QUEUED, RUNNING, SUCCEEDED, FAILED = "Queued", "Running", "Succeeded", "Failed"    # operations, images, computes
+UNDER_WAY = (QUEUED, RUNNING)                       # an operation not yet done
+TRANSITIONING, HEALTHY, REPLACED = "Transitioning", "Healthy", "Replaced"          # a service's recorded state
+UNHEALTHY, DELETED = "Unhealthy", "Deleted"         # and, with FAILED, what else its observed state may be
+AKS, EDGE = "aks", "edge"                           # a compute's kind: an AKS cluster, an edge device
+
+
 # -- names ------------------------------------------------------------------------------------------
 NAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}\Z")       # \Z: '$' would let a trailing newline through
 NAME_RULE_TEXT = ("names are 1-255 characters of lowercase letters, digits, '.', '_' and '-', "
@@ -191,6 +199,31 @@ class Record:
         return {k: getattr(self, k) for k in self.KEY}
 
 
+class Attached:
+    """The one mapping from a record to the Azure-shaped object over it (Model, Image, ComputeTarget, Webservice):
+    each column becomes the attribute of its name, or of ``RENAMED``'s; ``SKIPPED`` columns stay in the records
+    (read fresh: a key, a state); ``_derive`` adds what the object computes from its record."""
+    RENAMED: ClassVar[dict] = {}
+    SKIPPED: ClassVar[tuple] = ()
+
+    @classmethod
+    def from_record(cls, workspace, rec: Record, **extra):
+        """The object of a record (no query); ``extra`` goes to ``_derive``."""
+        obj = cls.__new__(cls)
+        obj._attach(workspace, rec, **extra)
+        return obj
+
+    def _attach(self, workspace, rec: Record, **extra):
+        self.workspace = workspace
+        for f in dataclasses.fields(rec):
+            if f.name not in self.SKIPPED:
+                setattr(self, self.RENAMED.get(f.name, f.name), getattr(rec, f.name))
+        self._derive(rec, **extra)
+
+    def _derive(self, rec, **extra):
+        """What the object computes from its record (nothing, unless a class says)."""
+
+
 @dataclasses.dataclass
 class ModelRecord(Record):
     TABLE: ClassVar[str] = "models"
@@ -210,14 +243,9 @@ class OperationRecord(Record):
     TABLE: ClassVar[str] = "operations"
     KEY: ClassVar[tuple] = ("id",)
     STATUS: ClassVar[str] = "status"
-    QUEUED: ClassVar[str] = "Queued"
-    RUNNING: ClassVar[str] = "Running"
-    SUCCEEDED: ClassVar[str] = "Succeeded"
-    FAILED: ClassVar[str] = "Failed"
-    UNDER_WAY: ClassVar[tuple] = ("Queued", "Running")
     id: str = ""
     kind: str = "convert"
-    status: str = "Queued"             # Queued, Running, Succeeded, Failed
+    status: str = QUEUED               # QUEUED, then RUNNING, then SUCCEEDED or FAILED
     log: str = ""                      # relative to the workspace
     request: dict = _json()
     result: str | None = None          # the id of the model it made
@@ -238,7 +266,7 @@ class ImageRecord(Record):
     description: str | None = None
     tags: dict = _json()
     properties: dict = _json()
-    creation_state: str = "Running"    # Running, Succeeded, Failed
+    creation_state: str = RUNNING      # RUNNING, then SUCCEEDED or FAILED
     context: str = ""                  # relative to the workspace
     created_time: str = ""
     container: str | None = None       # the container image built from the context (its tag), if one was
@@ -253,8 +281,8 @@ class ComputeRecord(Record):
     vm_size: str = ""
     agent_count: int = 1
     location: str = ""
-    kind: str = "aks"                  # "aks" or "edge"
-    provisioning_state: str = "Succeeded"
+    kind: str = AKS                    # AKS or EDGE
+    provisioning_state: str = SUCCEEDED
     provisioning_errors: str | None = None
     created_time: str = ""
 
@@ -269,7 +297,7 @@ class ServiceRecord(Record):
     image_version: int = 0
     compute: str = ""
     config: object = dataclasses.field(default=None, metadata={"codec": _config_codec})   # fpga.cluster.ServiceConfig
-    state: str = "Transitioning"       # Transitioning, Healthy, Replaced
+    state: str = TRANSITIONING         # TRANSITIONING, HEALTHY, REPLACED
     keys: list | None = _json()
     error: str | None = None           # why it stopped serving (on an edge device: which service replaced it)
     created_time: str = ""

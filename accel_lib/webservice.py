@@ -57,7 +57,7 @@ class AksWebservice:
         return cfg
 
 
-class Webservice:
+class Webservice(records.Attached):
     """A deployed service. ``Webservice(ws, name)`` re-attaches to it."""
 
     def __init__(self, workspace, name):
@@ -67,26 +67,18 @@ class Webservice:
         if rec is None:
             raise UserError(f"no service {name!r} in workspace {workspace.name!r}; deploy one with "
                             "Webservice.deploy_from_image(...).")
-        self._load(workspace, rec, compute.kind if compute else "aks")
+        self._attach(workspace, rec, compute_kind=compute.kind if compute else records.AKS)
 
-    def _load(self, workspace, rec: records.ServiceRecord, compute_kind):
-        self.workspace = workspace
-        self.name = rec.name
+    RENAMED = {"config": "deployment_config",      # what was asked (cluster.ServiceConfig)
+               "compute": "compute_name"}
+    SKIPPED = ("keys", "state")                   # read fresh: get_keys(), state
+    # settled: what the deployment settled from it (cluster.Settled); error: why it stopped serving (on an edge
+    # device: replaced by which service)
+
+    def _derive(self, rec: records.ServiceRecord, compute_kind):
         self.image_id = f"{rec.image_name}:{rec.image_version}"
-        self.compute_type = "AKS" if compute_kind == "aks" else "Edge"
-        self.compute_name = rec.compute
-        self.created_time = rec.created_time
-        self.deployment_config: cluster.ServiceConfig = rec.config     # what was asked
-        self.settled: cluster.Settled = rec.settled                     # what the deployment settled from it
+        self.compute_type = "AKS" if compute_kind == records.AKS else "Edge"
         self.auth_enabled = bool(rec.keys)    # whether calls must carry a key (``authorization: Bearer <key>``)
-        self.error = rec.error              # why it stopped serving (on an edge device: replaced by which service)
-
-    @classmethod
-    def from_record(cls, workspace, rec: records.ServiceRecord, compute_kind) -> "Webservice":
-        """The service of a record on a compute of kind ``compute_kind`` ("aks" or "edge"; no query)."""
-        svc = cls.__new__(cls)
-        svc._load(workspace, rec, compute_kind)
-        return svc
 
     def __repr__(self):
         return f"Webservice(name={self.name!r}, image={self.image_id!r}, compute={self.compute_name!r})"
@@ -119,22 +111,23 @@ class Webservice:
         check_name(name, "service")
         if not isinstance(image, Image):
             raise UserError("image must be an Image (Image.create(...) or Image(ws, name)).")
-        if image.creation_state != "Succeeded":
+        if image.creation_state != records.SUCCEEDED:
             raise UserError(f"image {image.id} is {image.creation_state}; only a built image can be deployed.")
         if not isinstance(deployment_config, AksServiceDeploymentConfiguration):
             raise UserError("deployment_config must come from AksWebservice.deploy_configuration(...).")
         if not isinstance(deployment_target, ComputeTarget):
             raise UserError("deployment_target must be a ComputeTarget (ComputeTarget.create(...)).")
         target = ComputeTarget(workspace, deployment_target.name)
-        if target.provisioning_state != "Succeeded":
+        if target.provisioning_state != records.SUCCEEDED:
             raise UserError(f"compute {target.name!r} is {target.provisioning_state}: {target.provisioning_errors}")
         return Webservice.from_record(workspace, deployment.deploy(workspace, name, image, deployment_config, target),
-                                      target.type)
+                                      compute_kind=target.type)
 
     # -- state --------------------------------------------------------------------------------
-    def replica_status(self):
-        """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet."""
-        target = self.compute
+    def replica_status(self, target=None):
+        """What the cluster's supervisor reports for each replica (state, restarts, last exit), or [] if nothing yet
+        (``target``: the service's ComputeTarget, when the caller holds it)."""
+        target = target or self.compute
         return deployment.replica_status(target.run_dir, target.running(), self.name, self.settled.generation)
 
     @property
@@ -147,8 +140,9 @@ class Webservice:
         """Healthy (every replica serves), Transitioning (starting, flashing, restarting), Unhealthy (a replica in
         CrashLoopBackOff, or the cluster's process is down), Failed (a replica cannot load), Replaced, Deleted."""
         rec = self._record()
-        running = rec is not None and self.compute.running()
-        return deployment.service_state(rec, running, self.replica_status() if running else [])
+        target = self.compute if rec is not None else None
+        running = target is not None and target.running()
+        return deployment.service_state(rec, running, self.replica_status(target) if running else [])
 
     def wait_for_deployment(self, show_output=False, timeout=600):
         """Wait until every replica serves; UserError (with the log) if a replica fails or keeps crashing."""
@@ -157,9 +151,10 @@ class Webservice:
         n = self.deployment_config.num_replicas
         bar = progress.bar(total=n, desc=f"deploying {self.name}", unit="replica", show=not show_output)
         last = None
+        target = self.compute                 # once: each tick reads only the cluster's status file
         try:
             while True:
-                reps = self.replica_status()
+                reps = self.replica_status(target)
                 states = [r.state for r in reps]
                 bar.n = states.count(cluster.HEALTHY)
                 bar.refresh()
@@ -172,7 +167,7 @@ class Webservice:
                                     + self.get_logs(num_lines=30))
                 if states and all(s == cluster.HEALTHY for s in states):
                     break
-                if not self.compute.running():
+                if not target.running():
                     raise UserError(f"the cluster {self.compute_name!r} is not running; "
                                     f"ComputeTarget(ws, {self.compute_name!r}).restart() starts it again.")
                 if time.monotonic() - start > timeout:
@@ -236,7 +231,7 @@ class Webservice:
         with workspace.connect() as db:                  # one transaction, two queries
             recs = records.find(db, records.ServiceRecord)
             kinds = {c.name: c.kind for c in records.find(db, records.ComputeRecord)}
-        out = [Webservice.from_record(workspace, r, kinds.get(r.compute, "aks")) for r in recs
+        out = [Webservice.from_record(workspace, r, compute_kind=kinds.get(r.compute, records.AKS)) for r in recs
                if image_name is None or r.image_name == image_name]
         return [s for s in out if compute_type is None or s.compute_type == compute_type]
 

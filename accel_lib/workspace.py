@@ -188,7 +188,7 @@ class Workspace:
             elif info["kind"] == "image":
                 with self.connect(immediate=True) as db:
                     records.set_status(db, records.ImageRecord, {"name": info["name"], "version": info["version"]},
-                                       "Failed", only_from=("Running",))
+                                       records.FAILED, only_from=(records.RUNNING,))
                 log = self.layout.resolve(info.get("log", ""))
                 if info.get("log") and log.parent.is_dir():
                     with open(log, "a") as f:

@@ -11,9 +11,9 @@ from pathlib import Path
 from .. import records
 from ..errors import OperationTimeout, UserError
 from ..model import Model
+from ..records import FAILED, QUEUED, SUCCEEDED, UNDER_WAY
 
 Op = records.OperationRecord
-QUEUED, SUCCEEDED, FAILED, UNDER_WAY = Op.QUEUED, Op.SUCCEEDED, Op.FAILED, Op.UNDER_WAY
 
 
 def split_names(outputs_nodes):

@@ -69,7 +69,7 @@ def main(argv):
     from ..workspace import Workspace
     ws, op_id = Workspace(argv[0]), argv[1]
     with ws.connect(immediate=True) as db:
-        records.set_status(db, Op, {"id": op_id}, Op.RUNNING, pid=os.getpid())
+        records.set_status(db, Op, {"id": op_id}, records.RUNNING, pid=os.getpid())
     try:
         conv = _work(ws, op_id)
     except Exception as e:  # noqa: BLE001 - everything is reported through the operation
@@ -78,10 +78,10 @@ def main(argv):
         error = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {e}"
         log(f"failed: {error}")
         with ws.connect(immediate=True) as db:
-            records.set_status(db, Op, {"id": op_id}, Op.FAILED, error=error)
+            records.set_status(db, Op, {"id": op_id}, records.FAILED, error=error)
         return 1
     with ws.connect(immediate=True) as db:
-        records.set_status(db, Op, {"id": op_id}, Op.SUCCEEDED, result=conv.id)
+        records.set_status(db, Op, {"id": op_id}, records.SUCCEEDED, result=conv.id)
     return 0
 
 
