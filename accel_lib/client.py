@@ -13,6 +13,10 @@ from pathlib import Path
 from .errors import UserError
 from .fpga.cluster import DEFAULT_MODEL, ROUTE_HEADER, ServiceLimits, route
 
+# UNAVAILABLE (a service starting, a replica restarting) is retried after RETRY_FIRST s, doubling to RETRY_MAX, with
+# jitter: a waiting client sees a service ready within about RETRY_MAX s of it being so
+RETRY_FIRST, RETRY_MAX = 0.05, 0.25
+
 
 def parse_address(address, port=None, use_ssl=False):
     """'host', 'host:port' or 'scheme://host:port/' -> 'host:port'. A port in the address wins (our local
@@ -76,7 +80,7 @@ class PredictionClient:
     def _call(self, method, request, timeout):
         import grpc
         deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
+        delay = RETRY_FIRST
         while True:
             try:
                 return method(request, timeout=timeout, metadata=self.metadata)
@@ -84,7 +88,7 @@ class PredictionClient:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
 
     # -- scoring ------------------------------------------------------------------------------
     def score_tensors(self, input_map, outputs=None, timeout=10.0):

@@ -279,6 +279,10 @@ def _write_context(ctx: Path, model: Model, name, version):
     fpga_src = Path(__file__).parent / "fpga"
     shutil.copytree(fpga_src, ctx / "fpga", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     log.write("  fpga/ (the simulator and server)\n")
+    from .fpga import device, manifest
+    device_file = pkg / manifest.read(manifest.PackageManifest, pkg).device.file
+    if device.prepare(device_file):       # a replica then loads the fused graph by path: a faster start
+        log.write(f"  package/{device.fused_path(device_file).name} (the device graph with the fused quantizer)\n")
     reqs = [f"{name}=={version}" for name, version in pinned_requirements(SERVER_REQUIREMENTS).items()]
     (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
     (ctx / "wheels").mkdir()

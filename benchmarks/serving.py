@@ -56,7 +56,7 @@ def setup(name, image_size, numeric_format, nodes, log=print):
     return ws, img, target, d
 
 
-def start_and_recovery(ws, img, target, data, trials=5, log=print):
+def start_and_recovery(ws, img, target, data, trials=7, log=print):
     """Cold start (deploy -> the first good Predict) and recovery (SIGKILL of the replica -> the next good
     Predict), each as a client polling as a user would sees it: one keyed replica as a process, flash 0 s, the
     two interleaved in each of ``trials`` rounds. Returns their samples (s) and p50/p90."""

@@ -10,6 +10,8 @@ The saved model stays plain ONNX that any runtime can run.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import formats
@@ -224,6 +226,36 @@ def fuse(model, inplace=False):
     return model
 
 
+def fused_path(path) -> Path:
+    """Where a device graph's fused form is kept beside it (``prepare``): device.onnx -> device.fused.onnx."""
+    return Path(path).with_suffix(".fused.onnx")
+
+
+def prepare(path) -> bool:
+    """Write the device graph at ``path`` in its fused form beside it, once (an image's build does), so that a
+    replica loads it by path, not fusing at each start. False (nothing written) without the built kernel or
+    without quantizers."""
+    import onnx
+
+    from . import kernel as kern
+    if not kern.available():
+        return False
+    model = onnx.load(str(path))
+    if not quantizers(model):
+        return False
+    onnx.save(fuse(model, inplace=True), str(fused_path(path)))
+    return True
+
+
+def _prepared(model):
+    """The fused form ``prepare`` wrote for the device graph file ``model``, if it is there and not older."""
+    if isinstance(model, (str, Path)):
+        fused = fused_path(model)
+        if fused.is_file() and fused.stat().st_mtime >= Path(model).stat().st_mtime:
+            return fused
+    return None
+
+
 def session(model, options=None, kernel=None, inplace=False):
     """An ONNX Runtime CPU session for a device graph (a ModelProto or a path), with the fused quantizer when
     ``kernel`` allows it (None: $ACCEL_LIB_DEVICE_KERNEL, 'auto' by default; 'fused'; 'onnx'). ``inplace``: the
@@ -237,6 +269,10 @@ def session(model, options=None, kernel=None, inplace=False):
         options.log_severity_level = 3
     owned = inplace or not isinstance(model, onnx.ModelProto)
     if kern.use_fused(kernel):
+        ready = _prepared(model)
+        if ready is not None:              # fused when the image was built: loaded by path, nothing to rewrite
+            kern.register(options)
+            return ort.InferenceSession(str(ready), options, providers=["CPUExecutionProvider"])
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(str(model))
         if quantizers(model):

@@ -26,7 +26,7 @@ from . import cluster, resources, server
 BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kubernetes: 10 s)
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
 BACKOFF_RESET = 60.0         # up this long, and the back-off starts again from nothing (Kubernetes: 10 min)
-PROBE_EVERY = 0.25           # seconds between health probes of a replica that is not serving yet
+PROBE_EVERY = 0.1            # seconds between health probes of a replica that is not serving yet (a local call)
 PROBE_HEALTHY_EVERY = 1.0    # ... and of one that serves (Kubernetes' liveness period: 10 s)
 PROBE_TIMEOUT = 1.0
 LIVENESS_FAILURES = 3        # failed probes in a row of a replica that served, and it is restarted
