@@ -262,7 +262,7 @@ def test_a_replica_refuses_work_past_its_budget_before_allocating(built_image, c
     strings.tensor_shape.dim.add(size=3_000_000)
     strings.string_val.extend([b"x"] * 3_000_000)
     wrap = tensorflow_pb2.TensorProto(dtype=1, float_val=[1.0])                 # a shape whose product passes 2^64
-    for d in (2**40, 2**40):
+    for d in (2**40, 2**40, 1, 3):                                              # [N, H, W, 3], as an input must be
         wrap.tensor_shape.dim.add(size=d)
     big_png = _png(6000, 6000)                                                  # 36 MP, under the 40 MP cap
     cases = [("splat", _predict_bytes(tensor=splat), "max_request_mb=64"),
@@ -277,6 +277,13 @@ def test_a_replica_refuses_work_past_its_budget_before_allocating(built_image, c
             took = time.monotonic() - t0
         assert code == "RESOURCE_EXHAUSTED" and limit in details, (what, code, details)
         assert rss.grew_mb < 200 and took < 2.0, (what, rss.grew_mb, took)
+    doubles = tensorflow_pb2.TensorProto(dtype=2, double_val=[1.0])        # DT_DOUBLE, 49 bytes, fills to 59 MB
+    for d in (7, 1024, 1024, 1):
+        doubles.tensor_shape.dim.add(size=d)
+    with PeakRss(rep) as rss:
+        code, details = _call(svc, _predict_bytes(tensor=doubles), key)
+    assert code == "INVALID_ARGUMENT" and "got DT_DOUBLE" in details, (code, details)
+    assert rss.grew_mb < 20, rss.grew_mb                  # refused on the wire, before one value is filled out
     _still_serves(svc)
     assert svc.restart_count == 0
 

@@ -36,6 +36,22 @@ def test_fused_quantizer_is_bit_exact(fused, name, block, shape, axis):
         assert same_bits(got, formats.quantize(x, fmt, axis)), (name, block, shape, axis, nonneg)
 
 
+def test_a_device_graph_prepared_at_build_loads_by_path_and_a_stale_one_is_not_used(fused, tmp_path):
+    import onnx
+    x = vectors("ms-fp9", (2, 256, 5, 5), False, seed="prepared")
+    path = tmp_path / "device.onnx"
+    onnx.save(device.quantizer_model(x.shape, 1, "ms-fp9"), str(path))
+    assert device.prepare(path) and device.fused_path(path).is_file()
+    want = formats.quantize(x, "ms-fp9", 1)
+    assert same_bits(device.session(path, kernel=fused).run(None, {"x": x})[0], want)
+    path.write_bytes(b"not ONNX")                 # the source is not read while its fused form is as new
+    os.utime(path, (1, 1))
+    assert same_bits(device.session(path, kernel=fused).run(None, {"x": x})[0], want)
+    os.utime(path)                                # now newer than its fused form: that is stale and not used
+    with pytest.raises(Exception, match="(?i)pars|decod|protobuf"):
+        device.session(path, kernel=fused)
+
+
 def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
     x = (np.random.default_rng(1).standard_normal((3, 64, 7)) * 2.0 ** -130).astype(np.float32)
     x[0, :, 0] = 1e-45           # the smallest subnormal: the step 2**-133 has no float32 inverse

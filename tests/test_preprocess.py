@@ -97,3 +97,32 @@ def test_bad_arguments_are_refused():
         preprocess_array([b""], order="rgb")
     with pytest.raises(UserError, match="32 to 1024"):
         preprocess_array([b""], output_height=8)
+
+
+_PEAK = """
+import sys
+from accel_lib.fpga import host
+def kb(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+data = open(sys.argv[1], "rb").read()
+open("/proc/self/clear_refs", "w").write("5")      # the peak (VmHWM) starts again from what is resident now
+base = kb("VmRSS")
+host.preprocess([data])
+print((kb("VmHWM") - base) * 1024)
+"""
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "JPEG"), ("I;16", "PNG"),
+                                       ("RGB", "JPEG")])
+def test_the_decode_budget_bounds_the_decoders_real_peak(mode, fmt, tmp_path):
+    """max_request_mb counts DECODED_BYTES_PER_PIXEL for each pixel: the decoder's peak resident memory (Linux's
+    VmHWM, reset just before) stays within it."""
+    import subprocess
+    import sys
+    side = 3000
+    path = tmp_path / f"picture.{fmt.lower()}"
+    Image.new(mode, (side, side), 100 if mode in ("L", "I;16") else (10, 200, 30, 9)[:len(mode)]).save(path, fmt)
+    r = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    peak = int(r.stdout.split()[-1])
+    assert peak <= host.DECODED_BYTES_PER_PIXEL * side * side, (mode, fmt, peak / side ** 2)

@@ -180,6 +180,11 @@ class FpgaReplica:
         if name not in pkg.input_names():
             self._fail(context, "INVALID_ARGUMENT", f"unknown input {name!r}; this model's input is "
                                                     f"{pkg.input_name!r}.")
+        rank = len(proto.tensor_shape.dim)           # judged on the wire, before a value is decoded or filled out
+        if not (proto.dtype == tensors.DT_STRING or (proto.dtype == tensors.DT_FLOAT and rank == 4)):
+            got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
+            self._fail(context, "INVALID_ARGUMENT", f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or "
+                                                    f"DT_FLOAT [N, H, W, 3] (preprocessed), got {got} of rank {rank}.")
         try:
             value = tensors.from_proto(proto, max_bytes=lim.request_bytes, max_strings=lim.max_images)
         except tensors.TensorTooLarge as e:
@@ -188,11 +193,6 @@ class FpgaReplica:
                                                       f"{getattr(lim, limit):g} (deploy_configuration).")
         except ValueError as e:
             self._fail(context, "INVALID_ARGUMENT", str(e))
-        if not (proto.dtype == tensors.DT_STRING or (proto.dtype == tensors.DT_FLOAT and value.ndim == 4)):
-            got = tensors.DTYPE_NAMES.get(proto.dtype, proto.dtype)
-            self._fail(context, "INVALID_ARGUMENT", f"input {name!r} must be DT_STRING (encoded JPEG/PNG images) or "
-                                                    f"DT_FLOAT [N, H, W, 3] (preprocessed), got {got} of shape "
-                                                    f"{list(value.shape)}.")
         result = self._score(value, list(request.output_filter) or None, context, "Predict")
         resp = serving_pb2.PredictResponse()
         resp.model_spec.name = request.model_spec.name or self.service
