@@ -35,3 +35,12 @@ def container_engine():
         pytest.skip(f"no container engine can run containers here ({why}); install podman (apt-get install podman "
                     "runc mmdebstrap) and the containers.conf lines it names, as .ci/run does with CI=true")
     return engine, base
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field encoded by hand (attacks are not what a serializer writes)."""
+    n, out = len(payload), bytearray(tag)
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n]) + payload

@@ -1,5 +1,6 @@
 """Stage H: the cluster under attack and under faults, on loopback. Each attack gets its status, names the limit,
 and the service still serves afterwards."""
+import contextlib
 import os
 import socket
 import stat
@@ -19,6 +20,7 @@ from accel_lib.fpga import cluster as cluster_files
 from accel_lib.fpga import ingress, routing, supervisor
 from accel_lib.fpga.protos import serving_pb2, tensorflow_pb2
 from helpers import deploy as _deploy
+from helpers import length_delimited as _ld
 
 PREDICT = routing.PREDICT
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
@@ -249,6 +251,15 @@ def test_rest_json_of_one_service_does_not_hold_up_another(built_image, cluster)
     for deep in (b"[" * 100_000, b'{"instances": ' + b"[" * 100_000, b"\xff\xfe{", b'{"instances": [{"b64": 1}]}'):
         r = requests.post(heavy.rest_uri, data=deep, timeout=60)
         assert r.status_code == 400, (deep[:20], r.status_code, r.text)
+    wide = b'{"instances": [' + b",".join([b"[]"] * 7_000_000) + b"]}"      # 21 MB that json.loads takes to ~530 MB
+    with contextlib.ExitStack() as stack:
+        parsers = [stack.enter_context(PeakRss(p)) for p in _frontend(cluster).children()]
+        t0 = time.monotonic()
+        r = requests.post(heavy.rest_uri, data=wide, timeout=60)
+        took = time.monotonic() - t0
+    assert r.status_code == 413 and "max_request_mb=256" in r.json()["error"], (r.status_code, r.text[:300])
+    most = 3 * len(wide) / 2**20                        # the body crosses to a parsing process; parsed, ~530 MB
+    assert parsers and max(p.grew_mb for p in parsers) < most and took < 5, ([p.grew_mb for p in parsers], took)
     _still_serves(heavy)
 
 
@@ -258,15 +269,13 @@ def test_a_replica_refuses_work_past_its_budget_before_allocating(built_image, c
     splat = tensorflow_pb2.TensorProto(dtype=1, float_val=[1.0])                # 49 bytes that fill out to 2^26
     for d in (16, 2048, 2048, 1):
         splat.tensor_shape.dim.add(size=d)
-    strings = tensorflow_pb2.TensorProto(dtype=7)
-    strings.tensor_shape.dim.add(size=3_000_000)
-    strings.string_val.extend([b"x"] * 3_000_000)
+    tiny = b"\x08\x07" + b"\x42\x00" * 15_000_000                              # 15 million empty strings, 29 MB
     wrap = tensorflow_pb2.TensorProto(dtype=1, float_val=[1.0])                 # a shape whose product passes 2^64
     for d in (2**40, 2**40, 1, 3):                                              # [N, H, W, 3], as an input must be
         wrap.tensor_shape.dim.add(size=d)
     big_png = _png(6000, 6000)                                                  # 36 MP, under the 40 MP cap
     cases = [("splat", _predict_bytes(tensor=splat), "max_request_mb=64"),
-             ("strings", _predict_bytes(tensor=strings), "max_images=64"),
+             ("strings", _ld(b"\x12", _ld(b"\x0a", b"images") + _ld(b"\x12", tiny)), "max_images=64"),
              ("wrap-around", _predict_bytes(tensor=wrap), "max_request_mb=64"),
              ("36 MP x 4", _predict_bytes([big_png] * 4), "max_request_mb")]
     rep = _replica(svc)
@@ -276,7 +285,16 @@ def test_a_replica_refuses_work_past_its_budget_before_allocating(built_image, c
             code, details = _call(svc, body, key)
             took = time.monotonic() - t0
         assert code == "RESOURCE_EXHAUSTED" and limit in details, (what, code, details)
-        assert rss.grew_mb < 200 and took < 2.0, (what, rss.grew_mb, took)
+        most = 4 * len(body) / 2**20 if what == "strings" else 200     # received whole, never decoded (~460 MB)
+        assert rss.grew_mb < most and took < 2.0, (what, rss.grew_mb, took)
+    named = _ld(b"\x0a", _ld(b"\x0a", svc.name.encode())) + cases[1][1]     # no route header: named in model_spec
+    with PeakRss(_frontend(cluster)) as front, PeakRss(rep) as rss:
+        with grpc.insecure_channel(svc.scoring_uri.split("://")[-1], options=BIG) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                ch.unary_unary(PREDICT)(named, timeout=60, metadata=[("authorization", f"Bearer {key}")])
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_images=64" in e.value.details()
+    assert front.grew_mb < 4 * len(named) / 2**20 and rss.grew_mb < 4 * len(named) / 2**20, (front.grew_mb,
+                                                                                               rss.grew_mb)
     doubles = tensorflow_pb2.TensorProto(dtype=2, double_val=[1.0])        # DT_DOUBLE, 49 bytes, fills to 59 MB
     for d in (7, 1024, 1024, 1):
         doubles.tensor_shape.dim.add(size=d)

@@ -170,11 +170,11 @@ def test_the_protocol_forms_are_checked_before_they_are_copied():
     two = oip.join_bytes([b"ab", b"x"])
     head = json.dumps({"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
                                    "parameters": {"binary_data_size": len(two)}}]}).encode()
-    body, how = oip.rest_infer_request(head + two, len(head), "svc", 8)
+    body, how = oip.rest_infer_request(head + two, len(head), "svc", 8, 1 << 28)
     parsed = inference_pb2.ModelInferRequest.FromString(body)
     assert parsed.model_name == "svc" and oip.split_bytes(parsed.raw_input_contents[0]) == [b"ab", b"x"]
     with pytest.raises(oip.ProtocolError, match="no input claims"):
-        oip.rest_infer_request(head + two + b"zz", len(head), "svc", 8)
+        oip.rest_infer_request(head + two + b"zz", len(head), "svc", 8, 1 << 28)
     resp = oip.infer_response(inference_pb2.ModelInferResponse, "svc", "7",
                               {"p": np.arange(6, dtype=np.float32).reshape(2, 3)})
     text, length = oip.rest_infer_reply(resp.SerializeToString(), {"binary": [], "id": "7"})

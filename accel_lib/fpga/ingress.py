@@ -228,8 +228,9 @@ class RestApi:
         from aiohttp import web
         svc = self._service(request, name)
         body = await self.read_body(request, svc)
+        lim = svc.config.limits
         raw_request, rows, n = await self.work(svc, len(body), tfserving.rest_predict_request, body, svc.name,
-                                               svc.config.limits.max_images)
+                                               lim.max_images, lim.request_bytes)
         del body
         raw = await self.router.forward(svc, PREDICT, raw_request)
         reply = await self.work(svc, len(raw), tfserving.rest_predict_reply, raw, rows, n)
@@ -290,8 +291,9 @@ class RestApi:
             raise CallError("INVALID_ARGUMENT", f"{oip.HEADER_LENGTH} must be a whole number, got {header!r}.") \
                 from None
         body = await self.read_body(request, svc)
+        lim = svc.config.limits
         raw_request, how = await self.work(svc, len(body), oip.rest_infer_request, body, header_length, svc.name,
-                                           svc.config.limits.max_images)
+                                           lim.max_images, lim.request_bytes)
         del body
         raw = await self.router.forward(svc, INFER, raw_request)
         reply, length = await self.work(svc, len(raw), oip.rest_infer_reply, raw, how)

@@ -70,6 +70,13 @@ def join_bytes(items) -> bytes:
 
 
 # -- gRPC messages <-> what a replica scores ------------------------------------------------------------
+def wire_caps(max_images: int) -> dict:
+    """The ModelInferRequest fields a request may repeat more than a handful of times, with their caps
+    (``wire.check``): one element of BYTES contents per image."""
+    return {"InferTensorContents.bytes_contents": (max_images, f"max_images={max_images}: at most {max_images} "
+                                                               "images per request")}
+
+
 def infer_input(request, input_names, max_images, max_bytes):
     """The one input of a ModelInferRequest -> a list of encoded images (BYTES) or a float32 [N, H, W, 3] array
     (FP32), checked against ``max_images`` and ``max_bytes`` before it is copied."""
@@ -158,9 +165,32 @@ def model_metadata(response_cls, name, manifest):
 
 
 # -- HTTP/REST <-> gRPC (the front end's REST process pool) ------------------------------------------------
-def load_json(text, what="the inference header"):
+# What json.loads may take, per token, beyond the text; its peak resident memory measured per shape
+# (tests/test_wire.py): a float in an array 39 bytes, a string 76-102, an empty array or object 71, [0] 103, an
+# object member 150, {"key": 0} 307. The text itself is decoded to a str, then copied into its strings: twice its
+# size if it is ASCII, up to 8 times if not (a str takes 4 bytes a character once one needs them).
+JSON_VALUE, JSON_STRING, JSON_CONTAINER, JSON_MEMBER = 48, 96, 64, 96
+
+
+def json_cost(text: bytes) -> int:
+    """The most that parsing ``text`` may take, in bytes, counted on the text before it is parsed: values (at most
+    one after each comma, one first in each container not written empty, one at the top), strings (pairs of
+    quotes), containers and members (colons). Signs inside strings only make it larger."""
+    opens = text.count(b"[") + text.count(b"{")
+    values = text.count(b",") + opens - text.count(b"[]") - text.count(b"{}") + 1
+    return ((2 if text.isascii() else 8) * len(text) + JSON_VALUE * values + JSON_STRING * (text.count(b'"') // 2) + JSON_CONTAINER * opens
+            + JSON_MEMBER * text.count(b":"))
+
+
+def load_json(text: bytes, what="the inference header", max_bytes=None):
     """A request's JSON object (TF Serving's REST body or the protocol's inference header); any malformed JSON,
-    deep nesting and bad encodings too, is INVALID_ARGUMENT, and so is a document that is not an object."""
+    deep nesting and bad encodings too, is INVALID_ARGUMENT, and so is a document that is not an object. One whose
+    parse would take more than ``max_bytes`` (``json_cost``) is RESOURCE_EXHAUSTED before it is parsed."""
+    if max_bytes is not None and json_cost(text) > max_bytes:
+        raise ProtocolError("RESOURCE_EXHAUSTED", f"{what} would take up to {json_cost(text) / 2**20:,.0f} MB to "
+                                                  f"parse, more than max_request_mb={max_bytes / 2**20:g} allows: "
+                                                  "send fewer values in a request (images as base64 take least), or "
+                                                  "deploy with a larger max_request_mb.")
     try:
         doc = json.loads(text)
     except RecursionError:
@@ -192,17 +222,17 @@ def _param(message_params, key, value):
         p.string_param = str(value)
 
 
-def rest_infer_request(body: bytes, header_length, service, max_images) -> tuple:
+def rest_infer_request(body: bytes, header_length, service, max_images, max_bytes) -> tuple:
     """An HTTP infer body (JSON, then binary tensor data when ``header_length`` is given) -> (ModelInferRequest
     bytes, how to answer: {"binary": names of outputs to send as binary, or True for all, "id": request id})."""
     try:
-        return _rest_infer_request(body, header_length, service, max_images)
+        return _rest_infer_request(body, header_length, service, max_images, max_bytes)
     except UnicodeEncodeError as e:       # JSON's "\ud800" escapes decode to lone surrogates, not Unicode text
         raise ProtocolError("INVALID_ARGUMENT", f"a string of the request holds {e.object[e.start:e.end]!r}, a "
                                                 "lone UTF-16 surrogate: not valid Unicode text.") from None
 
 
-def _rest_infer_request(body, header_length, service, max_images):
+def _rest_infer_request(body, header_length, service, max_images, max_bytes):
     import base64
 
     from .protos import inference_pb2
@@ -210,9 +240,9 @@ def _rest_infer_request(body, header_length, service, max_images):
         if not 0 <= header_length <= len(body):
             raise ProtocolError("INVALID_ARGUMENT", f"{HEADER_LENGTH} is {header_length}, but the body has "
                                                     f"{len(body)} bytes.")
-        doc, blob = load_json(body[:header_length]), memoryview(body)[header_length:]
+        doc, blob = load_json(body[:header_length], max_bytes=max_bytes), memoryview(body)[header_length:]
     else:
-        doc, blob = load_json(body), memoryview(b"")
+        doc, blob = load_json(body, max_bytes=max_bytes), memoryview(b"")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("INVALID_ARGUMENT", "'inputs' must be a non-empty list of tensors "

@@ -101,10 +101,11 @@ class Router:
 
 
 def model_name(method, request):
-    """The service a request without a route header names (the only case where the request is decoded): TF
-    Serving's model_spec.name, the Open Inference Protocol's model name."""
+    """The service a request without a route header names: TF Serving's model_spec.name, the Open Inference
+    Protocol's model name. Only that field is decoded (``wire.only``), never the request's values."""
     from google.protobuf.message import DecodeError
 
+    from . import wire
     from .protos import inference_pb2, serving_pb2
     cls, field = {PREDICT: (serving_pb2.PredictRequest, "model_spec"),
                   METADATA: (serving_pb2.GetModelMetadataRequest, "model_spec"),
@@ -112,7 +113,9 @@ def model_name(method, request):
                   MODEL_METADATA: (inference_pb2.ModelMetadataRequest, "name"),
                   MODEL_READY: (inference_pb2.ModelReadyRequest, "name")}[method]
     try:
-        value = getattr(cls.FromString(request), field)
+        value = getattr(cls.FromString(wire.only(request, cls.DESCRIPTOR, field)), field)
+    except wire.WireError as e:
+        raise CallError(e.code, str(e)) from None
     except DecodeError:
         return ""
     return value if isinstance(value, str) else value.name

@@ -285,8 +285,6 @@ def serve(args, on_load_failed=lambda: None):
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from .protos import inference_pb2_grpc, serving_pb2_grpc
-
     limits = ServiceLimits.from_args(args)
     opts = [("grpc.max_receive_message_length", limits.message_bytes),
             ("grpc.max_send_message_length", limits.request_bytes), ("grpc.so_reuseport", 0)]
@@ -305,14 +303,7 @@ def serve(args, on_load_failed=lambda: None):
             h.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
     keys = Path(args.keys_file).read_text().split() if args.keys_file else []
     replica = FpgaReplica(args, keys, healths, on_load_failed)
-    servicer = type("PredictionServicer", (serving_pb2_grpc.PredictionServiceServicer,), {
-        "Predict": lambda self, req, ctx: replica.Predict(req, ctx),
-        "GetModelMetadata": lambda self, req, ctx: replica.GetModelMetadata(req, ctx)})()
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
-    oip_methods = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
-    inference = type("InferenceServicer", (inference_pb2_grpc.GRPCInferenceServiceServicer,), {
-        m: (lambda name: lambda self, req, ctx: getattr(replica, name)(req, ctx))(m) for m in oip_methods})()
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    server.add_generic_rpc_handlers(_handlers(replica, limits))
     health_pb2_grpc.add_HealthServicer_to_server(healths[0], server)
     if args.socket:
         where = f"unix:{args.socket}"
@@ -326,6 +317,38 @@ def serve(args, on_load_failed=lambda: None):
     for s in servers:
         s.start()
     return servers, replica, where
+
+
+def _handlers(replica, limits):
+    """The replica's gRPC services, TF Serving's and the Open Inference Protocol's: each request is judged on the
+    wire (its key, then its fields' counts and what it would decode to) before it is decoded."""
+    import grpc
+    from google.protobuf import message_factory
+    from google.protobuf.message import DecodeError
+
+    from . import oip, tensors, wire
+    from .protos import inference_pb2, serving_pb2
+    caps = {**tensors.wire_caps(limits.max_images), **oip.wire_caps(limits.max_images)}
+
+    def handler(fn, method):
+        request_cls = message_factory.GetMessageClass(method.input_type)
+
+        def behaviour(raw, context):
+            replica._check_key(context)
+            try:
+                wire.check(raw, method.input_type, caps, limits.request_bytes)
+                request = request_cls.FromString(raw)
+            except wire.WireError as e:
+                replica._fail(context, e.code, str(e))
+            except DecodeError as e:
+                replica._fail(context, "INVALID_ARGUMENT", f"the request is not a {method.input_type.name}: {e}")
+            return fn(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour, response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString)
+
+    return [grpc.method_handlers_generic_handler(service.full_name, {
+                m.name: handler(getattr(replica, m.name), m) for m in service.methods})
+            for mod in (serving_pb2, inference_pb2) for service in mod.DESCRIPTOR.services_by_name.values()]
 
 
 def main(argv=None):

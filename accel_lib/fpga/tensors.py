@@ -29,6 +29,13 @@ class TensorTooLarge(ValueError):
         self.limit = limit
 
 
+def wire_caps(max_images: int) -> dict:
+    """The TensorProto fields a request may repeat more than a handful of times, with their caps (``wire.check``):
+    one string per image."""
+    return {"TensorProto.string_val": (max_images, f"max_images={max_images}: at most {max_images} images per "
+                                                   "request")}
+
+
 def to_proto(value, proto_cls):
     """A numpy array (numeric) or a list of bytes (DT_STRING) -> ``proto_cls`` (a TensorProto class)."""
     t = proto_cls()

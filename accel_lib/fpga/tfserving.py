@@ -54,12 +54,12 @@ def _count(items, max_images):
                                             "request. Split it into smaller batches.")
 
 
-def rest_predict_request(body: bytes, service: str, max_images: int) -> tuple:
+def rest_predict_request(body: bytes, service: str, max_images: int, max_bytes: int) -> tuple:
     """A REST predict body -> (PredictRequest bytes, row format?, image count); runs in the REST process pool.
     Any malformed JSON (deep nesting and bad encodings too) is INVALID_ARGUMENT."""
     from . import tensors
     from .protos import serving_pb2, tensorflow_pb2
-    images, rows = parse_rest_predict(oip.load_json(body, "the body"), "images", max_images)
+    images, rows = parse_rest_predict(oip.load_json(body, "the body", max_bytes), "images", max_images)
     req = serving_pb2.PredictRequest()
     req.model_spec.name = service
     req.inputs["images"].CopyFrom(tensors.to_proto(images, tensorflow_pb2.TensorProto))
