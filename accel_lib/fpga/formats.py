@@ -30,6 +30,22 @@ Quantizing one block ``x`` (float32), exactly:
 
 All arithmetic is float32 and exact (``s`` is a power of two; ``|k| < 2**(m+1)``), so the ONNX device graph, which
 applies the same steps with ONNX operators, matches this implementation bit for bit.
+
+The OCP Microscaling (MX v1.0) formats are a modeled extension: Brainwave's Arria 10 had none of them. A block of 32
+values along the same channel axis shares an 8-bit power-of-two scale (E8M0, 2**-127..2**127, 0xFF = NaN); each
+element is a small float with its own exponent (FP8 E4M3 / E5M2, FP6 E3M2 / E2M3, FP4 E2M1) or an 8-bit integer
+in steps of 2**-6 (INT8). Quantizing one block ``x`` (``quantize_mx``), exactly:
+
+1. A NaN or an infinity in the block: the scale is NaN and so is every value of the block.
+2. Shared exponent ``S = floor(log2 max |x|) - emax`` of the element type, clamped to ``[-127, 127]``; an all-zero
+   block takes ``-127``.
+3. Each ``v = x / 2**S``. A float element keeps its own exponent ``p = max(floor(log2 |v|), emin)`` (so subnormals
+   are kept) and ``mbits`` mantissa bits: ``v`` is rounded to a multiple of ``2**(p - mbits)``, half to even (as
+   ONNX's QuantizeLinear rounds to these types, so ``onnx.reference`` checks the rounding too; microxcaling's
+   default is half away from zero). An INT8 element is rounded to a multiple of ``2**-6``, half to even.
+4. Saturation at ``±max_norm`` (INT8: ``±127 * 2**-6``, symmetric: its two's complement -128 is not used, as in
+   microxcaling). A float element keeps the sign of a zero (it has a sign bit); INT8's zero is ``+0.0``.
+5. The result is ``q * 2**S``; a short last block is padded with zeros, as above.
 """
 from __future__ import annotations
 
@@ -117,6 +133,123 @@ def quantize(x, fmt, axis=-1):
     y = np.where(bad, np.float32(np.nan), y)
     y = y.reshape(xm.shape)[..., :n]
     return np.ascontiguousarray(np.moveaxis(y, -1, axis))
+
+
+@dataclass(frozen=True)
+class Element:
+    """An MX element type: a float of ``ebits`` exponent and ``mbits`` mantissa bits (emax: the exponent of its
+    largest normal), or an integer (``ebits == 0``: sign and ``mbits`` magnitude bits, in steps of
+    2**(2 - bits)); ``onnx_type`` names its ONNX TensorProto type."""
+    name: str
+    ebits: int
+    mbits: int
+    emax: int
+    max_norm: float
+    onnx_type: str
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.ebits + self.mbits
+
+    @property
+    def emin(self) -> int:
+        """The exponent of the smallest normal; an integer's is 1, so that its step 2**(emin - mbits) is fixed."""
+        return 2 - 2 ** (self.ebits - 1) if self.ebits else 1
+
+
+ELEMENTS = {
+    "e4m3": Element("e4m3", 4, 3, 8, 448.0, "FLOAT8E4M3FN"),
+    "e5m2": Element("e5m2", 5, 2, 15, 57344.0, "FLOAT8E5M2"),
+    "e3m2": Element("e3m2", 3, 2, 4, 28.0, "FLOAT6E3M2"),
+    "e2m3": Element("e2m3", 2, 3, 2, 7.5, "FLOAT6E2M3"),
+    "e2m1": Element("e2m1", 2, 1, 2, 6.0, "FLOAT4E2M1"),
+    "int8": Element("int8", 0, 7, 0, 127 / 64, "INT8"),
+}
+SCALE_BITS, SCALE_MIN, SCALE_MAX = 8, -127, 127        # E8M0
+
+
+@dataclass(frozen=True)
+class MxFormat:
+    """An OCP MX format: an element type and a block (32 in the specification) sharing one E8M0 scale."""
+    name: str
+    element: Element
+    block: int = 32
+
+    @property
+    def bits_per_value(self) -> float:
+        """Storage per value, the block's shared scale included."""
+        return self.element.bits + SCALE_BITS / self.block
+
+    def with_block(self, block):
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(f"block size must be a whole number >= 1, got {block!r}")
+        return MxFormat(self.name, self.element, block)
+
+    def describe(self):
+        e = self.element
+        kind = "8-bit integer in steps of 2^-6" if e.name == "int8" else f"E{e.ebits}M{e.mbits} float"
+        return (f"{self.name}: a {kind} per value, an 8-bit power-of-two scale shared per block of {self.block} "
+                "along the channel axis (OCP MX v1.0)")
+
+
+MX_FORMATS = {
+    "mxfp8-e4m3": MxFormat("mxfp8-e4m3", ELEMENTS["e4m3"]),
+    "mxfp8-e5m2": MxFormat("mxfp8-e5m2", ELEMENTS["e5m2"]),
+    "mxfp6-e3m2": MxFormat("mxfp6-e3m2", ELEMENTS["e3m2"]),
+    "mxfp6-e2m3": MxFormat("mxfp6-e2m3", ELEMENTS["e2m3"]),
+    "mxfp4": MxFormat("mxfp4", ELEMENTS["e2m1"]),
+    "mxint8": MxFormat("mxint8", ELEMENTS["int8"]),
+}
+
+
+def _blocks(x, block, axis):
+    """x (float32) as [..., blocks, block] along ``axis``, zero-padded; and how to undo it."""
+    axis = axis % x.ndim
+    xm = np.moveaxis(x, axis, -1)
+    n = xm.shape[-1]
+    nb = -(-n // block)
+    if nb * block != n:
+        xm = np.concatenate([xm, np.zeros(xm.shape[:-1] + (nb * block - n,), np.float32)], axis=-1)
+
+    def back(y):
+        return np.ascontiguousarray(np.moveaxis(y.reshape(xm.shape)[..., :n], -1, axis))
+    return xm.reshape(xm.shape[:-1] + (nb, block)), back
+
+
+def mx_encode(x, fmt, axis=-1):
+    """The MX form of ``x``: (element values q as float32, each exactly one of the element type's values, NaN in a
+    NaN block; the shared exponent S per block, int32, with SCALE_MAX + 1 for a NaN scale), both blocked as
+    [..., blocks, block] and [..., blocks, 1] along ``axis``; ``x = q * 2**S`` once quantized."""
+    if isinstance(fmt, str):
+        fmt = MX_FORMATS[fmt]
+    e = fmt.element
+    blocks, _ = _blocks(np.asarray(x, np.float32), fmt.block, axis)
+    bad = ~np.isfinite(blocks).all(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        amax = np.where(bad, np.float32(1), np.abs(blocks).max(axis=-1, keepdims=True))
+    _, ex = np.frexp(amax)                              # amax = f * 2**ex, f in [0.5, 1): floor(log2) = ex - 1
+    shared = np.where(amax == 0, SCALE_MIN, np.clip(ex.astype(np.int32) - 1 - e.emax, SCALE_MIN, SCALE_MAX))
+    v = np.ldexp(np.where(bad, np.float32(0), blocks), -shared).astype(np.float32)
+    _, pe = np.frexp(v)
+    p = np.maximum(pe.astype(np.int32) - 1, e.emin) if e.ebits else e.emin       # an integer's step is fixed
+    step_exp = p - e.mbits
+    q = np.ldexp(np.rint(np.ldexp(v, -step_exp)), step_exp).astype(np.float32)
+    q = np.clip(q, np.float32(-e.max_norm), np.float32(e.max_norm))
+    if not e.ebits:
+        q = q + np.float32(0)                           # an integer's zero has no sign: -0.0 + 0.0 == +0.0
+    q = np.where(bad, np.float32(np.nan), q)
+    return q, np.where(bad, SCALE_MAX + 1, shared).astype(np.int32)
+
+
+def quantize_mx(x, fmt, axis=-1):
+    """Quantize ``x`` to the MX format ``fmt`` (an MxFormat or a name) with blocks along ``axis``; float32."""
+    if isinstance(fmt, str):
+        fmt = MX_FORMATS[fmt]
+    x = np.asarray(x, np.float32)
+    q, shared = mx_encode(x, fmt, axis)
+    with np.errstate(invalid="ignore"):
+        y = np.where(shared > SCALE_MAX, np.float32(np.nan), np.ldexp(q, np.minimum(shared, SCALE_MAX)))
+    return _blocks(x, fmt.block, axis)[1](y.astype(np.float32))
 
 
 def sqnr_db(reference, approx):
