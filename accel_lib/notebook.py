@@ -115,7 +115,7 @@ def bits_per_value(numeric_format, block=None):
     """Storage per value: sign + mantissa bits, plus the shared exponent spread over its block (32 for fp32)."""
     from .fpga import formats
     f = formats.get(numeric_format, block)
-    return 32.0 if f is None else 1 + f.mantissa_bits + f.exponent_bits / f.block
+    return 32.0 if f is None else f.bits_per_value
 
 
 def format_table():

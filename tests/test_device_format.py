@@ -26,6 +26,21 @@ def test_ms_fp9_conversion_records_format_checks_and_report(converted_q, capsys)
     assert "device check (ms-fp9)" in op.get_log()
 
 
+def test_an_mx_format_converts_with_the_same_checks_and_fields(converted, capsys):
+    """MXFP4 through the same conversion option: the manifest, the device check and the report, as for ms-fp9."""
+    from accel_lib import AccelOnnxConverter
+    ws, src, _ = converted
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format="mxfp4")
+    assert op.wait_for_completion(timeout=600), op.get_log()
+    m = op.result.manifest
+    assert (m.numeric_format, m.device.block_size, m.device.quantized_layers) == ("mxfp4", 32, 53)
+    assert "OCP MX" in m.device.format and "E2M1" in m.device.format
+    assert m.device_check.max_rel_diff < 1e-4 and m.device_check.top1_agreement == 1.0
+    rep = load_report(op.result)
+    assert len(rep.layers) == 53 and all(0 < r.weight_sqnr_db < 30 for r in rep.layers)
+    assert "device check (mxfp4)" in op.get_log()
+
+
 def test_bad_format_arguments_fail_at_once(converted):
     from accel_lib import AccelOnnxConverter, UserError
     ws, src, _ = converted

@@ -86,7 +86,7 @@ def vectors(name, shape, nonneg, seed=""):
     return x
 
 
-@pytest.mark.parametrize("name", ["ms-fp8", "ms-fp9", "msfp12", "msfp16"])
+@pytest.mark.parametrize("name", [n for n in formats.NAMES if n != "fp32"])
 @pytest.mark.parametrize("shape, axis", [((2, 256, 5, 5), 1), ((2, 64, 3, 3), 1), ((3, 300, 2, 2), 1),
                                          ((4, 200), 1), ((5, 37), -1)])
 @pytest.mark.parametrize("nonneg", [False, True])

@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from accel_lib.fpga import formats
+from accel_lib.fpga import device, formats, kernel
 
 ONNX_TYPES = ("mxfp8-e4m3", "mxfp8-e5m2", "mxfp4", "mxint8")     # QuantizeLinear takes these (FP6: not in onnx 1.23)
 ML = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -154,3 +154,20 @@ def test_scale_edges_and_bits_per_value():
     assert {n: f.bits_per_value for n, f in formats.MX_FORMATS.items()} == {
         "mxfp8-e4m3": 8.25, "mxfp8-e5m2": 8.25, "mxfp6-e3m2": 6.25, "mxfp6-e2m3": 6.25, "mxfp4": 4.25, "mxint8": 8.25}
     assert list(itertools.islice(formats.MX_FORMATS.values(), 1))[0].with_block(16).bits_per_value == 8.5
+
+
+@pytest.mark.parametrize("name", sorted(formats.MX_FORMATS))
+@pytest.mark.parametrize("quantizer", ["onnx", "fused"])
+def test_the_device_quantizes_ties_edges_and_saturation_as_the_specification(name, quantizer):
+    """The device's two quantizers (the pure-ONNX subgraph and the fused operator) on the tie, saturation, zero,
+    subnormal, NaN and Inf rows above: quantize_mx bit for bit."""
+    if quantizer == "fused" and not kernel.available():
+        pytest.skip(f"the fused quantizer is not built ({kernel.LIBRARY}); `make kernel` builds it")
+    x = _inputs(np.random.default_rng(9))
+    for nonneg in (False, True):
+        xi = np.where(np.isnan(x), x, np.abs(x)) if nonneg else x
+        model = device.quantizer_model(xi.shape, 1, name, nonneg)
+        got = device.session(model, kernel=quantizer).run(None, {"x": xi})[0]
+        spec = formats.quantize_mx(xi, name, axis=1)
+        assert np.array_equal(np.isnan(got), np.isnan(spec))
+        assert np.array_equal(_bits(got[~np.isnan(got)]), _bits(spec[~np.isnan(spec)])), (name, quantizer, nonneg)

@@ -57,21 +57,27 @@ def quantizer_nodes(x, y, axis, channels, rank, fmt, prefix, nonnegative=False):
     s = node("ReduceSum", [a, red], keepdims=1)
     bad = node("Or", [node("IsNaN", [s]), node("IsInf", [m])])
     one, two = c("one", 1.0), c("two", 2.0)
+
+    def floor_log2(v, tag):
+        """floor(log2 v) for v > 0, exactly: Log's estimate, corrected by one either way against 2**e."""
+        e0 = node("Floor", [node("Mul", [node("Log", [v]), c(f"inv_ln2{tag}", 1.0 / np.log(2.0))])])
+        p = node("Pow", [two, e0])
+        up = node("Cast", [node("GreaterOrEqual", [v, node("Mul", [p, two])])], to=TensorProto.FLOAT)
+        down = node("Cast", [node("Less", [v, p])], to=TensorProto.FLOAT)
+        return node("Sub", [node("Add", [e0, up]), down])
     m1 = node("Where", [bad, one, m])
-    e0 = node("Floor", [node("Mul", [node("Log", [m1]), c("inv_ln2", 1.0 / np.log(2.0))])])
-    p = node("Pow", [two, e0])
-    up = node("Cast", [node("GreaterOrEqual", [m1, node("Mul", [p, two])])], to=TensorProto.FLOAT)
-    down = node("Cast", [node("Less", [m1, p])], to=TensorProto.FLOAT)
-    e = node("Clip", [node("Sub", [node("Add", [e0, up]), down]), c("emin", float(fmt.emin)),
-                      c("emax", float(fmt.emax))])
-    step = node("Pow", [two, node("Add", [e, c("shift", float(1 - fmt.mantissa_bits))])])
-    step = node("Where", [bad, c("nan", np.nan), step])
-    k = node("Floor", [node("Add", [node("Div", [a, step]), c("half", 0.5)])])
-    k = node("Min", [k, c("kmax", float(fmt.kmax))])
-    q = node("Mul", [k, step])
-    if not nonnegative:
-        # sign back on; 0 - (+0) is +0, so a zero result stays +0.0 (an optimizer may drop "+ 0.0", not this)
-        q = node("Where", [node("Less", [blocked, c("zero", 0.0)]), node("Sub", [c("zero2", 0.0), q]), q])
+    if isinstance(fmt, formats.MxFormat):
+        q = _mx_element_nodes(node, c, floor_log2, blocked, m1, bad, fmt)
+    else:
+        e = node("Clip", [floor_log2(m1, ""), c("emin", float(fmt.emin)), c("emax", float(fmt.emax))])
+        step = node("Pow", [two, node("Add", [e, c("shift", float(1 - fmt.mantissa_bits))])])
+        step = node("Where", [bad, c("nan", np.nan), step])
+        k = node("Floor", [node("Add", [node("Div", [a, step]), c("half", 0.5)])])
+        k = node("Min", [k, c("kmax", float(fmt.kmax))])
+        q = node("Mul", [k, step])
+        if not nonnegative:
+            # sign back on; 0 - (+0) is +0, so a zero result stays +0.0 (an optimizer may drop "+ 0.0", not this)
+            q = node("Where", [node("Less", [blocked, c("zero", 0.0)]), node("Sub", [c("zero2", 0.0), q]), q])
     if pad:
         full = node("Reshape", [q, node("Shape", [src])])
         node("Slice", [full, c("starts", [0], np.int64), c("ends", [channels], np.int64),
@@ -81,6 +87,28 @@ def quantizer_nodes(x, y, axis, channels, rank, fmt, prefix, nonnegative=False):
     return n, inits
 
 
+
+
+def _mx_element_nodes(node, c, floor_log2, blocked, m1, bad, fmt):
+    """formats.quantize_mx's steps 2-5 on the blocked tensor (NaN where ``bad``): the shared scale 2**S, each
+    element rounded half to even (ONNX's Round) at its own exponent's step, saturated, scaled back."""
+    e = fmt.element
+    shared = node("Clip", [node("Sub", [floor_log2(m1, ""), c("emax", float(e.emax))]),
+                           c("smin", float(formats.SCALE_MIN)), c("smax", float(formats.SCALE_MAX))])
+    scale = node("Where", [bad, c("nan", np.nan), node("Pow", [c("two_s", 2.0), shared])])
+    v = node("Div", [blocked, scale])
+    if e.ebits:      # a zero's Log is -inf: floor_log2 gives -inf or NaN there, and Max(NaN, emin) is not emin
+        av = node("Abs", [v])
+        safe = node("Where", [node("Equal", [av, c("zero", 0.0)]), c("one_v", 1.0), av])
+        p = node("Max", [floor_log2(safe, "_v"), c("emin", float(e.emin))])
+        step = node("Pow", [c("two_p", 2.0), node("Sub", [p, c("mbits", float(e.mbits))])])
+    else:
+        step = c("step", 2.0 ** (e.emin - e.mbits))
+    q = node("Mul", [node("Round", [node("Div", [v, step])]), step])
+    q = node("Clip", [q, c("lo", -e.max_norm), c("hi", e.max_norm)])
+    if not e.ebits:      # an integer's zero has no sign: 0 - (-q) is q, and +0.0 for either zero
+        q = node("Sub", [c("zero_i", 0.0), node("Neg", [q])])
+    return node("Mul", [q, scale])
 
 
 _KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten",

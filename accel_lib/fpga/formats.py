@@ -74,6 +74,11 @@ class Format:
     def kmax(self):
         return 2 ** self.mantissa_bits - 1
 
+    @property
+    def bits_per_value(self) -> float:
+        """Storage per value, the block's shared exponent included."""
+        return 1 + self.mantissa_bits + self.exponent_bits / self.block
+
     def with_block(self, block):
         """The same format with another block size."""
         if not isinstance(block, int) or block < 1:
@@ -91,26 +96,17 @@ FORMATS = {
     "msfp12": Format("msfp12", 3, 8, 16),
     "msfp16": Format("msfp16", 7, 8, 16),
 }
-NAMES = ("fp32", *FORMATS)
-
-
-def get(name, block=None):
-    """The Format called ``name`` (None for fp32), optionally with another block size."""
-    if name == "fp32":
-        return None
-    if name not in FORMATS:
-        raise ValueError(f"unknown numeric format {name!r}; choose one of {list(NAMES)}")
-    f = FORMATS[name]
-    return f if block is None else f.with_block(block)
 
 
 def quantize(x, fmt, axis=-1):
-    """Quantize ``x`` to ``fmt`` (a Format or a name) with blocks along ``axis``; returns float32."""
+    """Quantize ``x`` to ``fmt`` (a Format, an MxFormat or a name) with blocks along ``axis``; returns float32."""
     if isinstance(fmt, str):
         fmt = get(fmt)
     x = np.asarray(x, dtype=np.float32)
     if fmt is None:
         return x.copy()
+    if isinstance(fmt, MxFormat):
+        return quantize_mx(x, fmt, axis)
     axis = axis % x.ndim
     xm = np.moveaxis(x, axis, -1)
     n = xm.shape[-1]
@@ -202,6 +198,19 @@ MX_FORMATS = {
 }
 
 
+NAMES = ("fp32", *FORMATS, *MX_FORMATS)
+
+
+def get(name, block=None):
+    """The format called ``name`` (a Format or an MxFormat; None for fp32), optionally with another block size."""
+    if name == "fp32":
+        return None
+    f = FORMATS.get(name) or MX_FORMATS.get(name)
+    if f is None:
+        raise ValueError(f"unknown numeric format {name!r}; choose one of {list(NAMES)}")
+    return f if block is None else f.with_block(block)
+
+
 def _blocks(x, block, axis):
     """x (float32) as [..., blocks, block] along ``axis``, zero-padded; and how to undo it."""
     axis = axis % x.ndim
@@ -221,7 +230,7 @@ def mx_encode(x, fmt, axis=-1):
     NaN block; the shared exponent S per block, int32, with SCALE_MAX + 1 for a NaN scale), both blocked as
     [..., blocks, block] and [..., blocks, 1] along ``axis``; ``x = q * 2**S`` once quantized."""
     if isinstance(fmt, str):
-        fmt = MX_FORMATS[fmt]
+        fmt = get(fmt)
     e = fmt.element
     blocks, _ = _blocks(np.asarray(x, np.float32), fmt.block, axis)
     bad = ~np.isfinite(blocks).all(axis=-1, keepdims=True)
@@ -244,7 +253,7 @@ def mx_encode(x, fmt, axis=-1):
 def quantize_mx(x, fmt, axis=-1):
     """Quantize ``x`` to the MX format ``fmt`` (an MxFormat or a name) with blocks along ``axis``; float32."""
     if isinstance(fmt, str):
-        fmt = MX_FORMATS[fmt]
+        fmt = get(fmt)
     x = np.asarray(x, np.float32)
     q, shared = mx_encode(x, fmt, axis)
     with np.errstate(invalid="ignore"):

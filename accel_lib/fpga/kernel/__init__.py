@@ -1,4 +1,5 @@
-"""The fused device quantizer: ``accel_lib.device::BfpQuantize``, a compiled ONNX Runtime custom operator.
+"""The fused device quantizers: ``accel_lib.device::BfpQuantize`` and ``MxQuantize``, compiled ONNX Runtime custom
+operators.
 
 This module owns the operator's contract (domain, name, attributes), where the built library lives, and how it is
 built: ``python -m accel_lib.fpga.kernel build`` compiles ``bfp_quantize.cc`` with the machine's C++ compiler
@@ -19,6 +20,7 @@ from pathlib import Path
 
 DOMAIN = "accel_lib.device"
 OP = "BfpQuantize"
+MX_OP = "MxQuantize"
 SOURCE = Path(__file__).with_name("bfp_quantize.cc")
 LIBRARY = Path(__file__).with_name("_build") / "libaccel_bfp.so"
 HEADERS_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"        # ONNX Runtime 1.29's headers (C API version 29)
@@ -33,8 +35,15 @@ CXXFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPI
 
 
 def make_node(x, y, axis, fmt, name):
-    """The one fused node computing y = formats.quantize(x, fmt, axis)."""
+    """The one fused node computing y = formats.quantize(x, fmt, axis) (a block floating-point or an MX format)."""
     from onnx import helper
+
+    from .. import formats
+    if isinstance(fmt, formats.MxFormat):
+        e = fmt.element
+        return helper.make_node(MX_OP, [x], [y], name=name, domain=DOMAIN, axis=int(axis), block=int(fmt.block),
+                                exponent_bits=e.ebits, mantissa_bits=e.mbits, emin=e.emin, emax=e.emax,
+                                max_norm=float(e.max_norm))
     return helper.make_node(OP, [x], [y], name=name, domain=DOMAIN, axis=int(axis), block=int(fmt.block),
                             mantissa_bits=int(fmt.mantissa_bits), emin=int(fmt.emin), emax=int(fmt.emax))
 
