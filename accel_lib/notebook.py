@@ -119,13 +119,17 @@ def bits_per_value(numeric_format, block=None):
 
 
 def format_table():
-    """Print each device format's bit layout: element bits, shared exponent, block, bits per value."""
+    """Print each device format's bit layout: element, shared exponent or scale, block, bits per value."""
     from .fpga import formats
-    print(f"{'format':<8}{'element':>20}{'shared exponent':>17}{'block':>7}{'bits/value':>12}")
+    print(f"{'format':<12}{'element':>22}{'shared per block':>22}{'block':>7}{'bits/value':>12}")
     for name, f in formats.FORMATS.items():
-        print(f"{name:<8}{f'sign + {f.mantissa_bits} bits':>20}{f'{f.exponent_bits} bits':>17}{f.block:>7}"
-              f"{bits_per_value(name):>12.2f}")
-    print(f"{'fp32':<8}{'IEEE single':>20}{'-':>17}{'-':>7}{32:>12.2f}")
+        print(f"{name:<12}{f'sign + {f.mantissa_bits} bits':>22}{f'{f.exponent_bits}-bit exponent':>22}"
+              f"{f.block:>7}{f.bits_per_value:>12.2f}")
+    for name, f in formats.MX_FORMATS.items():
+        e = f.element
+        element = "int8 (steps of 2^-6)" if not e.ebits else f"E{e.ebits}M{e.mbits} float"
+        print(f"{name:<12}{element:>22}{'8-bit scale (E8M0)':>22}{f.block:>7}{f.bits_per_value:>12.2f}")
+    print(f"{'fp32':<12}{'IEEE single':>22}{'-':>22}{'-':>7}{32:>12.2f}")
 
 
 def worked_example(values, numeric_format="ms-fp9", block=None):
@@ -134,6 +138,8 @@ def worked_example(values, numeric_format="ms-fp9", block=None):
     from .fpga import formats
     f = formats.get(numeric_format, block or len(values))
     x = np.asarray(values, np.float32)
+    if isinstance(f, formats.MxFormat):
+        return _worked_mx(x, f)
     m = float(np.abs(x).max())
     e = int(np.clip(np.floor(np.log2(m)), f.emin, f.emax)) if m > 0 else f.emin
     step = 2.0 ** (e - f.mantissa_bits + 1)
@@ -145,6 +151,22 @@ def worked_example(values, numeric_format="ms-fp9", block=None):
     for xi, ki, qi in zip(x, k, q):
         print(f"{xi:>12.6g}{int(ki):>22d}{qi:>14.6g}{qi - xi:>12.3g}")
     return q
+
+
+def _worked_mx(x, f):
+    """worked_example for an OCP MX format: the shared scale, then each element at its own exponent."""
+    from .fpga import formats
+    q, shared = formats.mx_encode(x, f)
+    s = int(shared.ravel()[0])
+    y = formats.quantize(x, f)
+    e = f.element
+    print(f"{f.describe()}\nmax |x| = {float(np.abs(x).max()):.6g} -> shared scale 2^S with S = floor(log2 max) - "
+          f"{e.emax} = {s} (the element's largest exponent is {e.emax}); each v = x / 2^S is rounded to the nearest "
+          f"{e.name} value (ties to even), at most {e.max_norm:g}")
+    print(f"{'x':>12}{'v = x/2^S':>14}{'element':>10}{'value':>14}{'error':>12}")
+    for xi, qi, yi in zip(x, q.ravel(), y):
+        print(f"{xi:>12.6g}{float(np.ldexp(xi, -s)):>14.6g}{qi:>10.4g}{yi:>14.6g}{yi - xi:>12.3g}")
+    return y
 
 
 def picture_grid(images, titles, columns=10):
@@ -184,7 +206,8 @@ class FormatResult:
 
 
 FORMAT_COLOURS = {"fp32": "black", "ms-fp8": "tab:red", "ms-fp9": "tab:blue", "msfp12": "tab:orange",
-                  "msfp16": "tab:green"}
+                  "msfp16": "tab:green", "mxfp8-e4m3": "tab:purple", "mxfp8-e5m2": "tab:pink",
+                  "mxfp6-e3m2": "tab:brown", "mxfp6-e2m3": "tab:olive", "mxfp4": "tab:cyan", "mxint8": "gold"}
 BLOCK_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
@@ -244,7 +267,7 @@ def print_format_results(results):
     and SQNR."""
     labelled = results[0].accuracy is not None
     head = f"{'held-out accuracy':>19}" if labelled else f"{'top-1 agree':>13}{'top-5 agree':>13}{'logit SQNR':>12}"
-    print(f"{'format':<8}{'block':>6}{'bits/value':>12}{head}{'feature SQNR':>14}")
+    print(f"{'format':<12}{'block':>6}{'bits/value':>12}{head}{'feature SQNR':>14}")
     for r in results:
         sqnr = f"{r.report.feature_sqnr_db:.1f} dB" if r.report else "-"
         if labelled:
@@ -252,7 +275,7 @@ def print_format_results(results):
         else:
             logit = "-" if r.format == "fp32" else f"{r.logit_sqnr_db:.1f} dB"
             cols = f"{r.top1_agreement:>13.1%}{r.top5_agreement:>13.1%}{logit:>12}"
-        print(f"{r.format:<8}{str(r.block or '-'):>6}{r.bits:>12.2f}{cols}{sqnr:>14}")
+        print(f"{r.format:<12}{str(r.block or '-'):>6}{r.bits:>12.2f}{cols}{sqnr:>14}")
 
 
 def _style(r, results):
@@ -322,6 +345,7 @@ def format_findings(results, random_report=None) -> list[str]:
                  "no steady trend with the block size here")
         lines.append(f"{fmt} at blocks {', '.join(str(r.block) for r in rs)}: "
                      f"{', '.join(f'{v:.1%}' for v in vals)}: {trend}.")
+    lines += _family_findings(results[1:], score, what, base)
     if random_report is not None:
         trained = next((r.report for r in results if r.format == "ms-fp9" and r.block == 128 and r.report), None)
         if trained is not None:
@@ -330,6 +354,31 @@ def format_findings(results, random_report=None) -> list[str]:
                          f"{random_report.feature_sqnr_db:.1f} dB: "
                          + ("about the same" if abs(d) < 1.0 else f"{abs(d):.1f} dB {'higher' if d > 0 else 'lower'}"
                             " for the trained network") + ".")
+    return lines
+
+
+def _family_findings(results, score, what, base) -> list[str]:
+    """Brainwave's and MSFP's formats against the OCP MX ones, from the measured results: each MX format beside
+    the other family's format nearest in bits per value, and the fewest bits within a point of fp32."""
+    from .fpga import formats
+    mx = [r for r in results if r.format in formats.MX_FORMATS and r.block == formats.MX_FORMATS[r.format].block]
+    bfp = [r for r in results if r.format in formats.FORMATS and r.block == formats.FORMATS[r.format].block]
+    lines = []
+    for r in mx:
+        if bfp:
+            o = min(bfp, key=lambda b: (abs(b.bits - r.bits), b.bits))
+            d = 100 * (score(r) - score(o))
+            verdict = ("the same" if abs(d) < 0.05 else f"{abs(d):.1f} points {'higher' if d > 0 else 'lower'} "
+                       f"for {r.format}")
+            lines.append(f"{r.format} ({r.bits:.2f} bits a value) beside {o.format} ({o.bits:.2f}): {what} "
+                         f"{score(r):.1%} and {score(o):.1%}, {verdict}.")
+    close = [r for r in results if score(r) >= base - 0.01]
+    if close:
+        best = min(close, key=lambda r: (r.bits, -score(r)))
+        lines.append(f"The fewest bits a value within a point of fp32 here: {best.label} at {best.bits:.2f} bits "
+                     f"({what} {score(best):.1%}).")
+    else:
+        lines.append("No format came within a point of fp32 here.")
     return lines
 
 

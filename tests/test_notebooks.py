@@ -12,6 +12,7 @@ import pytest
 
 from accel_lib import Model, Workspace, samples, tutorial
 from accel_lib.conversion import checks
+from accel_lib.fpga import formats
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -144,10 +145,11 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert "8 training scenes" in out7 and "measured on my-scenes" in out7 and "computed in fp32" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 24 and "computed in fp32" in out8 and "chance 33%" in out8
-    rows = [l.split() for l in out9.splitlines() if l.split()[:1] in (["fp32"], ["ms-fp8"], ["ms-fp9"], ["msfp12"],
-                                                                       ["msfp16"]) and l.rstrip().endswith(("dB", "-"))]
-    assert [(r[0], r[1]) for r in rows] == 2 * [("fp32", "-"), ("ms-fp8", "128"), ("ms-fp9", "128"), ("msfp12", "16"),
-                                                ("msfp16", "16"), ("ms-fp9", "16")]   # the trained and the pretrained
+    rows = [l.split() for l in out9.splitlines() if l.split()[:1] and l.split()[0] in formats.NAMES
+            and l.rstrip().endswith(("dB", "-"))]
+    every = ([("fp32", "-"), ("ms-fp8", "128"), ("ms-fp9", "128"), ("msfp12", "16"), ("msfp16", "16")]
+             + [(name, "32") for name in formats.MX_FORMATS] + [("ms-fp9", "16")])
+    assert [(r[0], r[1]) for r in rows] == 2 * every                   # the trained and the pretrained network
     assert "models left: []" in out9 and "trained here (trained(seed=0, 300 generated images, 2 epochs))" in out9
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name

@@ -184,7 +184,7 @@ class MxFormat:
     def describe(self):
         e = self.element
         kind = "8-bit integer in steps of 2^-6" if e.name == "int8" else f"E{e.ebits}M{e.mbits} float"
-        return (f"{self.name}: a {kind} per value, an 8-bit power-of-two scale shared per block of {self.block} "
+        return (f"{self.name}: an {kind} per value, an 8-bit power-of-two scale shared per block of {self.block} "
                 "along the channel axis (OCP MX v1.0)")
 
 
