@@ -59,6 +59,8 @@ def _field(buf, pos, end):
 
 
 class _Census:
+    """One walk of a message: occurrences counted per field and in all, the decoded size estimated as it goes."""
+
     def __init__(self, caps, budget):
         self.caps, self.budget, self.others, self.decoded = caps, budget, 0, 0
 
