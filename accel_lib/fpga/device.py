@@ -87,8 +87,6 @@ def quantizer_nodes(x, y, axis, channels, rank, fmt, prefix, nonnegative=False):
     return n, inits
 
 
-
-
 def _mx_element_nodes(node, c, floor_log2, blocked, m1, bad, fmt):
     """formats.quantize_mx's steps 2-5 on the blocked tensor (NaN where ``bad``): the shared scale 2**S, each
     element rounded half to even (ONNX's Round) at its own exponent's step, saturated, scaled back."""

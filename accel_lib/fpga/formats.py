@@ -107,14 +107,7 @@ def quantize(x, fmt, axis=-1):
         return x.copy()
     if isinstance(fmt, MxFormat):
         return quantize_mx(x, fmt, axis)
-    axis = axis % x.ndim
-    xm = np.moveaxis(x, axis, -1)
-    n = xm.shape[-1]
-    nb = -(-n // fmt.block)
-    pad = nb * fmt.block - n
-    if pad:
-        xm = np.concatenate([xm, np.zeros(xm.shape[:-1] + (pad,), np.float32)], axis=-1)
-    blocks = xm.reshape(xm.shape[:-1] + (nb, fmt.block))
+    blocks, back = _blocks(x, fmt.block, axis)
     bad = ~np.isfinite(blocks).all(axis=-1, keepdims=True)
     a = np.abs(blocks)
     with np.errstate(invalid="ignore"):
@@ -126,9 +119,7 @@ def quantize(x, fmt, axis=-1):
         k = np.floor(a / step + np.float32(0.5))
         k = np.minimum(k, np.float32(fmt.kmax))
         y = (np.copysign(k * step, blocks) + np.float32(0)).astype(np.float32)   # -0.0 + 0.0 == +0.0
-    y = np.where(bad, np.float32(np.nan), y)
-    y = y.reshape(xm.shape)[..., :n]
-    return np.ascontiguousarray(np.moveaxis(y, -1, axis))
+    return back(np.where(bad, np.float32(np.nan), y))
 
 
 @dataclass(frozen=True)
@@ -231,8 +222,11 @@ def mx_encode(x, fmt, axis=-1):
     [..., blocks, block] and [..., blocks, 1] along ``axis``; ``x = q * 2**S`` once quantized."""
     if isinstance(fmt, str):
         fmt = get(fmt)
-    e = fmt.element
-    blocks, _ = _blocks(np.asarray(x, np.float32), fmt.block, axis)
+    return _mx_encode_blocks(_blocks(np.asarray(x, np.float32), fmt.block, axis)[0], fmt.element)
+
+
+def _mx_encode_blocks(blocks, e):
+    """mx_encode of an already blocked float32 array, element type ``e``."""
     bad = ~np.isfinite(blocks).all(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore"):
         amax = np.where(bad, np.float32(1), np.abs(blocks).max(axis=-1, keepdims=True))
@@ -254,11 +248,11 @@ def quantize_mx(x, fmt, axis=-1):
     """Quantize ``x`` to the MX format ``fmt`` (an MxFormat or a name) with blocks along ``axis``; float32."""
     if isinstance(fmt, str):
         fmt = get(fmt)
-    x = np.asarray(x, np.float32)
-    q, shared = mx_encode(x, fmt, axis)
+    blocks, back = _blocks(np.asarray(x, np.float32), fmt.block, axis)
+    q, shared = _mx_encode_blocks(blocks, fmt.element)
     with np.errstate(invalid="ignore"):
         y = np.where(shared > SCALE_MAX, np.float32(np.nan), np.ldexp(q, np.minimum(shared, SCALE_MAX)))
-    return _blocks(x, fmt.block, axis)[1](y.astype(np.float32))
+    return back(y.astype(np.float32))
 
 
 def sqnr_db(reference, approx):

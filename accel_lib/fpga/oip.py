@@ -178,16 +178,17 @@ def json_cost(text: bytes) -> int:
     quotes), containers and members (colons). Signs inside strings only make it larger."""
     opens = text.count(b"[") + text.count(b"{")
     values = text.count(b",") + opens - text.count(b"[]") - text.count(b"{}") + 1
-    return ((2 if text.isascii() else 8) * len(text) + JSON_VALUE * values + JSON_STRING * (text.count(b'"') // 2) + JSON_CONTAINER * opens
-            + JSON_MEMBER * text.count(b":"))
+    return ((2 if text.isascii() else 8) * len(text) + JSON_VALUE * values + JSON_STRING * (text.count(b'"') // 2)
+            + JSON_CONTAINER * opens + JSON_MEMBER * text.count(b":"))
 
 
 def load_json(text: bytes, what="the inference header", max_bytes=None):
     """A request's JSON object (TF Serving's REST body or the protocol's inference header); any malformed JSON,
     deep nesting and bad encodings too, is INVALID_ARGUMENT, and so is a document that is not an object. One whose
     parse would take more than ``max_bytes`` (``json_cost``) is RESOURCE_EXHAUSTED before it is parsed."""
-    if max_bytes is not None and json_cost(text) > max_bytes:
-        raise ProtocolError("RESOURCE_EXHAUSTED", f"{what} would take up to {json_cost(text) / 2**20:,.0f} MB to "
+    cost = None if max_bytes is None else json_cost(text)
+    if cost is not None and cost > max_bytes:
+        raise ProtocolError("RESOURCE_EXHAUSTED", f"{what} would take up to {cost / 2**20:,.0f} MB to "
                                                   f"parse, more than max_request_mb={max_bytes / 2**20:g} allows: "
                                                   "send fewer values in a request (images as base64 take least), or "
                                                   "deploy with a larger max_request_mb.")
