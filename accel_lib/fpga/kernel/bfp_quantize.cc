@@ -258,6 +258,16 @@ struct MxKernel {
   }
 };
 
+// Shape inference: the output's type and shape are the input's, symbolic dimensions included. Known shapes let ONNX
+// Runtime prove a residual Add's operands alike and fuse the Add and ReLU into the convolution before them; without
+// them they run on their own. (Set through the C API: the C++ wrapper's SetOutputShape drops symbolic dimensions.)
+OrtStatusPtr ORT_API_CALL same_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi& api = Ort::GetApi();
+  OrtTensorTypeAndShapeInfo* in = nullptr;      // owned by the context
+  if (OrtStatusPtr status = api.ShapeInferContext_GetInputTypeShape(ctx, 0, &in)) return status;
+  return api.ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+}
+
 template <class Op, class Kernel, const char* Name>
 struct CpuOp : Ort::CustomOpBase<Op, Kernel> {
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
@@ -267,6 +277,7 @@ struct CpuOp : Ort::CustomOpBase<Op, Kernel> {
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  CpuOp() { OrtCustomOp::InferOutputShapeFn = same_shape; }
 };
 
 constexpr char kBfpName[] = "BfpQuantize";
