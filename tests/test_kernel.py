@@ -135,13 +135,20 @@ def residual_block(channels=32, quantized=True):
 def test_the_fused_operator_declares_its_output_shape_so_a_residual_add_and_relu_fuse(fused, tmp_path):
     import onnx
     import onnxruntime as ort
-    opts = kernel.register(ort.SessionOptions())
-    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    sess = ort.InferenceSession(residual_block().SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def optimized(model, tag):
+        opts = kernel.register(ort.SessionOptions())
+        opts.optimized_model_filepath = str(tmp_path / f"{tag}.onnx")
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return sess, [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    sess, ops = optimized(residual_block(), "quantized")
+    _, fp32_ops = optimized(residual_block(quantized=False), "fp32")
     assert sess.get_outputs()[0].shape == ["n", 32, 8, 8]          # the symbolic batch survives the operator
-    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
-    # ONNX Runtime proves the Add's operands alike only from known shapes; then Add and ReLU ride in the Conv
-    assert ops.count(kernel.OP) == 3 and "Add" not in ops and "Relu" not in ops, ops
+    # ONNX Runtime proves the Add's operands alike only from known shapes; with them, the Add and ReLU fuse into the
+    # convolution as they do in fp32 (on this kind of CPU: into NCHWc convolutions)
+    assert ops.count(kernel.OP) == 3, ops
+    for op in ("Add", "Relu"):
+        assert ops.count(op) == fp32_ops.count(op), (op, ops, fp32_ops)
     x = np.random.default_rng(1).standard_normal((2, 32, 8, 8)).astype(np.float32)
     w = [np.asarray(onnx.numpy_helper.to_array(i), np.float64)[:, :, 0, 0] for i in residual_block().graph.initializer]
     conv = lambda v, k: np.einsum("oc,nchw->nohw", w[k], v)  # noqa: E731   (1x1 convolutions)
