@@ -141,7 +141,8 @@ def test_the_fused_operator_declares_its_output_shape_so_a_residual_add_and_relu
         opts.optimized_model_filepath = str(tmp_path / f"{tag}.onnx")
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         return sess, [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
-    sess, ops = optimized(residual_block(), "quantized")
+    block = residual_block()
+    sess, ops = optimized(block, "quantized")
     _, fp32_ops = optimized(residual_block(quantized=False), "fp32")
     assert sess.get_outputs()[0].shape == ["n", 32, 8, 8]          # the symbolic batch survives the operator
     # ONNX Runtime proves the Add's operands alike only from known shapes; with them, the Add and ReLU fuse into the
@@ -150,7 +151,7 @@ def test_the_fused_operator_declares_its_output_shape_so_a_residual_add_and_relu
     for op in ("Add", "Relu"):
         assert ops.count(op) == fp32_ops.count(op), (op, ops, fp32_ops)
     x = np.random.default_rng(1).standard_normal((2, 32, 8, 8)).astype(np.float32)
-    w = [np.asarray(onnx.numpy_helper.to_array(i), np.float64)[:, :, 0, 0] for i in residual_block().graph.initializer]
+    w = [np.asarray(onnx.numpy_helper.to_array(i), np.float64)[:, :, 0, 0] for i in block.graph.initializer]
     conv = lambda v, k: np.einsum("oc,nchw->nohw", w[k], v)  # noqa: E731   (1x1 convolutions)
     q = lambda v: formats.quantize(v.astype(np.float32), "ms-fp9", 1).astype(np.float64)  # noqa: E731
     r0 = np.maximum(conv(q(x), 0), 0)
