@@ -7,7 +7,7 @@ KERNEL := accel_lib/fpga/kernel/_build/libaccel_bfp.so
 OUT    ?= build/tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: venv kernel tutorial test bench binder-check clean
+.PHONY: venv kernel tutorial test kube-play bench binder-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,16 @@ tutorial: $(STAMP) $(KERNEL)
 ## The whole test suite (unit tests, notebook runs), offline, with a cache and a podman image store of its own under
 ## build/test (so a clean clone takes a new machine's path: the Debian base is made from Debian's packages).
 TEST_STORE := $(abspath build/test/containers)
+TEST_ENV = ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 ACCEL_LIB_CACHE=$(abspath build/test/cache) \
+	  ACCEL_LIB_RUN_STORE=$(TEST_STORE) CONTAINERS_STORAGE_CONF=$$($(PY) accel_lib/fpga/containers.py store $(TEST_STORE))
 test: $(STAMP) $(KERNEL)
-	ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 ACCEL_LIB_CACHE=$(abspath build/test/cache) \
-	  ACCEL_LIB_RUN_STORE=$(TEST_STORE) CONTAINERS_STORAGE_CONF=$$($(PY) accel_lib/fpga/containers.py store $(TEST_STORE)) \
-	  $(PY) -m pytest -q -p no:cacheprovider tests
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
+
+## The generated Kubernetes manifests on real containers with podman's Kubernetes runner (podman kube play), in the
+## tests' own store: built, played, scored by stock clients, a container killed and brought back, taken down; the
+## runner's gaps are reported as skips with their reasons.
+kube-play: $(STAMP) $(KERNEL)
+	$(TEST_ENV) $(PY) -m pytest -q -rs -p no:cacheprovider tests/test_kube_play.py
 
 bench: $(STAMP) $(KERNEL)
 	ACCEL_LIB_OFFLINE=1 $(PY) benchmarks/run.py

@@ -32,6 +32,8 @@ DOCKERFILE = """\
 ARG BASE=python:3.11-slim
 FROM ${{BASE}}
 ARG PIP_ARGS=
+# a PATH of its own: a base imported from a tarball has none, and a runner need not supply one (podman kube play)
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR {app}
 COPY requirements.txt .

@@ -3,6 +3,8 @@
 A Deployment (the replicas, the FPGA as the extended resource ``microsoft.com/fpga``, start-up, readiness and
 liveness by gRPC health, the keys mounted from a Secret), a Service in front of it, and the Secret. Nothing here
 talks to a cluster: ``kubectl apply -f <folder>`` does, once the image is built and pushed (see the README).
+``play`` runs them, unchanged, on this machine's containers with podman's Kubernetes runner (``podman kube
+play``: one node, no scheduler, no Service, no probes, ``microsoft.com/fpga`` not enforced).
 """
 from __future__ import annotations
 
@@ -38,14 +40,14 @@ def manifests(svc, image, cpus=6):
     if keys:
         secret = f"{name}-keys"
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": secret, "labels": labels},
+                    "metadata": {"name": secret, "labels": dict(labels)},
                     "stringData": {KEYS_FILE: "\n".join(keys) + "\n"}})
         container["volumeMounts"] = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}]
         pod["volumes"] = [{"name": "keys", "secret": {"secretName": secret, "defaultMode": 0o400}}]
-    out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+    out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": dict(labels)},
                 "spec": {"replicas": len(svc.replicas), "selector": {"matchLabels": {"app": name}},
-                         "template": {"metadata": {"labels": labels}, "spec": pod}}})
-    out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+                         "template": {"metadata": {"labels": dict(labels)}, "spec": pod}}})
+    out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)},
                 "spec": {"selector": {"app": name}, "ports": [{"name": "grpc", "port": PORT, "targetPort": "grpc"}]}})
     return out
 
@@ -68,3 +70,55 @@ def write(docs, folder):
             p.write_text(text)
         paths.append(p)
     return paths
+
+
+PLAYED = ("Secret", "Pod", "Deployment")     # the kinds podman's Kubernetes runner takes; a Service is a cluster's
+PLAY_FILE = "play.yaml"
+
+
+def play(paths, folder, engine=None) -> Path:
+    """Run the manifests at ``paths`` (as ``write`` gives them) on real containers with ``podman kube play``: their
+    Secrets, Pods and Deployments, unchanged, in one file ``folder/play.yaml`` (0600: it holds the keys); returns
+    it, for ``down``. A runner that fails stops here, its message in an EngineError, with nothing left running."""
+    import yaml
+
+    from .fpga import containers
+    from .fpga.cluster import write_private
+    engine = engine or _podman()
+    docs = [d for d in (yaml.safe_load(Path(p).read_text()) for p in paths) if d["kind"] in PLAYED]
+    target = Path(folder) / PLAY_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_private(target, yaml.safe_dump_all(docs, sort_keys=False).encode())
+    try:
+        containers.kube_play(engine, target)
+    except containers.EngineError:
+        down(target, engine)
+        raise
+    return target
+
+
+def down(played, engine=None):
+    """Remove what ``play`` made from ``played``: its pods and containers (``podman kube down``, then any pod of
+    its apps that podman 4.3's ``kube down`` stops short of: it gives up at the first replica it cannot find), and
+    the secrets it stored, which that ``kube down`` leaves."""
+    import yaml
+
+    from .fpga import containers
+    engine = engine or _podman()
+    containers.kube_down(engine, played)
+    for doc in yaml.safe_load_all(Path(played).read_text()):
+        if not doc:
+            continue
+        if doc["kind"] == "Secret":
+            containers.remove_secret(engine, doc["metadata"]["name"])
+        else:
+            for pod in containers.pods(engine, label=f"app={doc['metadata']['labels']['app']}"):
+                containers.remove_pod(engine, pod)
+
+
+def _podman():
+    from .fpga import containers
+    engine, why = containers.find_engine("podman")
+    if engine is None:
+        raise containers.EngineError(f"running manifests needs podman ({why})")
+    return engine
