@@ -18,22 +18,46 @@ KEYS_DIR = "/etc/accel-keys"
 KEYS_FILE = "keys"
 
 
-def manifests(svc, image, cpus=6):
-    """The Deployment, Service and (with keys) Secret of service ``svc`` (a ``cluster.ServiceSpec``, as
-    ``deployment.service_spec`` gives it) running container ``image``, as dicts, in the order to apply them."""
+FLAVOURS = ("deployment", "kserve")
+# KServe's rules for a custom predictor (its webhook and controller): the serving container is named
+# kserve-container; PROTOCOL says which protocol it speaks (v1 or v2); a port whose name holds "h2c" (or "grpc") is
+# served as gRPC; the first port is the HTTP one the Service's port 80 leads to. More than one port needs the raw
+# deployment mode (Knative takes one), which newer KServe calls "Standard" and still accepts by this name.
+KSERVE_API = "serving.kserve.io/v1beta1"
+KSERVE_CONTAINER = "kserve-container"
+KSERVE_MODE = {"serving.kserve.io/deploymentMode": "RawDeployment"}
+REST_PORT = containers.REST_PORT
+
+
+def manifests(svc, image, cpus=6, flavour="deployment"):
+    """The manifests of service ``svc`` (a ``cluster.ServiceSpec``, as ``deployment.service_spec`` gives it) running
+    container ``image``, as dicts, in the order to apply them: with ``flavour`` "deployment", a Deployment and a
+    Service; with "kserve", a KServe InferenceService with a custom predictor; either way first the Secret of its
+    keys, if it has any."""
+    from .errors import UserError
+    if flavour not in FLAVOURS:
+        raise UserError(f"flavour must be one of {FLAVOURS}, not {flavour!r}.")
     name, keys = svc.name, svc.keys
     labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
+    kserve = flavour == "kserve"
     cmd = server.command(containers.PYTHON, svc, host="0.0.0.0", port=PORT, threads=cpus,
+                         rest_port=REST_PORT if kserve else None,
                          keys_file=f"{KEYS_DIR}/{KEYS_FILE}" if keys else None)
-    probe = {"grpc": {"port": PORT}}
+    if kserve:              # KServe's probes are HTTP: the protocol's own health routes
+        ports = [{"name": "http1", "containerPort": REST_PORT, "protocol": "TCP"},
+                 {"name": "h2c", "containerPort": PORT, "protocol": "TCP"}]
+        ready, live = ({"httpGet": {"path": f"/v2/health/{w}", "port": REST_PORT}} for w in ("ready", "live"))
+    else:
+        ports = [{"name": "grpc", "containerPort": PORT}]
+        ready = live = {"grpc": {"port": PORT}}
     container = {
-        "name": "replica", "image": image, "workingDir": containers.APP, "command": cmd,
-        "ports": [{"name": "grpc", "containerPort": PORT}],
+        "name": KSERVE_CONTAINER if kserve else "replica", "image": image, "workingDir": containers.APP,
+        "command": cmd, **({"env": [{"name": "PROTOCOL", "value": "v2"}]} if kserve else {}), "ports": ports,
         "resources": {"limits": {FPGA_RESOURCE: "1", "cpu": str(cpus)}, "requests": {FPGA_RESOURCE: "1"}},
         # flashing the FPGA takes time: the start-up probe waits for it before liveness counts
-        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
-        "readinessProbe": {**probe, "periodSeconds": 2},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {**ready, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {**ready, "periodSeconds": 2},
+        "livenessProbe": {**live, "periodSeconds": 10, "failureThreshold": 3},
     }
     pod = {"containers": [container]}
     out = []
@@ -44,12 +68,28 @@ def manifests(svc, image, cpus=6):
                     "stringData": {KEYS_FILE: "\n".join(keys) + "\n"}})
         container["volumeMounts"] = [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}]
         pod["volumes"] = [{"name": "keys", "secret": {"secretName": secret, "defaultMode": 0o400}}]
+    n = len(svc.replicas)
+    if kserve:
+        out.append({"apiVersion": KSERVE_API, "kind": "InferenceService",
+                    "metadata": {"name": name, "labels": dict(labels), "annotations": dict(KSERVE_MODE)},
+                    "spec": {"predictor": {"minReplicas": n, "maxReplicas": n, **pod}}})
+        return out
     out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": dict(labels)},
-                "spec": {"replicas": len(svc.replicas), "selector": {"matchLabels": {"app": name}},
+                "spec": {"replicas": n, "selector": {"matchLabels": {"app": name}},
                          "template": {"metadata": {"labels": dict(labels)}, "spec": pod}}})
     out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)},
                 "spec": {"selector": {"app": name}, "ports": [{"name": "grpc", "port": PORT, "targetPort": "grpc"}]}})
     return out
+
+
+def predictor_pod(isvc) -> dict:
+    """The Pod KServe's controller runs for an InferenceService's custom predictor (one replica of it): the
+    predictor's pod spec as it is, named ``<name>-predictor``, labelled with the InferenceService's labels."""
+    spec = {k: v for k, v in isvc["spec"]["predictor"].items() if k not in ("minReplicas", "maxReplicas")}
+    meta = isvc["metadata"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{meta['name']}-predictor", "labels": dict(meta["labels"])},
+            "spec": {**spec, "restartPolicy": "Always"}}
 
 
 def write(docs, folder):
@@ -78,14 +118,20 @@ PLAY_FILE = "play.yaml"
 
 def play(paths, folder, engine=None) -> Path:
     """Run the manifests at ``paths`` (as ``write`` gives them) on real containers with ``podman kube play``: their
-    Secrets, Pods and Deployments, unchanged, in one file ``folder/play.yaml`` (0600: it holds the keys); returns
-    it, for ``down``. A runner that fails stops here, its message in an EngineError, with nothing left running."""
+    Secrets, Pods and Deployments, unchanged, and an InferenceService as the Pod KServe would make of its predictor
+    (``predictor_pod``), in one file ``folder/play.yaml`` (0600: it holds the keys); returns it, for ``down``. A runner that fails stops here, its message in an EngineError, with nothing left running."""
     import yaml
 
     from .fpga import containers
     from .fpga.cluster import write_private
     engine = engine or _podman()
-    docs = [d for d in (yaml.safe_load(Path(p).read_text()) for p in paths) if d["kind"] in PLAYED]
+    docs = [yaml.safe_load(Path(p).read_text()) for p in paths]
+    docs = [predictor_pod(d) if d["kind"] == "InferenceService" else d for d in docs if d["kind"] in PLAYED
+            or d["kind"] == "InferenceService"]
+    if not any(d["kind"] != "Secret" for d in docs):
+        from .errors import UserError
+        raise UserError(f"nothing to run among {[Path(p).name for p in paths]}: podman kube play runs "
+                        f"{', '.join(PLAYED)}, and an InferenceService runs as its predictor's Pod.")
     target = Path(folder) / PLAY_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     write_private(target, yaml.safe_dump_all(docs, sort_keys=False).encode())

@@ -216,13 +216,14 @@ class Webservice(records.Attached):
         """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
         return deployment.logs(self.log_dir, self.deployment_config.num_replicas, self.compute_name, num_lines)
 
-    def kubernetes_manifests(self, folder):
-        """Write the Deployment, Service and Secret a real Kubernetes cluster with FPGA nodes would run for this
-        service (``kubectl apply -f folder`` once the image is pushed); returns the files written."""
+    def kubernetes_manifests(self, folder, flavour="deployment"):
+        """Write the manifests a real Kubernetes cluster with FPGA nodes would run for this service (``kubectl apply
+        -f folder`` once the image is pushed): the Secret of its keys and a Deployment and Service, or with
+        ``flavour="kserve"`` a KServe InferenceService; returns the files written."""
         from . import kubernetes
         img = self.image
         docs = kubernetes.manifests(deployment.service_spec(self.workspace, self.name),
-                                    img.container_image or img.container_tag)
+                                    img.container_image or img.container_tag, flavour=flavour)
         return kubernetes.write(docs, folder)
 
     @staticmethod

@@ -3,7 +3,8 @@ Deployment of a deployed service from the image built for it, unchanged; clients
 own stub, tritonclient over the Open Inference Protocol) score through the pod as the package does in-process; a
 killed container is brought back by the pod's restart policy; ``kube down`` leaves nothing.
 
-What the runner lacks is said, not bent around: it publishes a container's port on the host (there is no Service),
+A KServe InferenceService runs as the Pod KServe makes of its predictor and answers the Open Inference Protocol
+over HTTP and gRPC. What the runner lacks is said, not bent around: it publishes a container's port on the host (there is no Service),
 runs no probes and no scheduler, and does not enforce ``microsoft.com/fpga``. Debian's podman 4.3 cannot mount a
 Secret as a volume (its ``kube play`` panics), so there the keyed manifests are reported skipped, with the reason.
 Needs podman that can start containers; skipped, saying why, without (failed where .ci/run requires containers).
@@ -48,15 +49,16 @@ def kube_image(engine, converted):
 @pytest.fixture
 def play(engine, tmp_path):
     """play(service) runs its manifests; whatever was played is taken down afterwards, and must leave nothing."""
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", kubernetes.PORT)) == 0:
-            pytest.fail(f"port {kubernetes.PORT} on this machine is taken: podman kube play publishes the manifests' "
-                        "containerPort there; stop what listens on it")
+    for port in (kubernetes.PORT, kubernetes.REST_PORT):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} on this machine is taken: podman kube play publishes the manifests' "
+                            "containerPort there; stop what listens on it")
     played = []
 
-    def run(svc):
+    def run(svc, flavour="deployment"):
         folder = tmp_path / svc.name
-        f = kubernetes.play(svc.kubernetes_manifests(folder), folder, engine)
+        f = kubernetes.play(svc.kubernetes_manifests(folder, flavour=flavour), folder, engine)
         played.append(f)
         return f
     yield run
@@ -152,3 +154,25 @@ def test_the_keyed_manifests_check_the_secrets_key_where_the_runner_mounts_it(ku
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     ref = AcceleratorPackage(kube_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
     np.testing.assert_allclose(_triton_infer(svc.name, images, key=svc.get_keys()[0]), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_inference_service_runs_as_its_predictor_pod_and_answers_the_protocol_over_http_and_grpc(
+        kube_image, cluster, play, engine):
+    import requests
+    import tritonclient.http as thttp
+    svc = deploy(kube_image, cluster, "svc-kserve", num_replicas=1)
+    play(svc, flavour="kserve")
+    assert containers.pods(engine, label=f"app={svc.name}") == [f"{svc.name}-predictor"]
+    _serving(time.monotonic() + WAIT)
+    rest = f"127.0.0.1:{kubernetes.REST_PORT}"
+    r = requests.get(f"http://{rest}/v2/health/ready", timeout=10)
+    assert r.status_code == 200 and r.json() == {"ready": True}
+    images = samples.sample_images(2, seed=23)
+    ref = AcceleratorPackage(kube_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
+    c = thttp.InferenceServerClient(rest)
+    x = thttp.InferInput("images", [len(images)], "BYTES")
+    x.set_data_from_numpy(np.array(images, dtype=object))
+    got = c.infer(svc.name, [x]).as_numpy(SOFTMAX)
+    c.close()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(_triton_infer(svc.name, images), got)

@@ -55,3 +55,49 @@ def test_the_validator_catches_a_broken_manifest():
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(deployment)
+
+
+ISVC_NAME = r"[a-z]([-a-z0-9]*[a-z0-9])?"          # KServe's webhook: an InferenceService's name
+
+
+def _flag(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_the_kserve_flavour_is_an_inference_service_with_a_custom_predictor_as_kserve_takes_it(tmp_path):
+    import re
+    docs = kubernetes.manifests(_service("my-fpga-svc", 2, keys=["k1"]), "ws.azurecr.local/resnet50-image:1",
+                                flavour="kserve")
+    paths = kubernetes.write(docs, tmp_path / "k8s")
+    assert [p.name for p in paths] == ["00-secret.yaml", "01-inferenceservice.yaml"]
+    secret, isvc = [yaml.safe_load(p.read_text()) for p in paths]
+    _validate(secret)
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    assert re.fullmatch(ISVC_NAME, isvc["metadata"]["name"])
+    # two ports: the raw deployment mode (Knative's takes one)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] in ("RawDeployment", "Standard")
+    pred = isvc["spec"]["predictor"]
+    assert pred["minReplicas"] == pred["maxReplicas"] == 2                  # the service's replicas, fixed
+    (c,) = pred["containers"]
+    assert c["name"] == "kserve-container"
+    assert [e["value"] for e in c["env"] if e["name"] == "PROTOCOL"] == ["v2"]
+    http, grpc_port = c["ports"]                            # the first is HTTP: the Service's port 80 leads to it
+    assert "h2c" in grpc_port["name"] and not {"h2c", "grpc"} & set(re.split("[-_]", http["name"]))
+    assert str(grpc_port["containerPort"]) == _flag(c["command"], "--port")
+    assert str(http["containerPort"]) == _flag(c["command"], "--rest-port")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": http["containerPort"]}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": http["containerPort"]}
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["resources"]["limits"][kubernetes.FPGA_RESOURCE] == "1"
+    assert pred["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert _flag(c["command"], "--keys-file").startswith(c["volumeMounts"][0]["mountPath"] + "/")
+    # the predictor is a Kubernetes pod spec: the Pod KServe makes of it validates as one
+    pod = kubernetes.predictor_pod(isvc)
+    _validate(pod)
+    assert pod["spec"]["containers"] == pred["containers"] and pod["metadata"]["name"] == "my-fpga-svc-predictor"
+
+
+def test_an_unknown_flavour_is_refused():
+    from accel_lib import UserError
+    with pytest.raises(UserError, match=r"flavour must be one of \('deployment', 'kserve'\), not 'helm'"):
+        kubernetes.manifests(_service("svc", 1), "img:1", flavour="helm")

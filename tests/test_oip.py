@@ -239,3 +239,58 @@ def test_an_unknown_model_is_not_found_even_with_one_service_and_no_shape_is_a_5
     assert requests.get(url.replace("svc-corner", "nope") + "/ready", timeout=10).status_code == 404
     ok = requests.post(url + "/infer", json={"inputs": [good]}, timeout=60)
     assert ok.status_code == 200, ok.text                                 # the service kept serving
+
+
+def test_a_replica_answers_the_protocol_over_http_itself_with_its_key_and_limits(built_image, tmp_path):
+    """What KServe's predictor is called on (PROTOCOL=v2): a replica started as the image starts it, on TCP with
+    ``--rest-port``: tritonclient's HTTP client scores as the package does in-process; the key, the model's name
+    and the body's size are checked before the body is read."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from accel_lib.fpga import cluster, server
+    from accel_lib.fpga.package import AcceleratorPackage
+    keys = tmp_path / "keys"
+    keys.write_text("k-right\n")
+    cfg = cluster.ServiceConfig(limits=cluster.ServiceLimits(max_message_mb=0.5))
+    svc = cluster.ServiceSpec(name="svc-rest", context=str(built_image.context), log_dir=str(tmp_path),
+                              replicas=[cluster.ReplicaSpec(idx=0, node=0)], config=cfg,
+                              settled=cluster.Settled(generation=1, runtime="process"), keys=["k-right"])
+    cmd = server.command(sys.executable, svc, port=0, rest_port=0, keys_file=keys, threads=1)
+    log = open(tmp_path / "replica.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=built_image.context, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(built_image.context)})
+    try:
+        deadline = time.monotonic() + 120
+        while not (m := re.search(r"HTTP 127\.0\.0\.1:(\d+)", (tmp_path / "replica.log").read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "replica.log").read_text()
+            time.sleep(0.1)
+        url = f"127.0.0.1:{m.group(1)}"
+        assert requests.get(f"http://{url}/v2/health/live", timeout=10).json() == {"live": True}
+        while requests.get(f"http://{url}/v2/health/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the replica did not become ready over HTTP"
+            time.sleep(0.2)
+        images = samples.sample_images(2, seed=31)
+        ref = AcceleratorPackage(built_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
+        c = thttp.InferenceServerClient(url)
+        got = c.infer("svc-rest", [_bytes_input(thttp.InferInput, images)],
+                      headers={"authorization": "Bearer k-right"}).as_numpy(SOFTMAX)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        meta = c.get_model_metadata("svc-rest", headers={"authorization": "Bearer k-right"})
+        assert meta["name"] == "svc-rest" and meta["inputs"][0]["name"] == "images"
+        with pytest.raises(InferenceServerException, match="wrong key"):
+            c.infer("svc-rest", [_bytes_input(thttp.InferInput, images)], headers={"authorization": "Bearer no"})
+        with pytest.raises(InferenceServerException, match="serves model 'svc-rest', not 'other'"):
+            c.infer("other", [_bytes_input(thttp.InferInput, images)], headers={"authorization": "Bearer k-right"})
+        c.close()
+        big = requests.post(f"http://{url}/v2/models/svc-rest/infer", data=b"{" + b" " * 600_000 + b"}",
+                            headers={"Authorization": "Bearer k-right"}, timeout=30)
+        assert big.status_code == 413 and "max_message_mb" in big.json()["error"]
+        assert requests.get(f"http://{url}/v2/models/svc-rest", timeout=10).status_code == 401
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        log.close()

@@ -37,6 +37,7 @@ CONTAINER_HOME = "/home/accel"                             # ... and its home (O
 APP = "/app"                                               # the build context's place in the image
 PYTHON = "python3"                                         # the interpreter (both bases have it; Debian's no "python")
 PORT = 50051                                               # a replica's gRPC port over TCP (Docker, Kubernetes)
+REST_PORT = 8080                                           # its Open Inference Protocol over HTTP (KServe's port)
 SOCKETS = "/run/accel"                                     # where a replica's socket folder is mounted
 INFO_TIMEOUT = 20                                          # `engine info`: an engine slower than this hangs
 RUN_TIMEOUT = 120                                          # the throwaway container of cannot_run

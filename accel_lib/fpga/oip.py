@@ -23,6 +23,12 @@ PLATFORM = "accel_lib_fpga"               # a model's platform in ModelMetadata
 MODEL_VERSION = "1"                       # every service has one version
 EXTENSIONS = ["binary_tensor_data"]       # Triton's name for the binary tensor data extension over HTTP
 HEADER_LENGTH = "Inference-Header-Content-Length"
+GRPC_SERVICE = "/inference.GRPCInferenceService/"      # the protocol's gRPC methods: this prefix and the name
+INFER, MODEL_METADATA, MODEL_READY = GRPC_SERVICE + "ModelInfer", GRPC_SERVICE + "ModelMetadata", GRPC_SERVICE + "ModelReady"
+SERVER_LIVE, SERVER_READY, SERVER_METADATA = (GRPC_SERVICE + "ServerLive", GRPC_SERVICE + "ServerReady",
+                                              GRPC_SERVICE + "ServerMetadata")
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413,
+               "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "UNIMPLEMENTED": 501, "INTERNAL": 500}   # by gRPC status
 INT64_LIMIT = 2 ** 63                     # a shape dimension is an int64 (the protocol's proto and JSON forms)
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int32): "INT32",
              np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL"}

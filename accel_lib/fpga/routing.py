@@ -7,14 +7,12 @@ import itertools
 import time
 
 from . import cluster, oip
+from .oip import INFER, MODEL_METADATA, MODEL_READY, SERVER_LIVE, SERVER_METADATA, SERVER_READY  # noqa: F401
 from .server import key_ok
 from .supervisor import Supervisor
 
 SERVICE = "/tensorflow.serving.PredictionService/"
 PREDICT, METADATA = SERVICE + "Predict", SERVICE + "GetModelMetadata"
-OIP = "/inference.GRPCInferenceService/"            # the Open Inference Protocol (fpga.oip)
-INFER, MODEL_METADATA, MODEL_READY = OIP + "ModelInfer", OIP + "ModelMetadata", OIP + "ModelReady"
-SERVER_LIVE, SERVER_READY, SERVER_METADATA = OIP + "ServerLive", OIP + "ServerReady", OIP + "ServerMetadata"
 FORWARDED = (PREDICT, METADATA, INFER, MODEL_METADATA)      # sent on to a replica as the bytes that came
 ANSWERED = (MODEL_READY, SERVER_LIVE, SERVER_READY, SERVER_METADATA)    # the front end answers them itself
 CLUSTER_WIDE = (SERVER_LIVE, SERVER_READY, SERVER_METADATA)      # about the cluster, not a service: no key

@@ -33,15 +33,18 @@ HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCIn
 
 
 def command(python, svc=None, *, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0,
-            fpga="node-0/fpga-0", threads=0, keys_file=None, exit_with_parent=False, check=False):
+            rest_port=None, fpga="node-0/fpga-0", threads=0, keys_file=None, exit_with_parent=False, check=False):
     """The replica's command line for service ``svc`` (a ``cluster.ServiceSpec``: its name, flash time and limits;
     None: a service "local" at ``ServiceConfig``'s defaults), run with the image's build context as working
-    directory and PYTHONPATH: on the Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``."""
+    directory and PYTHONPATH: on the Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``
+    (and the Open Inference Protocol over HTTP on ``rest_port``)."""
     cmd = [python, "-m", "fpga.server", "--package", str(package)]
     if check:
         return cmd + ["--check"]
     name, cfg = (svc.name, svc.config) if svc is not None else ("local", ServiceConfig())
     cmd += (["--socket", str(socket)] if socket else ["--host", host, "--port", str(port)])
+    if rest_port is not None:
+        cmd += ["--rest-port", str(rest_port)]
     if health_socket:
         cmd += ["--health-socket", str(health_socket)]
     cmd += ["--service", name, "--fpga", fpga, "--flash-seconds", str(cfg.flash_seconds), "--threads", str(threads),
@@ -316,6 +319,12 @@ def serve(args, on_load_failed=lambda: None):
         where = f"{args.host}:{port}"
     for s in servers:
         s.start()
+    if args.rest_port is not None and not args.socket:
+        from .oip_rest import RestEndpoint
+        rest = RestEndpoint(args.host, args.rest_port, f"127.0.0.1:{port}", args.service, replica.keys, limits,
+                            key_ok).start()
+        servers.append(rest)
+        where += f", HTTP {args.host}:{rest.port}"
     return servers, replica, where
 
 
@@ -358,6 +367,7 @@ def main(argv=None):
     p.add_argument("--health-socket", help="answer gRPC health on this Unix socket too, from a thread of its own")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--rest-port", type=int, help="answer the Open Inference Protocol over HTTP on this port too (TCP)")
     p.add_argument("--service", default="local")
     p.add_argument("--fpga", default="node-0/fpga-0")
     p.add_argument("--keys-file", help="check the keys in this file (one a line) on every call")
