@@ -219,13 +219,17 @@ def failure(replicas):
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")      # terminal colours a library wrote into a log
 
 
-def logs(log_dir, num_replicas, where, num_lines=5000) -> str:
+LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", re.M)   # what starts each line of a replica's log
+
+
+def logs(log_dir, num_replicas, where, num_lines=5000, timestamps=True) -> str:
     """The last ``num_lines`` lines of each replica's log under ``log_dir``, headed by replica and ``where``; as plain
-    text (terminal escapes removed)."""
+    text (terminal escapes removed), each line's time left off with ``timestamps=False``."""
     parts = []
     for i in range(num_replicas):
         p = cluster.replica_log(log_dir, i)
-        lines = ANSI_ESCAPE.sub("", p.read_text(errors="replace")).splitlines()[-num_lines:] if p.exists() else []
+        text = ANSI_ESCAPE.sub("", p.read_text(errors="replace")) if p.exists() else ""
+        lines = (text if timestamps else LOG_TIME.sub("", text)).splitlines()[-num_lines:]
         parts.append(f"--- replica {i} ({where}) ---\n" + "\n".join(lines))
     return "\n".join(parts)
 

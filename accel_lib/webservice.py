@@ -212,9 +212,11 @@ class Webservice(records.Attached):
             raise UserError(f"service {self.name!r} has no keys: deploy it with auth_enabled=True.")
         return tuple(rec.keys)
 
-    def get_logs(self, num_lines=5000):
-        """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included."""
-        return deployment.logs(self.log_dir, self.deployment_config.num_replicas, self.compute_name, num_lines)
+    def get_logs(self, num_lines=5000, timestamps=True):
+        """The replicas' logs (the last ``num_lines`` lines of each), restarts and supervisor notes included; each
+        line's time left off with ``timestamps=False``."""
+        return deployment.logs(self.log_dir, self.deployment_config.num_replicas, self.compute_name, num_lines,
+                               timestamps)
 
     def kubernetes_manifests(self, folder, flavour="deployment"):
         """Write the manifests a real Kubernetes cluster with FPGA nodes would run for this service (``kubectl apply

@@ -95,6 +95,7 @@ def _run_series(tmp_path, params, again=None):
     return runs
 
 
+TIME_OF_DAY = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d|\b\d\d:\d\d:\d\d\b")
 TF_LOG_LINE = re.compile(r"absl::|oneDNN|cuda|cuInit|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
 
 
@@ -125,11 +126,17 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     params = {"workspace_dir": "other-ws", "model_name": "tiny-net", "featurizer": "Resnet50",
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
-              "auth_enabled": True, "ssl_enabled": True, "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
+              "auth_enabled": True, "ssl_enabled": True, "ssl_cert_pem_file": str(tmp_path / "my-cert.pem"),
+              "ssl_key_pem_file": str(tmp_path / "my-key.pem"), "ssl_cname": "fpga.example.com",
+              "edge_name": "box-1", "edge_service_name": "box-svc", "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
               "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "min_accuracy_tl": 0.0, "tl_model_name": "tiny-shapes",
               "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0}
+    from accel_lib.fpga import certificates
+    _, chain, key = certificates.generate("fpga.example.com")   # "your own" certificate for 04's TLS
+    (tmp_path / "my-cert.pem").write_bytes(chain)
+    (tmp_path / "my-key.pem").write_bytes(key)
     images, truths = samples.labelled_scenes(12, seed=9)      # 07 reads a Pascal VOC folder of "your own"
     samples.write_voc_folder(tmp_path / "my-scenes", images, truths, samples.SCENE_CLASSES)
     runs = _run_series(tmp_path, params, again="05-consume.ipynb")
@@ -142,6 +149,8 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert "'location': 'westeurope'" in out4 and "0/2 nodes are available: 2 Insufficient" in out4
     assert out5.count("confidence:") == 5 and "service vs in-process: 0.0" in out5
     assert "200 REST vs gRPC, max abs difference: 0.0" in out5
+    assert re.search(r"clients trust: .*CN=fpga\.example\.com", out4) and "box-svc-v1 Replaced | box-svc Healthy Edge" in out4
+    assert "TLS: True | refused without the root certificate: True" in out5 and "edge device vs AKS" in out5
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert "8 training scenes" in out7 and "measured on my-scenes" in out7 and "computed in fp32" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 24 and "computed in fp32" in out8 and "chance 33%" in out8
@@ -153,6 +162,8 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert "models left: []" in out9 and "trained here (trained(seed=0, 300 generated images, 2 epochs))" in out9
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
+    for p in NOTEBOOKS[:6]:                        # the article's flow prints no time of day (logs leave it off)
+        assert not TIME_OF_DAY.search(_stdout(tmp_path / p.name)), p.name
     ws = Workspace.from_config(tmp_path / "other-ws")
     assert Model.list(ws) == []
     tutorial.run(NOTEBOOKS[5], tmp_path / "06-again.ipynb", tmp_path, params, env=_env())   # cleaning up twice is harmless
