@@ -126,8 +126,8 @@ def play(paths, folder, engine=None) -> Path:
     from .fpga.cluster import write_private
     engine = engine or _podman()
     docs = [yaml.safe_load(Path(p).read_text()) for p in paths]
-    docs = [predictor_pod(d) if d["kind"] == "InferenceService" else d for d in docs if d["kind"] in PLAYED
-            or d["kind"] == "InferenceService"]
+    docs = [predictor_pod(d) if d["kind"] == "InferenceService" else d for d in docs]
+    docs = [d for d in docs if d["kind"] in PLAYED]
     if not any(d["kind"] != "Secret" for d in docs):
         from .errors import UserError
         raise UserError(f"nothing to run among {[Path(p).name for p in paths]}: podman kube play runs "
