@@ -1,10 +1,11 @@
 """Kubernetes manifests for a deployed service: what a real cluster with FPGA nodes would run for its image.
 
 A Deployment (the replicas, the FPGA as the extended resource ``microsoft.com/fpga``, start-up, readiness and
-liveness by gRPC health, the keys mounted from a Secret), a Service in front of it, and the Secret. Nothing here
-talks to a cluster: ``kubectl apply -f <folder>`` does, once the image is built and pushed (see the README).
-``play`` runs them, unchanged, on this machine's containers with podman's Kubernetes runner (``podman kube
-play``: one node, no scheduler, no Service, no probes, ``microsoft.com/fpga`` not enforced).
+liveness by gRPC health, the keys mounted from a Secret), a Service in front of it, and the Secret; or, flavour
+"kserve", a KServe InferenceService with the same container as its custom predictor. Nothing here talks to a
+cluster: ``kubectl apply -f <folder>`` does, once the image is built and pushed (see the README). ``play`` runs
+them, unchanged, on this machine's containers with podman's Kubernetes runner (``podman kube play``: one node, no
+scheduler, no Service, probes that gate nothing, ``microsoft.com/fpga`` not enforced).
 """
 from __future__ import annotations
 
