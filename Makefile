@@ -57,4 +57,5 @@ binder-check: $(STAMP) $(KERNEL)
 	@ACCEL_LIB_OFFLINE=1 $(PY) benchmarks/binder_check.py $(BINDER_ARGS); rc=$$?; [ $$rc -eq 3 ] && exit 0; exit $$rc
 
 clean:
+	$(PYTHON) accel_lib/fpga/containers.py store --remove $(TEST_STORE)
 	rm -rf build .venv

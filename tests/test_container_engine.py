@@ -116,3 +116,69 @@ def test_containers_conf_is_printed_by_its_owner():
     r = subprocess.run(["python3", str(Path(containers.__file__)), "conf"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout == containers.CONTAINERS_CONF
+
+
+def test_a_store_at_a_deep_path_keeps_a_short_run_root_of_its_own_removed_with_it(tmp_path):
+    """podman's exit command refuses a run root over 50 characters (then no container is restarted or cleaned
+    up): a store's run root stays short wherever the store is, is its own, and goes when the store does."""
+    deep = tmp_path / ("a-checkout-at-a-long-path-" * 4) / "build" / "test" / "containers"
+    conf = containers.store(deep)
+    text = conf.read_text()
+    runroot = containers.short_runroot(deep)
+    assert len(str(deep)) > 100 and len(str(runroot)) <= containers.RUNROOT_LIMIT
+    assert f'runroot = "{runroot}"' in text and f'graphroot = "{deep / "storage"}"' in text
+    assert (deep / "run").resolve() == runroot and runroot.is_dir() and (runroot.stat().st_mode & 0o777) == 0o700
+    assert containers.short_runroot(tmp_path / "another") != runroot
+    assert containers.store(deep) == conf and (deep / "run").resolve() == runroot        # made again: the same
+    r = subprocess.run(["python3", str(Path(containers.__file__)), "store", "--remove", str(deep)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not deep.exists() and not runroot.exists(), r.stderr
+
+
+def test_a_run_root_podman_cannot_clean_up_in_is_refused_with_the_limit_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / ("x" * 40)))
+    with pytest.raises(containers.EngineError, match=r"podman refuses more than 50 when a container exits"):
+        containers.store(tmp_path / "store")
+    if PODMAN is None:
+        return
+    conf = tmp_path / "long.conf"                      # a user's own storage.conf, with a run root too long
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{tmp_path / "g"}"\n'
+                    f'runroot = "{tmp_path / ("r" * 60)}"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    base, why = containers.ready(PODMAN, log=lambda _: None)
+    assert base is None and "refuses more than 50 when a container exits" in why
+    assert "containers are neither restarted nor removed" in why and "\n" not in why, why
+
+
+@needs_podman
+def test_a_killed_container_is_restarted_in_a_store_at_a_deep_path(scratch, monkeypatch):
+    """What failed from a clone at a longer path: with the run root in the store, podman's cleanup refused it and a
+    killed container stayed stopped (restart policy or not)."""
+    import signal
+    import time
+    deep = scratch / ("a-checkout-at-a-long-path-" * 3) / "build" / "test" / "containers"
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(containers.store(deep)))
+    engine = containers.find_engine("podman")[0]
+    assert containers.graph_root(engine).startswith(str(deep))
+    base = containers.ensure_base(engine, log=lambda _: None)      # imported from the module's cache
+    name = "restart-" + os.urandom(3).hex()
+    labels = [a for kv in os.environ.get("ACCEL_LIB_CONTAINER_LABELS", "").split(",") if kv for a in ("--label", kv)]
+    subprocess.run([PODMAN, "run", "-d", "--name", name, "--network", "none", "--restart", "always", *labels, base,
+                    "sleep", "600"], check=True, capture_output=True, timeout=120)
+    try:
+        pid = int(subprocess.run([PODMAN, "inspect", "--format", "{{.State.Pid}}", name], capture_output=True,
+                                 text=True, timeout=60, check=True).stdout)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            state = subprocess.run([PODMAN, "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", name],
+                                   capture_output=True, text=True, timeout=60).stdout.split()
+            if state and state[0] == "running" and int(state[1]) >= 1:
+                break
+            assert time.monotonic() < deadline, f"the killed container was not restarted: {state}"
+            time.sleep(0.5)
+    finally:
+        subprocess.run([PODMAN, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+        subprocess.run([PODMAN, "rmi", "-af"], capture_output=True, timeout=300)
+        monkeypatch.undo()
+        containers.remove_store(deep)

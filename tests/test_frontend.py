@@ -412,3 +412,22 @@ def test_deleting_the_cluster_stops_every_process(built_image):
     target.delete()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
     assert not target.run_dir.exists()
+
+
+def test_the_replicas_socket_folder_fits_a_sockets_path_wherever_tmpdir_is(tmp_path, monkeypatch):
+    """A Unix socket's path holds at most 107 bytes: under a deep $TMPDIR the folder is made in /tmp instead."""
+    import os
+
+    from accel_lib.fpga import cluster
+    deep = tmp_path / ("a-deep-temporary-folder-" * 4)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)          # read $TMPDIR again
+    folder = cluster.make_socket_dir()
+    try:
+        assert not folder.is_relative_to(deep) and (folder.stat().st_mode & 0o777) == 0o700
+        assert len(os.fsencode(folder / cluster.LONGEST_SOCKET)) <= cluster.SOCKET_PATH_LIMIT
+        assert list(deep.iterdir()) == []                   # the deep one it tried is not left behind
+    finally:
+        folder.rmdir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,10 +363,21 @@ def replica_log(log_dir, idx) -> Path:
     return Path(log_dir) / f"replica-{idx}.log"
 
 
+SOCKET_PATH_LIMIT = 107          # a Unix socket's path, in bytes (sun_path holds 108 with its NUL)
+LONGEST_SOCKET = "c1000000/health.sock"    # the longest name a replica's socket takes in the folder
+
+
 def make_socket_dir() -> Path:
-    """A private folder (0700) for the replicas' Unix sockets: short enough for a socket's path (108 bytes)."""
+    """A private folder (0700) for the replicas' Unix sockets, short enough for a socket's path: in the temporary
+    folder ($TMPDIR), or /tmp where that is too deep."""
     import tempfile
-    return Path(tempfile.mkdtemp(prefix="accel-cluster-"))
+    for base in (None, "/tmp"):
+        folder = Path(tempfile.mkdtemp(prefix="accel-cluster-", dir=base))
+        if len(os.fsencode(folder / LONGEST_SOCKET)) <= SOCKET_PATH_LIMIT:
+            return folder
+        folder.rmdir()
+    raise OSError(f"no folder for the replicas' sockets within {SOCKET_PATH_LIMIT} bytes of path: set $TMPDIR to a "
+                  "short folder")
 
 
 def replica_sockets(socket_dir, serial) -> tuple:

@@ -44,6 +44,7 @@ RUN_TIMEOUT = 120                                          # the throwaway conta
 BASE_TIMEOUT = 900                                         # mmdebstrap (Debian's packages: about 20 s here)
 BUILD_TIMEOUT = 1800
 BASE_TAR = "debian-bookworm-python3.tar"                   # the base's cache entry (a tarball, checked)
+RUNROOT_LIMIT = 50                                         # podman's longest --runroot (its exit command refuses more)
 CONTAINERS_CONF = """[containers]
 default_ulimits = []
 
@@ -215,8 +216,12 @@ def cannot_run(engine, image) -> str | None:
 
 
 def ready(engine, log=print) -> tuple:
-    """(base image, None) when ``engine`` can build and run containers here, else (None, why in one line): the base
-    made or found (ensure_base), then a throwaway container of it (cannot_run)."""
+    """(base image, None) when ``engine`` can build and run containers here, else (None, why in one line): a run
+    root podman can clean up in (runroot_too_long), the base made or found (ensure_base), then a throwaway
+    container of it (cannot_run)."""
+    why = runroot_too_long(engine)
+    if why:
+        return None, why
     try:
         base = ensure_base(engine, log=log)
     except EngineError as e:
@@ -226,15 +231,52 @@ def ready(engine, log=print) -> tuple:
 
 
 def store(folder) -> Path:
-    """A private image store in ``folder``: writes its storage.conf (overlay, graph and run roots inside) and
-    returns its path, for $CONTAINERS_STORAGE_CONF (podman; docker has one store per daemon)."""
+    """A private image store in ``folder``: writes its storage.conf (overlay, its graph root inside, its run root
+    short: ``short_runroot``, linked as ``folder/run``) and returns its path, for $CONTAINERS_STORAGE_CONF (podman;
+    docker has one store per daemon). ``remove_store`` removes both."""
     folder = Path(folder).resolve()
+    runroot = short_runroot(folder)
+    if len(str(runroot)) > RUNROOT_LIMIT:
+        raise EngineError(f"the store's run root {runroot} is {len(str(runroot))} characters; podman refuses more "
+                          f"than {RUNROOT_LIMIT} when a container exits. Set $XDG_RUNTIME_DIR to a shorter folder.")
     (folder / "storage").mkdir(parents=True, exist_ok=True)
-    (folder / "run").mkdir(parents=True, exist_ok=True)
+    runroot.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link = folder / "run"
+    if link.is_dir() and not link.is_symlink():        # a store made by an older release: its run root inside
+        shutil.rmtree(link, ignore_errors=True)
+    if not link.is_symlink():
+        link.symlink_to(runroot)
     conf = folder / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{folder / "storage"}"\n'
-                    f'runroot = "{folder / "run"}"\n')
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{folder / "storage"}"\nrunroot = "{runroot}"\n')
     return conf
+
+
+def short_runroot(folder) -> Path:
+    """The run root of the store in ``folder``: a folder of its own named from the store's path, under
+    $XDG_RUNTIME_DIR or /tmp, short wherever the store is (podman's limit is RUNROOT_LIMIT characters)."""
+    tag = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"accel-run-{tag}"
+
+
+def remove_store(folder):
+    """Remove the store ``store`` made in ``folder``, its run root included (nothing when it is not there)."""
+    folder = Path(folder).resolve()
+    shutil.rmtree(short_runroot(folder), ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def runroot_too_long(engine) -> str | None:
+    """Why podman cannot clean up or restart containers in its store here (a run root over RUNROOT_LIMIT
+    characters, which its exit command refuses), or None."""
+    if engine_name(engine) != "podman":
+        return None
+    r = _run([engine, "info", "--format", "{{.Store.RunRoot}}"], timeout=INFO_TIMEOUT, check=False)
+    root = r.stdout.strip()
+    if r.returncode or len(root) <= RUNROOT_LIMIT:
+        return None
+    return (f"podman's run root {root} is {len(root)} characters, and podman refuses more than {RUNROOT_LIMIT} when a "
+            "container exits (its cleanup fails, so containers are neither restarted nor removed); set a shorter "
+            "runroot in your storage.conf, or make a store with `python3 accel_lib/fpga/containers.py store FOLDER`")
 
 
 def graph_root(engine) -> str:
@@ -447,20 +489,24 @@ def remove_pod(engine, name):
 def main(argv=None):
     """``python3 accel_lib/fpga/containers.py base``: make the local Debian base image now; ``conf``: print the
     containers.conf that podman needs on this kind of kernel; ``store FOLDER``: make a private image store there and
-    print its storage.conf's path (for $CONTAINERS_STORAGE_CONF)."""
+    print its storage.conf's path (for $CONTAINERS_STORAGE_CONF); ``store --remove FOLDER``: remove it."""
     import argparse
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("what", choices=["base", "conf", "store"])
     p.add_argument("folder", nargs="?", help="the store's folder (store)")
+    p.add_argument("--remove", action="store_true", help="store: remove the store in FOLDER and its run root")
     p.add_argument("--engine")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.what == "conf":
         print(CONTAINERS_CONF, end="")
         return 0
     if args.what == "store":
         if not args.folder:
             p.error("store needs a FOLDER")
-        print(store(args.folder))
+        if args.remove:
+            remove_store(args.folder)
+        else:
+            print(store(args.folder))
         return 0
     engine, why = find_engine(args.engine)
     if engine is None:
