@@ -14,7 +14,8 @@ def test_ms_fp9_conversion_records_format_checks_and_report(converted_q, capsys)
     m = conv.manifest
     assert (m.numeric_format, m.device.block_size, m.device.quantized_layers) == ("ms-fp9", 64, 53)
     assert m.parity.top1_agreement == 1.0 and m.parity.max_relative_error < 1e-3     # fp32 conversion
-    assert m.device_check.max_rel_diff < 1e-4 and m.device_check.top1_agreement == 1.0
+    dc = m.device_check
+    assert dc.layers == 53 and dc.values > 0 and 0 <= dc.boundary_fraction <= 1 and dc.bound_used <= 1, dc
     rep = load_report(conv)
     from accel_lib.conversion import checks
     assert rep.random_weights and len(rep.layers) == 53
@@ -35,7 +36,7 @@ def test_an_mx_format_converts_with_the_same_checks_and_fields(converted, capsys
     m = op.result.manifest
     assert (m.numeric_format, m.device.block_size, m.device.quantized_layers) == ("mxfp4", 32, 53)
     assert "OCP MX" in m.device.format and "E2M1" in m.device.format
-    assert m.device_check.max_rel_diff < 1e-4 and m.device_check.top1_agreement == 1.0
+    assert m.device_check.layers == 53 and m.device_check.bound_used <= 1, m.device_check
     rep = load_report(op.result)
     assert len(rep.layers) == 53 and all(0 < r.weight_sqnr_db < 30 for r in rep.layers)
     assert "device check (mxfp4)" in op.get_log()

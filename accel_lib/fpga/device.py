@@ -209,6 +209,27 @@ def quantizers(model):
     return []
 
 
+def layer_model(model, layer_output, rank):
+    """The device graph's quantized layer whose output is ``layer_output``, alone: (model, its quantizer's record).
+    The model's input (of rank ``rank``) is the quantizer's input; its outputs are that input quantized and the
+    layer's output."""
+    from onnx import TensorProto
+    from onnx import helper as h
+    g = model.graph
+    node = next(n for n in g.node if n.output and n.output[0] == layer_output)
+    entry = next(q for q in quantizers(model) if q["output"] == node.input[0])
+    mine = [n for n in g.node if n.name == entry["output"] or n.name.startswith(entry["output"] + "/")]
+    used = {i for n in (*mine, node) for i in n.input}
+    inits = [i for i in g.initializer if i.name in used]
+    free = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    given = h.make_tensor_value_info(entry["input"], TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
+    graph = h.make_graph([*mine, node], f"layer {layer_output}", [given],
+                         [free(entry["output"]), free(layer_output)], inits)
+    small = h.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    _record(small, [entry])
+    return small, entry
+
+
 def fuse(model, inplace=False):
     """``model`` (a copy unless ``inplace``) with each recorded quantizer subgraph replaced by one fused ``kernel``
     node."""

@@ -255,6 +255,35 @@ def quantize_mx(x, fmt, axis=-1):
     return back(y.astype(np.float32))
 
 
+def grid(x, fmt, axis=-1):
+    """(step, top) of ``fmt`` at each value of ``x`` (float32, shaped like x): one step is the widest gap between
+    two neighbouring values of the format around it (a block's step; an MX element's at the binade above its own,
+    times 2**S), and top the largest magnitude its block can hold."""
+    if isinstance(fmt, str):
+        fmt = get(fmt)
+    blocks, back = _blocks(np.asarray(x, np.float32), fmt.block, axis)
+    bad = ~np.isfinite(blocks).all(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        a = np.where(bad, np.float32(1), np.abs(blocks))
+    m = a.max(axis=-1, keepdims=True)
+    _, e = np.frexp(m)
+    if isinstance(fmt, Format):
+        e = np.clip(e.astype(np.int32) - 1, fmt.emin, fmt.emax)
+        step = np.ldexp(np.float32(1), e - fmt.mantissa_bits + 1)
+        top = step * np.float32(fmt.kmax)
+    else:
+        el = fmt.element
+        shared = np.where(m == 0, SCALE_MIN, np.clip(e.astype(np.int32) - 1 - el.emax, SCALE_MIN, SCALE_MAX))
+        _, pe = np.frexp(np.ldexp(a, -shared))
+        p = np.maximum(pe.astype(np.int32) - 1, el.emin) + 1 if el.ebits else el.emin
+        step = np.ldexp(np.float32(1), p - el.mbits + shared)
+        top = np.ldexp(np.float32(el.max_norm), shared)
+
+    def full(v):
+        return back(np.where(bad, np.float32(np.nan), np.broadcast_to(v, blocks.shape)).astype(np.float32))
+    return full(step), full(top)
+
+
 def sqnr_db(reference, approx):
     """Signal-to-quantization-noise ratio in dB (inf when identical)."""
     r = np.asarray(reference, np.float64)

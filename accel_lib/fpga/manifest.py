@@ -16,7 +16,7 @@ from pathlib import Path
 SAVED_MODEL_FILE = "accel_model.json"
 SAVED_MODEL_FORMAT = "accel_lib.saved_model/2"
 MANIFEST_FILE = "manifest.json"
-PACKAGE_FORMAT = "accel_lib.accelonnx/2"
+PACKAGE_FORMAT = "accel_lib.accelonnx/3"
 REPORT_FILE = "report.json"
 REPORT_FORMAT = "accel_lib.report/1"
 DEVICE_FILE = "device.onnx"
@@ -125,15 +125,23 @@ class Parity:
 
 @dataclass
 class DeviceCheck:
-    """The device graph (ONNX Runtime, format in the graph) against the numpy reference device."""
+    """The device graph (ONNX Runtime, format in the graph) against the numpy reference device: judged layer by
+    layer on the reference's own input; the whole network run free is reported (conversion/checks.py)."""
     images: int
-    max_rel_diff: float
-    top1_agreement: float
-    tolerance: float
+    layers: int                   # quantized layers judged
+    values: int                   # quantized input values compared
+    boundary_values: int          # of those, one step of the format apart (an input on a rounding boundary)
+    boundary_fraction: float
+    worst_layer: str              # the layer that used the largest share of its bound
+    bound_used: float             # that share: the largest |device - reference| / bound of any layer output (<= 1)
+    max_rel_diff: float           # the whole network run free: largest difference / largest feature (reported)
+    top1_agreement: float         # the whole network run free, through the heads (reported)
     measured: str
 
     def validate(self):
-        pass
+        if not 0 <= self.boundary_fraction <= 1:
+            raise ManifestError(f"device_check: field 'boundary_fraction' must be a fraction from 0 to 1, got "
+                                f"{self.boundary_fraction!r}.")
 
 
 @dataclass

@@ -27,8 +27,11 @@ def conv2d(x, w, b, strides, pads, dilations):
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def reference_device(fp32_model, fmt):
-    """A callable x -> {output name: array} computing the device stage with numpy only."""
+def reference_device(fp32_model, fmt, on_layer=None):
+    """A callable x -> {output name: array} computing the device stage with numpy only. ``on_layer(node, x, xq, y,
+    magnitude, terms)``, if given, sees each quantized layer as the reference computes it: its input, that input
+    quantized, its output, the same operator on absolute values (sum |w x| + |b|, what bounds any fp32 summation
+    order's error) and the number of terms each output sums."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.ops.op_conv import Conv as _Conv
     from onnx.reference.ops.op_gemm import Gemm_7 as _Gemm
@@ -37,21 +40,35 @@ def reference_device(fp32_model, fmt):
         fmt = formats.get(fmt)
     q = (lambda a, axis: a) if fmt is None else (lambda a, axis: formats.quantize(a, fmt, axis))  # noqa: E731
 
+    def seen(op, x, xq, y, again, terms):
+        """Hand the layer to ``on_layer``, with ``again`` (the operator) run on absolute values."""
+        if on_layer is not None:
+            on_layer(op.onnx_node, x, xq, y, again(np.abs), terms)
+        return (y,)
+
     class Conv(_Conv):
         def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None,
                  strides=None):
-            X, W = q(X, 1), q(W, 1)
+            Xq, W = q(X, 1), q(W, 1)
             auto_pad = auto_pad or getattr(self, "auto_pad", "NOTSET")
             group = group or getattr(self, "group", 1)
-            if X.ndim == 4 and group == 1 and auto_pad in ("NOTSET", b"NOTSET"):
-                pads = pads or getattr(self, "pads", None) or [0, 0, 0, 0]
-                return (conv2d(X, W, B, strides or getattr(self, "strides", None) or [1, 1], pads,
-                               dilations or getattr(self, "dilations", None) or [1, 1]),)
-            return super()._run(X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides)
+            strides = strides or getattr(self, "strides", None) or [1, 1]
+            dilations = dilations or getattr(self, "dilations", None) or [1, 1]
+            pads = pads or getattr(self, "pads", None)
+
+            def conv(f):
+                b = None if B is None else f(B)
+                if Xq.ndim == 4 and group == 1 and auto_pad in ("NOTSET", b"NOTSET"):
+                    return conv2d(f(Xq), f(W), b, strides, pads or [0, 0, 0, 0], dilations)
+                return super(Conv, self)._run(f(Xq), f(W), b, auto_pad, dilations, group, kernel_shape, pads,
+                                              strides)[0]
+            return seen(self, X, Xq, conv(lambda a: a), conv, int(np.prod(W.shape[1:])))
 
     class MatMul(_MatMul):
         def _run(self, a, b):
-            return super()._run(q(a, -1), q(b, -2))
+            aq, bq = q(a, -1), q(b, -2)
+            return seen(self, a, aq, super()._run(aq, bq)[0], lambda f: super(MatMul, self)._run(f(aq), f(bq))[0],
+                        int(aq.shape[-1]))
 
     class Gemm(_Gemm):
         op_type = "Gemm"
@@ -59,8 +76,15 @@ def reference_device(fp32_model, fmt):
         def _run(self, a, b, c=None, alpha=None, beta=None, transA=None, transB=None):
             ta = transA if transA is not None else self.transA
             tb = transB if transB is not None else self.transB
-            return super()._run(q(a, 0 if ta else -1), q(b, -1 if tb else 0), c, alpha=alpha, beta=beta,
-                                transA=ta, transB=tb)
+            aq, bq = q(a, 0 if ta else -1), q(b, -1 if tb else 0)
+            alpha = self.alpha if alpha is None else alpha
+            beta = self.beta if beta is None else beta
+
+            def gemm(f):
+                return super(Gemm, self)._run(f(aq), f(bq), None if c is None else f(c), alpha=abs(alpha),
+                                              beta=abs(beta), transA=ta, transB=tb)[0]
+            y = super()._run(aq, bq, c, alpha=alpha, beta=beta, transA=ta, transB=tb)[0]
+            return seen(self, a, aq, y, gemm, int(aq.shape[0 if ta else -1]) + 1)
 
     ev = ReferenceEvaluator(fp32_model, new_ops=[Conv, MatMul, Gemm])
     name = fp32_model.graph.input[0].name
