@@ -1,7 +1,8 @@
 """Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, conversion's
-memory and time (conversion.py), serving (in-process vs the service over gRPC and REST; see serving.py), a peer
-server beside ours (MLServer over the Open Inference Protocol; see peers.py), then detection training (notebook 07's
-time and held-out mAP, fp32 beside the device format; see detection.py).
+memory and time (conversion.py), the device check on ResNet-152 at 224 px (device_check.py), serving (in-process vs
+the service over gRPC and REST; see serving.py), a peer server beside ours (MLServer over the Open Inference
+Protocol; see peers.py), then detection training (notebook 07's time and held-out mAP, fp32 beside the device
+format; see detection.py).
 Tables and JSON go to build/bench/.
 
 Measured on this machine's CPU with ONNX Runtime: the simulator's cost, not an FPGA's latency (not modelled here).
@@ -63,6 +64,7 @@ def main():
     p.add_argument("--skip-peers", action="store_true", help="no MLServer beside our front end")
     p.add_argument("--only-peers", action="store_true", help="only MLServer beside our front end")
     p.add_argument("--skip-detection", action="store_true", help="no detection training")
+    p.add_argument("--skip-device-check", action="store_true", help="no device check on ResNet-152 at 224 px")
     args = p.parse_args()
     if args.only_peers:
         import peers
@@ -110,6 +112,12 @@ def main():
         import conversion
         results["conversion"] = conversion.run()
         table = conversion.report(results["conversion"], machine)
+        print("\n" + table, flush=True)
+        lines += ["", table]
+    if not args.skip_device_check:
+        import device_check
+        results["device_check"] = device_check.run()
+        table = device_check.report(results["device_check"], machine)
         print("\n" + table, flush=True)
         lines += ["", table]
     if not args.skip_serving:

@@ -108,6 +108,16 @@ def converted(tmp_path_factory, small_model):
 
 
 @pytest.fixture(scope="session")
+def small_fp32(converted):
+    """The path of the small model's featurizer in fp32, as its conversion made it (the conversion's cache of fp32
+    graphs: TensorFlow is not run again)."""
+    import json
+    ws, src, _ = converted
+    index = sorted(ws.conversion_cache(src.name, src.version).glob("*/fp32.json"))[0]
+    return index.parent / json.loads(index.read_text())["fp32"]["featurize"]
+
+
+@pytest.fixture(scope="session")
 def converted_q(converted, small_model):
     """The small model converted again, in ms-fp9 with blocks of 64, in the same workspace."""
     from accel_lib import AccelOnnxConverter

@@ -49,8 +49,9 @@ def test_bad_format_arguments_fail_at_once(converted):
         AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format="ms-fp9", block_size=0)
 
 
-def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, small_model, cluster, tmp_path):
-    from accel_lib.conversion import fp32_featurizer
+def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, small_fp32, cluster, tmp_path):
+    import onnx
+
     from accel_lib.fpga.package import AcceleratorPackage
     from accel_lib.fpga.reference import reference_device
     ws, src, op = converted_q
@@ -61,8 +62,8 @@ def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, s
     with client_from_service(svc) as c:
         served = c.score_numpy_arrays({"images": data}, outputs="output_alias")
         assert c.get_model_metadata()["numeric_format"] == "ms-fp9"
-    # the reference device: the fp32 featurizer (converted afresh) run by numpy with formats.quantize
-    fp32 = fp32_featurizer(small_model[1].path)
+    # the reference device: the fp32 featurizer (as the conversion made it) run by numpy with formats.quantize
+    fp32 = onnx.load(str(small_fp32))
     x = host.preprocess(data, order="BGR", output_height=64, output_width=64)
     feats = reference_device(fp32, formats.get("ms-fp9", 64))(x)
     pkg = AcceleratorPackage(img.context / "package")

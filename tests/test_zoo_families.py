@@ -1,7 +1,12 @@
 """Every class of the zoo: saved, registered, converted (fp32 parity, device check, report) and served.
 
-Small inputs and random weights keep this within CI's time; the tutorial runs the real sizes.
+Small inputs and random weights keep this within CI's time; the tutorial runs the real sizes. The article's
+QuantizedResnet152 converts at its real size (224 px), where summation order once failed the device check, and its
+device graph is judged again on the other paths that can be forced here: numpy's OpenBLAS on its AVX2 kernels
+(OPENBLAS_CORETYPE=Haswell) and the pure-ONNX quantizer, around which ONNX Runtime fuses the graph otherwise.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +14,7 @@ from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, Comp
                        Webservice, AksWebservice, Workspace, client_from_service, models, samples)
 from accel_lib.conversion import checks
 
+REAL_SIZE = {"Resnet152": 224}   # the Quantized class at the article's size
 FAMILIES = {  # class: (image size for the test, feature dim, the article's default output name, input order)
     "Resnet152": (32, 2048, "classifier/resnet_v1_152/predictions/Softmax:0", "BGR"),
     "Vgg16": (32, 4096, "classifier/vgg_16/fc8/squeezed:0", "BGR"),
@@ -53,13 +59,47 @@ def _deploy_and_score(ws, converted, name):
     return served, local
 
 
+JUDGE = """
+import json, sys
+import onnx
+from accel_lib.conversion import checks
+from accel_lib.fpga import formats, host
+from accel_lib.samples import sample_images
+fp32, dev, prep, fmt, block = sys.argv[1:6]
+x = host.preprocess(sample_images(1, seed=31), **json.loads(prep))
+_, judge = checks.judge_layers(onnx.load(fp32), onnx.load(dev), formats.get(fmt, int(block)), x)
+print(json.dumps({"layers": judge.layers, "used": judge.used, "boundary": judge.boundary}))
+"""
+
+
+def _judged_elsewhere(ws, source_name, converted, folder):
+    """The device check's layer judge on the converted package, in a process on OpenBLAS's AVX2 kernels with the
+    pure-ONNX quantizer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from accel_lib.fpga.manifest import DEVICE_FILE
+    (cache,) = (ws.path / "cache" / "conversion").glob(f"{source_name}.*/*/fp32.json")
+    fp32 = cache.parent / json.loads(cache.read_text())["fp32"]["featurize"]
+    package = converted.download(folder)
+    m = converted.manifest
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "ACCEL_LIB_DEVICE_KERNEL": "onnx"}
+    r = subprocess.run([sys.executable, "-c", JUDGE, str(fp32), str(Path(package) / DEVICE_FILE),
+                        json.dumps(m.stage("preprocess").params), m.numeric_format, str(m.device.block_size)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_classifier_family_saves_converts_and_serves(family, tmp_path):
     size, dim, seed_name, order = FAMILIES[family]
     ws = Workspace.create("zoo", path=tmp_path / "ws")
     plain = getattr(models, family)(tmp_path, weights="random", image_size=size)
-    quant = getattr(models, "Quantized" + family)(tmp_path, weights="random", image_size=size)
+    quant = getattr(models, "Quantized" + family)(tmp_path, weights="random", image_size=REAL_SIZE.get(family, size))
     assert plain.output_tensors == seed_name and plain.feature_dim == dim and plain.input_order == order
     assert quant.version == plain.version + "-q" and quant.default_numeric_format == "ms-fp9"
     # one after the other: tf2onnx takes up to 17 GB converting ResNet-152 (measured), and CI has 24 GiB
@@ -76,6 +116,10 @@ def test_each_classifier_family_saves_converts_and_serves(family, tmp_path):
     qm = qop.result.manifest
     assert qm.numeric_format == "ms-fp9" and qm.device.quantized_layers > 0
     assert qm.device_check.layers == qm.device.quantized_layers and qm.device_check.bound_used <= 1
+    if family in REAL_SIZE:
+        assert qm.stage("preprocess").params["output_height"] == 224 and qm.device_check.layers == 155
+        other = _judged_elsewhere(ws, "q" + family.lower(), qop.result, tmp_path / "downloaded")
+        assert other["layers"] == 155 and other["used"] <= 1, other
     assert "quantization effect (ms-fp9 vs fp32)" in qop.get_log()
     served, local = _deploy_and_score(ws, op.result, family.lower())
     assert list(served) == [seed_name] and served[seed_name].shape == (2, 1000)

@@ -39,6 +39,7 @@ REPORT_BATCH = 1                # the report runs its images one at a time: ever
 PARITY_TOLERANCE = 1e-3         # relative L2 error of any output, fp32 package vs TensorFlow (see above)
 UNIT_ROUNDOFF = 2.0 ** -24       # fp32's u
 SMALLEST_NORMAL = 2.0 ** -126    # what a flushed subnormal can move a sum by, per term
+JUDGE_BATCH_BYTES = 256 * 2**20  # the layers' inputs, outputs and bounds held before they are run and judged
 
 
 def images_for(preprocessing, n, least=2) -> int:
@@ -127,27 +128,48 @@ class DeviceMismatch(RuntimeError):
 
 
 class _LayerJudge:
-    """Runs each quantized layer of the device graph (ONNX Runtime) on the reference's input and judges it."""
+    """Runs the device graph's quantized layers (ONNX Runtime) on the reference's inputs, a few at a time (one session
+    for up to ``JUDGE_BATCH_BYTES`` of inputs), and judges each."""
 
     def __init__(self, device_model, fmt):
-        self.model, self.fmt = device_model, fmt
+        from ..fpga.device import Layers
+        self.layers_of, self.fmt = Layers(device_model), fmt
         self.layers = self.values = self.boundary = 0
         self.worst, self.used = "", 0.0
+        self.pending, self.bytes = [], 0
 
     def __call__(self, node, x, xq, y, magnitude, terms):
-        from ..fpga.device import layer_model, session
-        small, entry = layer_model(self.model, node.output[0], np.ndim(x))
-        got_q, got_y = session(small, inplace=True).run(None, {entry["input"]: np.asarray(x, np.float32)})
+        self.pending.append((node, np.asarray(x, np.float32), xq, y, magnitude, terms))
+        self.bytes += 4 * (np.size(x) + np.size(xq) + np.size(y) + np.size(magnitude))
+        if self.bytes > JUDGE_BATCH_BYTES:
+            self.flush()
+
+    def flush(self):
+        """Run and judge the layers held so far."""
+        from ..fpga.device import session
+        if not self.pending:
+            return
+        model = self.layers_of.model_of([p[0].output[0] for p in self.pending], [p[1].ndim for p in self.pending])
+        feed = {}
+        for node, x, *_ in self.pending:
+            feed.setdefault(self.layers_of.entry(node.output[0])["input"], x)
+        sess = session(model, inplace=True)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        for node, x, xq, y, magnitude, terms in self.pending:
+            entry = self.layers_of.entry(node.output[0])
+            self.judge(node, entry, x, xq, y, magnitude, terms, got[entry["output"]], got[node.output[0]])
+        self.pending, self.bytes = [], 0
+
+    def judge(self, node, entry, x, xq, y, magnitude, terms, got_q, got_y):
         name = node.name or node.output[0]
         apart, far = one_step_apart(x, xq, got_q, self.fmt, entry["axis"])
         if far.any():
             raise DeviceMismatch(f"layer {name}: {int(far.sum())} quantized input value(s) differ from the reference "
                                  "by more than one step of the format, or where the input is not on a rounding "
                                  "boundary")
-        moved = np.abs(got_q - xq)
         bound = 2 * gamma(terms + 2) * np.asarray(magnitude, np.float64) + (terms + 2) * SMALLEST_NORMAL
         if apart.any():           # what the one-step inputs move, through |w| (the operator on |dq| and |w|)
-            bound = bound + _through_weights(node, moved, self.model)
+            bound = bound + _through_weights(node, np.abs(got_q - xq), self.layers_of.model)
         diff = np.abs(got_y.astype(np.float64) - y)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(diff > 0, diff / bound, 0.0)
@@ -199,7 +221,8 @@ def judge_layers(fp32_model, device_model, fmt, x):
     from ..fpga.reference import reference_device
     judge = _LayerJudge(device_model, fmt)
     ref = reference_device(fp32_model, fmt, on_layer=judge)(x)
-    del judge.model
+    judge.flush()
+    del judge.layers_of
     return ref, judge
 
 

@@ -209,25 +209,48 @@ def quantizers(model):
     return []
 
 
-def layer_model(model, layer_output, rank):
-    """The device graph's quantized layer whose output is ``layer_output``, alone: (model, its quantizer's record).
-    The model's input (of rank ``rank``) is the quantizer's input; its outputs are that input quantized and the
-    layer's output."""
-    from onnx import TensorProto
-    from onnx import helper as h
-    g = model.graph
-    node = next(n for n in g.node if n.output and n.output[0] == layer_output)
-    entry = next(q for q in quantizers(model) if q["output"] == node.input[0])
-    mine = [n for n in g.node if n.name == entry["output"] or n.name.startswith(entry["output"] + "/")]
-    used = {i for n in (*mine, node) for i in n.input}
-    inits = [i for i in g.initializer if i.name in used]
-    free = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
-    given = h.make_tensor_value_info(entry["input"], TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
-    graph = h.make_graph([*mine, node], f"layer {layer_output}", [given],
-                         [free(entry["output"]), free(layer_output)], inits)
-    small = h.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    _record(small, [entry])
-    return small, entry
+class Layers:
+    """The device graph's quantized layers, indexed once, to cut out and run apart from the graph."""
+
+    def __init__(self, model):
+        g = model.graph
+        self.model = model
+        self.entries = {q["output"]: q for q in quantizers(model)}
+        self.node = {n.output[0]: n for n in g.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+        self.members = {}                      # quantizer output -> its subgraph's nodes
+        for n in g.node:
+            head = n.name.split("/")
+            for cut in range(len(head), 0, -1):
+                if "/".join(head[:cut]) in self.entries:
+                    self.members.setdefault("/".join(head[:cut]), []).append(n)
+                    break
+        self.inits = {i.name: i for i in g.initializer}
+
+    def entry(self, layer_output) -> dict:
+        """The record of the quantizer in front of the layer whose output is ``layer_output``."""
+        return self.entries[self.node[layer_output].input[0]]
+
+    def model_of(self, layer_outputs, ranks) -> "onnx.ModelProto":  # noqa: F821
+        """A model of the layers ``layer_outputs`` alone: its inputs are their quantizers' inputs (of the given
+        ranks), its outputs each quantizer's output and each layer's output."""
+        from onnx import TensorProto
+        from onnx import helper as h
+        nodes, inputs, outputs, entries, seen = [], [], [], [], set()
+        for out, rank in zip(layer_outputs, ranks):
+            e = self.entry(out)
+            if e["output"] not in seen:
+                seen.add(e["output"])
+                nodes += self.members[e["output"]]
+                entries.append(e)
+                inputs.append(h.make_tensor_value_info(e["input"], TensorProto.FLOAT, [f"d{i}" for i in range(rank)]))
+                outputs.append(h.make_tensor_value_info(e["output"], TensorProto.FLOAT, None))
+            nodes.append(self.node[out])
+            outputs.append(h.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        used = {i for n in nodes for i in n.input}
+        graph = h.make_graph(nodes, "layers", inputs, outputs, [self.inits[u] for u in sorted(used & set(self.inits))])
+        model = h.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
+        _record(model, entries)
+        return model
 
 
 def fuse(model, inplace=False):
