@@ -198,11 +198,7 @@ class ComputeTarget(records.Attached):
             return self
         if not lifecycle.has_spec(self.run_dir):      # missing, or from an older accel_lib: the records say
             self.publish()
-        try:
-            lifecycle.start(self.run_dir)
-        except lifecycle.NotRunning:
-            raise UserError(f"the front end of cluster {self.name!r} did not start within {lifecycle.START_TIMEOUT} s;"
-                            f" its log says why: {self.run_dir / cluster.LOG_FILE}") from None
+        deployment.start(self)
         return self
 
     def stop(self, timeout=20):

@@ -6,13 +6,13 @@ the cluster's spec), and what a service's state is from what its cluster reports
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
 import time
 
 from . import records
 from .errors import UserError
-from .fpga import cluster, lifecycle
+from .fpga import cluster, lifecycle, logtime
+from .fpga import keys as service_keys
 
 from .records import DELETED, FAILED, HEALTHY, REPLACED, TRANSITIONING, UNHEALTHY     # a service's states
 
@@ -44,11 +44,12 @@ def container_engine(image, required=True) -> str:
         engine = containers.find_engine()[0] if image.container_image else None
         return engine if engine and containers.image_exists(engine, image.container_image) else ""
     if not image.container_image:
-        raise UserError(f"image {image.id} has no container image: runtime='container' needs one. Build it with "
-                        "image.wait_for_creation() where podman or docker answers, or deploy with runtime='process'.")
+        raise UserError(f"image {image.id} has no container image: runtime={cluster.CONTAINER!r} needs one. Build it "
+                        "with image.wait_for_creation() where podman or docker answers, or deploy with "
+                        f"runtime={cluster.PROCESS!r}.")
     engine, why = containers.find_engine()
     if engine is None:
-        raise UserError(f"runtime='container' needs a container engine: {why}.")
+        raise UserError(f"runtime={cluster.CONTAINER!r} needs a container engine: {why}.")
     if not containers.image_exists(engine, image.container_image):
         raise UserError(f"{containers.engine_name(engine)} holds no image {image.container_image}: build it again "
                         "with image.wait_for_creation(engine=...) using this engine.")
@@ -59,12 +60,12 @@ def settle(cfg, image, target) -> tuple:
     """What deploying ``image`` to ``target`` with ``cfg`` settles: (cluster.Settled, keys or None). Keys are on
     by default on AKS, as in Azure ML, and off on an edge device; replicas run in containers where the image
     was built into one and its engine answers, unless ``cfg.runtime`` says."""
-    runtime = cfg.runtime or ("container" if container_engine(image, required=False) else "process")
-    engine = container_engine(image) if runtime == "container" else ""
+    runtime = cfg.runtime or (cluster.CONTAINER if container_engine(image, required=False) else cluster.PROCESS)
+    engine = container_engine(image) if runtime == cluster.CONTAINER else ""
     settled = cluster.Settled(generation=time.time_ns() // 1000, runtime=runtime, engine=engine,
                               container_image=image.container_image if engine else "")
     keyed = cfg.auth_enabled if cfg.auth_enabled is not None else target.type == records.AKS
-    return settled, [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if keyed else None
+    return settled, service_keys.new() if keyed else None
 
 
 def deploy(workspace, name, image, cfg, target) -> records.ServiceRecord:
@@ -82,12 +83,24 @@ def deploy(workspace, name, image, cfg, target) -> records.ServiceRecord:
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         publish(workspace, target)
-        target.restart()
+        start(target)
     except Exception:
         forget_service(workspace, name)
         publish(workspace, target)
         raise
     return rec
+
+
+def start(target):
+    """Start ``target``'s cluster process if it is down, on the spec published already; UserError if it does not
+    come up."""
+    if lifecycle.running(target.run_dir):
+        return
+    try:
+        lifecycle.start(target.run_dir)
+    except lifecycle.NotRunning:
+        raise UserError(f"the front end of cluster {target.name!r} did not start within {lifecycle.START_TIMEOUT} s; "
+                        f"its log says why: {target.run_dir / cluster.LOG_FILE}") from None
 
 
 def record_service(workspace, name, image, target, cfg, settled, keys):
@@ -200,11 +213,16 @@ def service_state(recorded, running, replicas) -> str:
     states = [r.state for r in replicas]
     if cluster.FAILED in states:
         return FAILED
-    if states and all(s == cluster.HEALTHY for s in states):
+    if all_healthy(replicas):
         return HEALTHY
     if cluster.BACKOFF in states:
         return UNHEALTHY
     return TRANSITIONING
+
+
+def all_healthy(replicas) -> bool:
+    """Whether a service is serving: it has replicas, and every one of them is Healthy."""
+    return bool(replicas) and all(r.state == cluster.HEALTHY for r in replicas)
 
 
 def failure(replicas):
@@ -219,9 +237,6 @@ def failure(replicas):
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")      # terminal colours a library wrote into a log
 
 
-LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", re.M)   # what starts each line of a replica's log
-
-
 def logs(log_dir, num_replicas, where, num_lines=5000, timestamps=True) -> str:
     """The last ``num_lines`` lines of each replica's log under ``log_dir``, headed by replica and ``where``; as plain
     text (terminal escapes removed), each line's time left off with ``timestamps=False``."""
@@ -229,14 +244,13 @@ def logs(log_dir, num_replicas, where, num_lines=5000, timestamps=True) -> str:
     for i in range(num_replicas):
         p = cluster.replica_log(log_dir, i)
         text = ANSI_ESCAPE.sub("", p.read_text(errors="replace")) if p.exists() else ""
-        lines = (text if timestamps else LOG_TIME.sub("", text)).splitlines()[-num_lines:]
+        lines = (text if timestamps else logtime.unstamped(text)).splitlines()[-num_lines:]
         parts.append(f"--- replica {i} ({where}) ---\n" + "\n".join(lines))
     return "\n".join(parts)
 
 
 def note(log_dir, idx, text):
     """Add a supervisor-style note to replica ``idx``'s log (e.g. that an edge device's model was replaced)."""
-    import time
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(cluster.replica_log(log_dir, idx), "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+        f.write(logtime.stamped(text) + "\n")

@@ -29,7 +29,7 @@ DOCKERFILE = """\
 # The FPGA is simulated: the featurizer stage runs in ONNX Runtime with the device's numeric format.
 # BASE: Docker Hub's python image, or a local Debian base (python -m accel_lib.fpga.containers base).
 # The pinned requirements install from wheels/ when it holds them (PIP_ARGS=--no-index: no network), else from PyPI.
-ARG BASE=python:3.11-slim
+ARG BASE={hub_base}
 FROM ${{BASE}}
 ARG PIP_ARGS=
 # a PATH of its own: a base imported from a tarball has none, and a runner need not supply one (podman kube play)
@@ -293,7 +293,8 @@ def _write_context(ctx: Path, model: Model, name, version):
     cmd = server.command(containers.PYTHON, host="0.0.0.0", port=containers.PORT)   # TCP: Docker or Kubernetes
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(
         name=name, version=version, cmd=json.dumps(cmd), app=containers.APP, uid=containers.CONTAINER_UID,
-        user=containers.CONTAINER_USER, home=containers.CONTAINER_HOME, port=containers.PORT))
+        user=containers.CONTAINER_USER, home=containers.CONTAINER_HOME, port=containers.PORT,
+        hub_base=containers.HUB_BASE))
     log.write("  requirements.txt, Dockerfile\n")
     log.close()
 

@@ -28,6 +28,8 @@ KSERVE_API = "serving.kserve.io/v1beta1"
 KSERVE_CONTAINER = "kserve-container"
 KSERVE_MODE = {"serving.kserve.io/deploymentMode": "RawDeployment"}
 REST_PORT = containers.REST_PORT
+MANAGED_BY = ("app.kubernetes.io/managed-by", "accel_lib")     # the label on everything the manifests make
+MANAGED_LABEL = "=".join(MANAGED_BY)                            # ... as a label selector
 
 
 def manifests(svc, image, cpus=6, flavour="deployment"):
@@ -39,7 +41,7 @@ def manifests(svc, image, cpus=6, flavour="deployment"):
     if flavour not in FLAVOURS:
         raise UserError(f"flavour must be one of {FLAVOURS}, not {flavour!r}.")
     name, keys = svc.name, svc.keys
-    labels = {"app": name, "app.kubernetes.io/managed-by": "accel_lib"}
+    labels = {"app": name, MANAGED_BY[0]: MANAGED_BY[1]}
     kserve = flavour == "kserve"
     cmd = server.command(containers.PYTHON, svc, host="0.0.0.0", port=PORT, threads=cpus,
                          rest_port=REST_PORT if kserve else None,
@@ -47,18 +49,22 @@ def manifests(svc, image, cpus=6, flavour="deployment"):
     if kserve:              # KServe's probes are HTTP: the protocol's own health routes
         ports = [{"name": "http1", "containerPort": REST_PORT, "protocol": "TCP"},
                  {"name": "h2c", "containerPort": PORT, "protocol": "TCP"}]
-        ready, live = ({"httpGet": {"path": f"/v2/health/{w}", "port": REST_PORT}} for w in ("ready", "live"))
+
+        def probe(what):
+            return {"httpGet": {"path": f"/v2/health/{what}", "port": REST_PORT}}
     else:
         ports = [{"name": "grpc", "containerPort": PORT}]
-        ready = live = {"grpc": {"port": PORT}}
+
+        def probe(what):            # a fresh dict each time: one written twice would become a YAML anchor
+            return {"grpc": {"port": PORT}}
     container = {
         "name": KSERVE_CONTAINER if kserve else "replica", "image": image, "workingDir": containers.APP,
         "command": cmd, **({"env": [{"name": "PROTOCOL", "value": "v2"}]} if kserve else {}), "ports": ports,
         "resources": {"limits": {FPGA_RESOURCE: "1", "cpu": str(cpus)}, "requests": {FPGA_RESOURCE: "1"}},
         # flashing the FPGA takes time: the start-up probe waits for it before liveness counts
-        "startupProbe": {**ready, "periodSeconds": 2, "failureThreshold": 60},
-        "readinessProbe": {**ready, "periodSeconds": 2},
-        "livenessProbe": {**live, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {**probe("ready"), "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {**probe("ready"), "periodSeconds": 2},
+        "livenessProbe": {**probe("live"), "periodSeconds": 10, "failureThreshold": 3},
     }
     pod = {"containers": [container]}
     out = []

@@ -165,7 +165,7 @@ class Webservice(records.Attached):
                 if why:
                     raise UserError(f"service {self.name!r} failed: a replica {why}. Its log:\n"
                                     + self.get_logs(num_lines=30))
-                if states and all(s == cluster.HEALTHY for s in states):
+                if deployment.all_healthy(reps):
                     break
                 if not target.running():
                     raise UserError(f"the cluster {self.compute_name!r} is not running; "

@@ -446,14 +446,14 @@ def test_error_log_says_each_error_once_per_interval(capsys):
 def test_keys_are_compared_in_constant_time(monkeypatch):
     import hmac
 
-    from accel_lib.fpga import server
+    from accel_lib.fpga import keys
     compared = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
-    assert server.key_ok("Bearer k1", ["k1", "k2"]) and len(compared) == 2      # every key, whatever matched
-    assert server.key_ok("Bearer k2", ["k1", "k2"])
-    assert not server.key_ok("Bearer k3", ["k1", "k2"]) and not server.key_ok("k1", ["k1"])
-    assert not server.key_ok("Bearer ", ["k1"]) and not server.key_ok("", [""])
+    assert keys.ok("Bearer k1", ["k1", "k2"]) and len(compared) == 2      # every key, whatever matched
+    assert keys.ok("Bearer k2", ["k1", "k2"])
+    assert not keys.ok("Bearer k3", ["k1", "k2"]) and not keys.ok("k1", ["k1"])
+    assert not keys.ok("Bearer ", ["k1"]) and not keys.ok("", [""])
 
 
 def test_not_found_says_no_more_than_the_caller_knows(built_image, cluster):

@@ -64,7 +64,7 @@ def play(engine, tmp_path):
     yield run
     for f in played:
         kubernetes.down(f, engine)
-    assert containers.pods(engine, label="app.kubernetes.io/managed-by=accel_lib") == []
+    assert containers.pods(engine, label=kubernetes.MANAGED_LABEL) == []
     assert [s for s in containers.secrets(engine) if s.endswith("-keys")] == []
 
 

@@ -1,4 +1,6 @@
 """Kubernetes manifests for a service validate offline against the Kubernetes schema."""
+import re
+
 import kubernetes_validate
 import pytest
 import yaml
@@ -26,6 +28,7 @@ def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
                                 "ws.azurecr.local/resnet50-image:1")
     paths = kubernetes.write(docs, tmp_path / "k8s")
     assert [p.name for p in paths] == ["00-secret.yaml", "01-deployment.yaml", "02-service.yaml"]
+    assert not [p.name for p in paths if re.search(r"[&*]id\d", p.read_text())], "a YAML anchor or alias"
     loaded = [yaml.safe_load(p.read_text()) for p in paths]
     for doc in loaded:
         _validate(doc)
@@ -70,6 +73,7 @@ def test_the_kserve_flavour_is_an_inference_service_with_a_custom_predictor_as_k
                                 flavour="kserve")
     paths = kubernetes.write(docs, tmp_path / "k8s")
     assert [p.name for p in paths] == ["00-secret.yaml", "01-inferenceservice.yaml"]
+    assert not [p.name for p in paths if re.search(r"[&*]id\d", p.read_text())], "a YAML anchor or alias"
     secret, isvc = [yaml.safe_load(p.read_text()) for p in paths]
     _validate(secret)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import manifest
+from . import host, manifest
 
 SPEC_FILE = "cluster.json"
 STATUS_FILE = "status.json"
@@ -35,7 +35,8 @@ DEFAULT_MODEL = "default"     # the model name the article's client sends withou
 # replica states, as the supervisor reports them
 STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", "CrashLoopBackOff", "Failed"
 REPLICA_STATES = (STARTING, LOADING, HEALTHY, BACKOFF, FAILED)
-RUNTIMES = ("process", "container")     # how a service's replicas run
+PROCESS, CONTAINER = "process", "container"
+RUNTIMES = (PROCESS, CONTAINER)          # how a service's replicas run
 EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
 
 
@@ -48,7 +49,8 @@ class ServiceLimits:
     """What one request to a service may hold; the front end and the replicas check it before doing the work."""
     max_message_mb: float = _limit(64.0, "the most bytes one message may have (gRPC or REST), in MB")
     max_images: int = _limit(64, "the most images (rows) one request may hold")
-    max_pixels: int = _limit(40_000_000, "the most pixels one image may have, read from its header before decoding")
+    max_pixels: int = _limit(host.MAX_PIXELS, "the most pixels one image may have, read from its header before "
+                                              "decoding")
     max_request_mb: float = _limit(256.0, "what one request may decode to, in MB: its images' pixels, its tensors' "
                                           "filled-out values, its strings")
     scoring_timeout_ms: int = _limit(60_000, "the most time one call may take at the front end, in ms (Azure ML's "
@@ -168,7 +170,7 @@ class Settled:
     def validate(self):
         if self.runtime not in RUNTIMES:
             raise manifest.ManifestError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
-        if self.runtime == "container" and not (self.engine and self.container_image):
+        if self.runtime == CONTAINER and not (self.engine and self.container_image):
             raise manifest.ManifestError("a service in containers needs its engine and its container image.")
 
     def to_json(self) -> str:
@@ -234,7 +236,7 @@ class ClusterSpec:
 
     def engines(self) -> set[str]:
         """The container engines this cluster's services run replicas with."""
-        return {s.settled.engine for s in self.services if s.settled.runtime == "container"}
+        return {s.settled.engine for s in self.services if s.settled.runtime == CONTAINER}
 
     def largest_message(self) -> int:
         """Bytes of the largest message any service here takes (the listeners' own receive limit)."""

@@ -11,7 +11,7 @@ import json
 import re
 import time
 
-from . import cluster, oip, tfserving
+from . import cluster, logtime, oip, tfserving
 from .routing import (ANSWERED, CLUSTER_WIDE, FORWARDED, INFER, METADATA, MODEL_METADATA, PREDICT, CallError, Router,
                       answer, check_version, model_name)
 
@@ -28,7 +28,7 @@ HTTP_STATUS = oip.HTTP_STATUS
 
 def log(msg):
     """One line of the cluster's log, timestamped."""
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}", flush=True)
+    print(logtime.stamped(msg), flush=True)
 
 
 def grpc_handler(router: Router):

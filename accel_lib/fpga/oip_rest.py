@@ -10,7 +10,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import oip
+from . import keys, oip
 
 _MODEL = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
 ROUTES = [("GET", re.compile(r"/v2/health/live"), "live"), ("GET", re.compile(r"/v2/health/ready"), "ready"),
@@ -22,9 +22,9 @@ UNKEYED = ("live", "ready", "server")       # about the server, not the model: n
 class RestEndpoint:
     """The HTTP server of one replica: ``start()``, ``stop()`` (as a gRPC server's); ``port`` is where it listens."""
 
-    def __init__(self, host, port, grpc_target, service, keys, limits, key_ok):
+    def __init__(self, host, port, grpc_target, service, service_keys, limits):
         import grpc
-        self.service, self.keys, self.limits, self.key_ok = service, keys, limits, key_ok
+        self.service, self.keys, self.limits = service, service_keys, limits
         self.channel = grpc.insecure_channel(grpc_target, options=[
             ("grpc.max_receive_message_length", limits.request_bytes),
             ("grpc.max_send_message_length", limits.message_bytes)])
@@ -108,9 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _model(self, name, version):
         """The key, then the model's name and version, before anything is read."""
         o = self.owner
-        if o.keys and not o.key_ok(self.headers.get("Authorization"), o.keys):
-            raise oip.ProtocolError("UNAUTHENTICATED", "missing or wrong key: send the header 'Authorization: Bearer "
-                                                       "<key>' with a key from service.get_keys().")
+        if o.keys and not keys.ok(self.headers.get("Authorization"), o.keys):
+            raise oip.ProtocolError("UNAUTHENTICATED", keys.refusal("header"))
         if name != o.service:
             raise oip.ProtocolError("NOT_FOUND", f"this replica serves model {o.service!r}, not {name!r}.")
         if version not in (None, "", oip.MODEL_VERSION):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import itertools
 import time
 
-from . import cluster, oip
+from . import cluster, keys, oip
 from .oip import INFER, MODEL_METADATA, MODEL_READY, SERVER_LIVE, SERVER_METADATA, SERVER_READY  # noqa: F401
-from .server import key_ok
 from .supervisor import Supervisor
 
 SERVICE = "/tensorflow.serving.PredictionService/"
@@ -51,9 +50,8 @@ class Router:
 
     @staticmethod
     def check_key(svc, authorization):
-        if svc.keys and not key_ok(authorization or "", svc.keys):
-            raise CallError("UNAUTHENTICATED", "missing or wrong key: send 'authorization: Bearer <key>' with a key "
-                                               "from service.get_keys().")
+        if svc.keys and not keys.ok(authorization or "", svc.keys):
+            raise CallError("UNAUTHENTICATED", keys.refusal("metadata"))
 
     @staticmethod
     def check_size(svc, nbytes):

@@ -17,7 +17,6 @@ cannot load.
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+from . import keys, logtime
 from .cluster import EXIT_LOAD_FAILED, ServiceConfig, ServiceLimits
 
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
@@ -57,17 +57,7 @@ def command(python, svc=None, *, package="package", socket=None, health_socket=N
 
 
 def _log(msg):
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}", flush=True)
-
-
-def key_ok(authorization, keys) -> bool:
-    """Whether an ``authorization: Bearer <key>`` value carries one of ``keys``, compared in constant time (every
-    key compared, whatever matched)."""
-    token = authorization[len("Bearer "):] if authorization and authorization.startswith("Bearer ") else ""
-    ok = False
-    for k in keys:
-        ok |= hmac.compare_digest(token.encode(), k.encode())
-    return ok and bool(token)
+    print(logtime.stamped(msg), flush=True)
 
 
 class FpgaReplica:
@@ -120,10 +110,8 @@ class FpgaReplica:
     # -- checks -------------------------------------------------------------------------------
     def _check_key(self, context):
         import grpc
-        if self.keys and not key_ok(dict(context.invocation_metadata()).get("authorization", ""), self.keys):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong key: send metadata 'authorization: Bearer <key>' with a key from "
-                          "service.get_keys().")
+        if self.keys and not keys.ok(dict(context.invocation_metadata()).get("authorization", ""), self.keys):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, keys.refusal("metadata"))
 
     def _check(self, context):
         import grpc
@@ -304,8 +292,7 @@ def serve(args, on_load_failed=lambda: None):
     for h in healths:
         for s in HEALTH_SERVICES:
             h.set(s, health_pb2.HealthCheckResponse.NOT_SERVING)
-    keys = Path(args.keys_file).read_text().split() if args.keys_file else []
-    replica = FpgaReplica(args, keys, healths, on_load_failed)
+    replica = FpgaReplica(args, keys.read(args.keys_file) if args.keys_file else [], healths, on_load_failed)
     server.add_generic_rpc_handlers(_handlers(replica, limits))
     health_pb2_grpc.add_HealthServicer_to_server(healths[0], server)
     if args.socket:
@@ -321,8 +308,8 @@ def serve(args, on_load_failed=lambda: None):
         s.start()
     if args.rest_port is not None and not args.socket:
         from .oip_rest import RestEndpoint
-        rest = RestEndpoint(args.host, args.rest_port, f"127.0.0.1:{port}", args.service, replica.keys, limits,
-                            key_ok).start()
+        rest = RestEndpoint(args.host, args.rest_port, f"127.0.0.1:{port}", args.service, replica.keys,
+                            limits).start()
         servers.append(rest)
         where += f", HTTP {args.host}:{rest.port}"
     return servers, replica, where

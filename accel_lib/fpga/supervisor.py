@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from . import cluster, resources, server
+from . import cluster, logtime, resources, server
 
 BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kubernetes: 10 s)
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
@@ -42,7 +42,7 @@ def backoff(crashes_in_a_row):
 
 def _log(path, msg):
     with open(path, "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {msg}\n")
+        f.write(logtime.stamped(f"supervisor: {msg}") + "\n")
 
 
 class ErrorLog:
@@ -62,8 +62,7 @@ class ErrorLog:
         more = f" (and {last[1]} more like it)" if last and last[1] else ""
         self.seen[key] = [now, 0]
         try:
-            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.who}: {where}: {type(error).__name__}: {error}{more}",
-                  flush=True)
+            print(logtime.stamped(f"{self.who}: {where}: {type(error).__name__}: {error}{more}"), flush=True)
         except OSError:
             pass
 
@@ -107,7 +106,7 @@ class ReplicaProcess:
 
     async def _start(self):
         serial = next(self.sup.serials)
-        if self.svc.settled.runtime == "container":
+        if self.svc.settled.runtime == cluster.CONTAINER:
             cmd = self._container_command(serial)
         else:
             self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, serial)
