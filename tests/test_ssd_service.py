@@ -1,4 +1,5 @@
-"""SSD-VGG end to end: both classes converted with the article's twelve outputs, served over gRPC, post-processed."""
+"""SSD-VGG end to end: converted with the article's twelve outputs in both formats (the Quantized class's and its
+float twin's), served over gRPC, post-processed."""
 import numpy as np
 import pytest
 
@@ -23,15 +24,18 @@ def free_keras_models():
 def test_ssd_converts_serves_twelve_outputs_and_detects_like_in_process(tmp_path):
     from accel_lib.fpga.package import AcceleratorPackage
     ws = Workspace.create("ssd", path=tmp_path / "ws")
+    plain = models.SsdVgg(tmp_path, weights="random")
+    info = models.QuantizedSsdVgg(tmp_path, weights="random").save(tmp_path / "QuantizedSsdVgg")
+    assert info.output_tensors == plain.output_tensors == list(ssd.OUTPUT_NAMES)
+    assert info.metadata.preprocessing["preserve_aspect_ratio"] is False and plain.default_numeric_format == "fp32"
+    src = Model.register(ws, info.path, "quantizedssdvgg")
     ops = {}
-    for cls in (models.SsdVgg, models.QuantizedSsdVgg):          # one after the other: each takes ~6 GB
-        info = cls(tmp_path, weights="random").save(tmp_path / cls.__name__)
-        assert info.output_tensors == list(ssd.OUTPUT_NAMES)
-        assert info.metadata.preprocessing["preserve_aspect_ratio"] is False
-        src = Model.register(ws, info.path, cls.__name__.lower())
-        op = AccelOnnxConverter.convert_tf_model(ws, src, "images", ",".join(info.output_tensors))
-        ops[cls.__name__] = op
+    # the Quantized class in its default format, then the same source in fp32 (the float twin's; TensorFlow once)
+    for cls, fmt in (("QuantizedSsdVgg", None), ("SsdVgg", "fp32")):
+        op = AccelOnnxConverter.convert_tf_model(ws, src, "images", ",".join(info.output_tensors), numeric_format=fmt)
+        ops[cls] = op
         assert op.wait_for_completion(timeout=1200), op.get_log()
+    assert "reusing them" in ops["SsdVgg"].get_log()
     for op in ops.values():
         m = op.result.manifest
         assert m.outputs == list(ssd.OUTPUT_NAMES) and m.labels == "voc"
