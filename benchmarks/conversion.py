@@ -3,7 +3,8 @@
 ResNet-50 and ResNet-152 at 224 px and SSD-VGG at 300 px, seeded random weights, converted to their Quantized
 default (ms-fp9) by the workspace converter as a notebook converts them. Measured: the peak RSS of the conversion's
 whole process tree (the worker and its step processes, summed, sampled every 0.1 s: what has to fit in Binder's
-2 GB beside the kernel), each step's process peak and seconds (from the conversion's own log), and the wall time.
+2 GB beside the kernel), each step's process peak and seconds (from the conversion's own log), the wall time, and
+what the device check judged. ``--zoo``: every Quantized class of the zoo at its own size instead.
 Written to build/bench/conversion.md and conversion.json.
 """
 from __future__ import annotations
@@ -65,9 +66,14 @@ def convert_one(model_class, log=print) -> dict:
         seconds = float(rest.split(" s", 1)[0])
         gb = float(rest.split("peak memory ", 1)[1].split(" GB", 1)[0]) if "peak memory" in rest else None
         per_step.append({"step": name, "seconds": seconds, "peak_gb": gb})
+    check = op.result.manifest.device_check
     return {"model": model_class, "weights_mb": round(runner.weights_bytes(info.path) / 2**20),
             "seconds": round(took, 1), "peak_tree_gb": round(out.get("peak", 0) / 2**30, 2),
-            "goal_gb": GOALS_GB.get(model_class), "steps": per_step}
+            "goal_gb": GOALS_GB.get(model_class), "steps": per_step, "format": op.result.manifest.numeric_format,
+            "input": op.result.manifest.stage("preprocess").params["output_height"],
+            "device_check": None if check is None else {
+                "layers": check.layers, "bound_used": check.bound_used, "boundary_fraction": check.boundary_fraction,
+                "free_run_max_rel_diff": check.max_rel_diff}}
 
 
 def run(model_classes=tuple(GOALS_GB), log=print) -> list:
@@ -77,14 +83,16 @@ def run(model_classes=tuple(GOALS_GB), log=print) -> list:
 
 def report(rows, machine) -> str:
     """The markdown table."""
-    lines = [f"Conversion, random weights, to each model's default format ms-fp9 ({machine})", "",
-             "| model | weights MB | wall s | peak GB (process tree) | goal GB | largest step (GB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Conversion, random weights, to each model's default format at its own input size ({machine})", "",
+             "| model | format, px | weights MB | wall s | peak GB (process tree) | goal GB | largest step (GB) | device "
+             "check: layers, bound used, run free |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         big = max((s for s in r["steps"] if s["peak_gb"] is not None), key=lambda s: s["peak_gb"], default=None)
         largest = f"{big['step']} ({big['peak_gb']:.2f})" if big else "-"
-        lines.append(f"| {r['model']} | {r['weights_mb']} | {r['seconds']:.0f} | {r['peak_tree_gb']:.2f} | "
-                     f"{r['goal_gb'] or '-'} | {largest} |")
+        c = r.get("device_check")
+        judged = f"{c['layers']}, {c['bound_used']:.2g}, {c['free_run_max_rel_diff']:.2g}" if c else "-"
+        lines.append(f"| {r['model']} | {r.get('format', '-')}, {r.get('input', '-')} | {r['weights_mb']} | "
+                     f"{r['seconds']:.0f} | {r['peak_tree_gb']:.2f} | {r['goal_gb'] or '-'} | {largest} | {judged} |")
     lines.append("")
     lines.append("Each step runs in a process of its own (accel_lib/conversion/runner.py); the tree's peak is the "
                  "worker plus the step running, sampled every 0.1 s.")
@@ -99,8 +107,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="build/bench")
     p.add_argument("models", nargs="*", default=list(GOALS_GB))
+    p.add_argument("--zoo", action="store_true", help="every Quantized class of the zoo (the ones with a device)")
     args = p.parse_args()
     os.environ.setdefault("ACCEL_LIB_OFFLINE", "1")
+    if args.zoo:
+        from accel_lib.models import ZOO
+        args.models = [c.__name__ for c in ZOO if c.__name__.startswith("Quantized")]
     rows = run(args.models)
     text = report(rows, describe())
     print(text)

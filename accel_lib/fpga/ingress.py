@@ -7,13 +7,12 @@ connection, and large REST bodies parsed in a small process pool, one request of
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 
 from . import cluster, logtime, oip, tfserving
 from .routing import (ANSWERED, CLUSTER_WIDE, FORWARDED, INFER, METADATA, MODEL_METADATA, PREDICT, CallError, Router,
-                      answer, check_version, model_name)
+                      answer, model_name)
 
 MAX_CONNECTIONS = 256           # per listener
 MAX_STREAMS = 100               # concurrent calls on one gRPC connection
@@ -128,16 +127,10 @@ class RestApi:
     """TensorFlow Serving's REST API and the Open Inference Protocol's (``/v2``) on aiohttp's low-level server: the
     routes, body limits and the pool."""
 
-    _V2 = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
     ROUTES = [("GET", re.compile(r"/v1/models/([^/:]+)"), "status"),
               ("GET", re.compile(r"/v1/models/([^/:]+)/metadata"), "metadata"),
               ("POST", re.compile(r"/v1/models/([^/:]+):predict"), "predict"),
-              ("GET", re.compile(r"/v2/health/live"), "v2_live"),
-              ("GET", re.compile(r"/v2/health/ready"), "v2_ready"),
-              ("GET", re.compile(r"/v2"), "v2_server"),
-              ("GET", re.compile(_V2), "v2_metadata"),
-              ("GET", re.compile(_V2 + "/ready"), "v2_model_ready"),
-              ("POST", re.compile(_V2 + "/infer"), "v2_infer")]
+              *((method, path, "v2_" + what) for method, path, what in oip.ROUTES)]
 
     def __init__(self, router: Router):
         import concurrent.futures
@@ -156,9 +149,13 @@ class RestApi:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
-    def fail(code, message):
+    def answer(answer):
         from aiohttp import web
-        return web.json_response({"error": message}, status=HTTP_STATUS.get(code, 500))
+        body, status = answer
+        return web.json_response(body, status=status)
+
+    def fail(self, code, message):
+        return self.answer(oip.error(code, message))
 
     async def handle(self, request):
         for method, pattern, what in self.ROUTES:
@@ -175,9 +172,8 @@ class RestApi:
         if any(p.fullmatch(request.path) for _, p, _ in self.ROUTES):
             return self.fail("UNIMPLEMENTED", f"{request.method} is not served on {request.path}.")
         return self.fail("NOT_FOUND", f"no route {request.path}; TF Serving's REST API is /v1/models/<service>"
-                                      "[/metadata] and POST /v1/models/<service>:predict; the Open Inference "
-                                      "Protocol's is /v2/health/{live,ready}, /v2/models/<service>[/ready] and "
-                                      "POST /v2/models/<service>/infer.")
+                                      f"[/metadata] and POST /v1/models/<service>:predict; the Open Inference "
+                                      f"Protocol's is {oip.ROUTES_IN_WORDS}.")
 
     def _service(self, request, name):
         svc = self.router.pick_service(cluster.route(name), None)
@@ -185,31 +181,13 @@ class RestApi:
         return svc
 
     async def status(self, request, name):
-        from aiohttp import web
         svc = self._service(request, name)
-        ready = bool(self.router.sup.ready(svc.name))
-        return web.json_response({"model_version_status": [{
-            "version": "1", "state": "AVAILABLE" if ready else "LOADING",
-            "status": {"error_code": "OK", "error_message": ""}}]})
+        return self.answer((tfserving.rest_status(self.router.sup.ready(svc.name)), 200))
 
     async def metadata(self, request, name):
-        from aiohttp import web
-        from google.protobuf import json_format, wrappers_pb2
-
-        from .protos import serving_pb2
         svc = self._service(request, name)
-        req = serving_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        req.model_spec.name = svc.name
-        raw = await self.router.forward(svc, METADATA, req.SerializeToString())
-        resp = serving_pb2.GetModelMetadataResponse.FromString(raw)
-        sigmap = serving_pb2.SignatureDefMap()
-        resp.metadata["signature_def"].Unpack(sigmap)
-        about = wrappers_pb2.StringValue()
-        resp.metadata["accel_lib"].Unpack(about)
-        return web.json_response({"model_spec": {"name": svc.name, "signature_name": "", "version": "1"},
-                                  "metadata": {"signature_def": json_format.MessageToDict(
-                                      sigmap, preserving_proto_field_name=True),
-                                               "accel_lib": json.loads(about.value)}})
+        raw = await self.router.forward(svc, METADATA, tfserving.metadata_request(svc.name))
+        return self.answer((tfserving.rest_metadata(svc.name, raw), 200))
 
     async def read_body(self, request, svc) -> bytes:
         """The body, read in chunks against the service's limit (a chunked body too): 413 past it."""
@@ -247,33 +225,25 @@ class RestApi:
 
     # -- the Open Inference Protocol -------------------------------------------------------------
     async def v2_live(self, request):
-        from aiohttp import web
-        return web.json_response({"live": True})
+        return self.answer(oip.live())
 
     async def v2_ready(self, request):
-        from aiohttp import web
-        ready = self.router.all_ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 400)
+        return self.answer(oip.ready(self.router.all_ready()))
 
     async def v2_server(self, request):
-        from aiohttp import web
-
-        return web.json_response({"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION,
-                                  "extensions": oip.EXTENSIONS})
+        return self.answer(oip.server())
 
     async def v2_model_ready(self, request, name, version):
-        from aiohttp import web
         svc = self._service(request, name)
-        check_version(svc, version)
-        ready = bool(self.router.sup.ready(svc.name))
-        return web.json_response({"name": svc.name, "ready": ready}, status=200 if ready else 400)
+        oip.check_version(svc.name, version)
+        return self.answer(oip.model_ready(svc.name, self.router.sup.ready(svc.name)))
 
     async def v2_metadata(self, request, name, version):
         from aiohttp import web
 
         from .protos import inference_pb2
         svc = self._service(request, name)
-        check_version(svc, version)
+        oip.check_version(svc.name, version)
         req = inference_pb2.ModelMetadataRequest(name=svc.name).SerializeToString()
         raw = await self.router.forward(svc, MODEL_METADATA, req)
         return web.json_response(oip.model_metadata_json(raw))
@@ -282,7 +252,7 @@ class RestApi:
         from aiohttp import web
 
         svc = self._service(request, name)
-        check_version(svc, version)
+        oip.check_version(svc.name, version)
         header = request.headers.get(oip.HEADER_LENGTH)
         try:
             header_length = None if header is None else int(header)

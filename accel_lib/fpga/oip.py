@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -22,6 +23,7 @@ SERVER_VERSION = "1"
 PLATFORM = "accel_lib_fpga"               # a model's platform in ModelMetadata
 MODEL_VERSION = "1"                       # every service has one version
 EXTENSIONS = ["binary_tensor_data"]       # Triton's name for the binary tensor data extension over HTTP
+SERVER_METADATA_FIELDS = {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 GRPC_SERVICE = "/inference.GRPCInferenceService/"      # the protocol's gRPC methods: this prefix and the name
 INFER, MODEL_METADATA, MODEL_READY = GRPC_SERVICE + "ModelInfer", GRPC_SERVICE + "ModelMetadata", GRPC_SERVICE + "ModelReady"
@@ -47,6 +49,49 @@ class ProtocolError(ValueError):
 
     def __str__(self):
         return self.message
+
+
+# -- the REST surface (/v2): its routes and its answers, for the front end and a replica alike --------------
+MODEL_PATH = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
+ROUTES = [("GET", re.compile(r"/v2/health/live"), "live"), ("GET", re.compile(r"/v2/health/ready"), "ready"),
+          ("GET", re.compile(r"/v2"), "server"), ("GET", re.compile(MODEL_PATH), "metadata"),
+          ("GET", re.compile(MODEL_PATH + "/ready"), "model_ready"),
+          ("POST", re.compile(MODEL_PATH + "/infer"), "infer")]      # (method, path, what answers it)
+ABOUT_SERVER = ("live", "ready", "server")          # about the server, not a model: no key (a runner's probes)
+ROUTES_IN_WORDS = "/v2/health/{live,ready}, /v2/models/<model>[/ready] and POST /v2/models/<model>/infer"
+
+
+def check_version(model, version):
+    """NOT_FOUND unless ``version`` is empty or the one version every model has."""
+    if version not in (None, "", MODEL_VERSION):
+        raise ProtocolError("NOT_FOUND", f"model {model!r} has version {MODEL_VERSION} only, not {version!r}.")
+
+
+def error(code, message) -> tuple:
+    """(JSON body, HTTP status) of a refusal: the protocol's error object."""
+    return {"error": message}, HTTP_STATUS.get(code, 500)
+
+
+def live() -> tuple:
+    return {"live": True}, 200
+
+
+def ready(is_ready) -> tuple:
+    return {"ready": bool(is_ready)}, 200 if is_ready else 400
+
+
+def server() -> tuple:
+    return {**SERVER_METADATA_FIELDS}, 200
+
+
+def server_metadata_message():
+    """ServerMetadata's answer over gRPC."""
+    from .protos import inference_pb2
+    return inference_pb2.ServerMetadataResponse(**SERVER_METADATA_FIELDS)
+
+
+def model_ready(name, is_ready) -> tuple:
+    return {"name": name, "ready": bool(is_ready)}, 200 if is_ready else 400
 
 
 # -- BYTES tensors ------------------------------------------------------------------------------------

@@ -6,17 +6,11 @@ answers on its own port, and back. The standard library's threaded HTTP server; 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import keys, oip
 
-_MODEL = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
-ROUTES = [("GET", re.compile(r"/v2/health/live"), "live"), ("GET", re.compile(r"/v2/health/ready"), "ready"),
-          ("GET", re.compile(r"/v2"), "server"), ("GET", re.compile(_MODEL), "metadata"),
-          ("GET", re.compile(_MODEL + "/ready"), "model_ready"), ("POST", re.compile(_MODEL + "/infer"), "infer")]
-UNKEYED = ("live", "ready", "server")       # about the server, not the model: no key (a runner's probes call them)
 
 
 class RestEndpoint:
@@ -82,17 +76,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, doc, status=200):
         self._send(status, json.dumps(doc).encode())
 
+    def _answer(self, answer):
+        self._json(*answer)
+
     def _fail(self, code, message):
-        self._json({"error": message}, oip.HTTP_STATUS.get(code, 500))
+        self._answer(oip.error(code, message))
 
     def _route(self, method):
         import grpc
         path = self.path.split("?", 1)[0]
-        for verb, pattern, what in ROUTES:
+        for verb, pattern, what in oip.ROUTES:
             m = pattern.fullmatch(path)
             if m and verb == method:
                 try:
-                    if what not in UNKEYED:
+                    if what not in oip.ABOUT_SERVER:
                         self._model(*m.groups())
                     return getattr(self, what)(*m.groups())
                 except (oip.ProtocolError, grpc.RpcError) as e:
@@ -100,10 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
                     if isinstance(e, grpc.RpcError):
                         return self._fail(e.code().name, e.details() or str(e.code()))
                     return self._fail(e.code, e.message)
-        if any(p.fullmatch(path) for _, p, _ in ROUTES):
+        if any(p.fullmatch(path) for _, p, _ in oip.ROUTES):
             return self._fail("UNIMPLEMENTED", f"{method} is not served on {path}.")
-        self._fail("NOT_FOUND", f"no route {path}; the Open Inference Protocol's are /v2/health/{{live,ready}}, "
-                                f"/v2/models/{self.owner.service}[/ready] and POST /v2/models/{self.owner.service}/infer.")
+        self._fail("NOT_FOUND", f"no route {path}; the Open Inference Protocol's are {oip.ROUTES_IN_WORDS} (here "
+                                f"<model> is {self.owner.service}).")
 
     def _model(self, name, version):
         """The key, then the model's name and version, before anything is read."""
@@ -112,9 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise oip.ProtocolError("UNAUTHENTICATED", keys.refusal("header"))
         if name != o.service:
             raise oip.ProtocolError("NOT_FOUND", f"this replica serves model {o.service!r}, not {name!r}.")
-        if version not in (None, "", oip.MODEL_VERSION):
-            raise oip.ProtocolError("NOT_FOUND", f"model {o.service!r} has version {oip.MODEL_VERSION} only, not "
-                                                 f"{version!r}.")
+        oip.check_version(o.service, version)
 
     def _serving(self) -> bool:
         from grpc_health.v1 import health_pb2
@@ -123,14 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- the routes -----------------------------------------------------------------------------
     def live(self):
-        self._json({"live": True})
+        self._answer(oip.live())
 
     def ready(self):
-        ok = self._serving()
-        self._json({"ready": ok}, 200 if ok else 400)
+        self._answer(oip.ready(self._serving()))
 
     def server(self):
-        self._json({"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION, "extensions": oip.EXTENSIONS})
+        self._answer(oip.server())
 
     def metadata(self, name, version):
         from .protos import inference_pb2
@@ -139,8 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(oip.model_metadata_json(raw))
 
     def model_ready(self, name, version):
-        ok = self._serving()
-        self._json({"name": name, "ready": ok}, 200 if ok else 400)
+        self._answer(oip.model_ready(name, self._serving()))
 
     def infer(self, name, version):
         o = self.owner

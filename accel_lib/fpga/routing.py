@@ -122,17 +122,10 @@ def answer(router, method, svc=None, request=b"") -> bytes:
     for ModelReady)."""
     from .protos import inference_pb2
     if method == MODEL_READY:
-        check_version(svc, inference_pb2.ModelReadyRequest.FromString(request).version)
+        oip.check_version(svc.name, inference_pb2.ModelReadyRequest.FromString(request).version)
         return inference_pb2.ModelReadyResponse(ready=bool(router.sup.ready(svc.name))).SerializeToString()
     if method == SERVER_LIVE:
         return inference_pb2.ServerLiveResponse(live=True).SerializeToString()
     if method == SERVER_READY:
         return inference_pb2.ServerReadyResponse(ready=router.all_ready()).SerializeToString()
-    return inference_pb2.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION,
-                                                extensions=oip.EXTENSIONS).SerializeToString()
-
-
-def check_version(svc, version):
-    """NOT_FOUND unless ``version`` is empty or the one version every service has."""
-    if version not in (None, "", oip.MODEL_VERSION):
-        raise CallError("NOT_FOUND", f"service {svc.name!r} has version {oip.MODEL_VERSION} only, not {version!r}.")
+    return oip.server_metadata_message().SerializeToString()

@@ -231,15 +231,14 @@ class FpgaReplica:
 
     def ServerMetadata(self, request, context):
         from . import oip
-        from .protos import inference_pb2
-        return inference_pb2.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION,
-                                                    extensions=oip.EXTENSIONS)
+        return oip.server_metadata_message()
 
     def _version(self, version, context):
         from . import oip
-        if version not in ("", oip.MODEL_VERSION):
-            self._fail(context, "NOT_FOUND", f"service {self.service!r} has version {oip.MODEL_VERSION} only, not "
-                                             f"{version!r}.")
+        try:
+            oip.check_version(self.service, version)
+        except oip.ProtocolError as e:
+            self._fail(context, e.code, e.message)
 
     def GetModelMetadata(self, request, context):
         from google.protobuf import wrappers_pb2

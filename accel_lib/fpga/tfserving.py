@@ -76,3 +76,32 @@ def rest_predict_reply(raw: bytes, rows: bool, n: int) -> bytes:
                  for i in range(n)]
         return json.dumps({"predictions": preds}).encode()
     return json.dumps({"outputs": next(iter(outs.values())) if len(outs) == 1 else outs}).encode()
+
+
+def rest_status(ready) -> dict:
+    """GET /v1/models/<name>: the model's one version, AVAILABLE once a replica serves (LOADING before)."""
+    return {"model_version_status": [{"version": oip.MODEL_VERSION, "state": "AVAILABLE" if ready else "LOADING",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def metadata_request(name) -> bytes:
+    """The GetModelMetadataRequest (signature_def) that GET /v1/models/<name>/metadata forwards."""
+    from .protos import serving_pb2
+    req = serving_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    req.model_spec.name = name
+    return req.SerializeToString()
+
+
+def rest_metadata(name, raw: bytes) -> dict:
+    """A GetModelMetadataResponse as TF Serving's REST API answers it, with this project's own entry."""
+    from google.protobuf import json_format, wrappers_pb2
+
+    from .protos import serving_pb2
+    resp = serving_pb2.GetModelMetadataResponse.FromString(raw)
+    sigmap = serving_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(sigmap)
+    about = wrappers_pb2.StringValue()
+    resp.metadata["accel_lib"].Unpack(about)
+    return {"model_spec": {"name": name, "signature_name": "", "version": oip.MODEL_VERSION},
+            "metadata": {"signature_def": json_format.MessageToDict(sigmap, preserving_proto_field_name=True),
+                         "accel_lib": json.loads(about.value)}}
