@@ -129,7 +129,7 @@ def play(paths, folder, engine=None) -> Path:
     (``predictor_pod``), in one file ``folder/play.yaml`` (0600: it holds the keys); returns it, for ``down``. A runner that fails stops here, its message in an EngineError, with nothing left running."""
     import yaml
 
-    from .fpga import containers
+    from .fpga import containers, podman
     from .fpga.cluster import write_private
     engine = engine or _podman()
     docs = [yaml.safe_load(Path(p).read_text()) for p in paths]
@@ -143,7 +143,7 @@ def play(paths, folder, engine=None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_private(target, yaml.safe_dump_all(docs, sort_keys=False).encode())
     try:
-        containers.kube_play(engine, target)
+        podman.kube_play(engine, target)
     except containers.EngineError:
         down(target, engine)
         raise
@@ -156,17 +156,17 @@ def down(played, engine=None):
     the secrets it stored, which that ``kube down`` leaves."""
     import yaml
 
-    from .fpga import containers
+    from .fpga import podman
     engine = engine or _podman()
-    containers.kube_down(engine, played)
+    podman.kube_down(engine, played)
     for doc in yaml.safe_load_all(Path(played).read_text()):
         if not doc:
             continue
         if doc["kind"] == "Secret":
-            containers.remove_secret(engine, doc["metadata"]["name"])
+            podman.remove_secret(engine, doc["metadata"]["name"])
         else:
-            for pod in containers.pods(engine, label=f"app={doc['metadata']['labels']['app']}"):
-                containers.remove_pod(engine, pod)
+            for pod in podman.pods(engine, label=f"app={doc['metadata']['labels']['app']}"):
+                podman.remove_pod(engine, pod)
 
 
 def _podman():

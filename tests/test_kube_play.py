@@ -20,7 +20,7 @@ import pytest
 from helpers import container_engine, deploy
 
 from accel_lib import AccelContainerImage, Image, kubernetes, samples
-from accel_lib.fpga import containers
+from accel_lib.fpga import containers, podman
 from accel_lib.fpga.package import AcceleratorPackage
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
@@ -64,8 +64,8 @@ def play(engine, tmp_path):
     yield run
     for f in played:
         kubernetes.down(f, engine)
-    assert containers.pods(engine, label=kubernetes.MANAGED_LABEL) == []
-    assert [s for s in containers.secrets(engine) if s.endswith("-keys")] == []
+    assert podman.pods(engine, label=kubernetes.MANAGED_LABEL) == []
+    assert [s for s in podman.secrets(engine) if s.endswith("-keys")] == []
 
 
 def _serving(deadline):
@@ -111,8 +111,8 @@ def _triton_infer(name, images, key=None):
 def test_the_deployment_runs_scores_comes_back_after_a_kill_and_goes(kube_image, cluster, play, engine):
     svc = deploy(kube_image, cluster, "svc-kube", num_replicas=1)
     f = play(svc)
-    (pod,) = containers.pods(engine, label=f"app={svc.name}")
-    (name, c), = containers.pod_containers(engine, pod).items()
+    (pod,) = podman.pods(engine, label=f"app={svc.name}")
+    (name, c), = podman.pod_containers(engine, pod).items()
     assert c["state"] == "running"
     _serving(time.monotonic() + WAIT)
     images = samples.sample_images(2, seed=21)
@@ -124,7 +124,7 @@ def test_the_deployment_runs_scores_comes_back_after_a_kill_and_goes(kube_image,
     os.kill(c["pid"], signal.SIGKILL)                                   # as a crash would
     deadline = time.monotonic() + WAIT
     while True:
-        now = containers.pod_containers(engine, pod).get(name, {})
+        now = podman.pod_containers(engine, pod).get(name, {})
         if now.get("restarts", 0) >= 1 and now.get("state") == "running":
             break
         assert time.monotonic() < deadline, f"the killed container was not restarted by the pod's policy: {now}"
@@ -133,7 +133,7 @@ def test_the_deployment_runs_scores_comes_back_after_a_kill_and_goes(kube_image,
     np.testing.assert_array_equal(_tf_serving_predict(svc.name, images), got)
 
     kubernetes.down(f, engine)
-    assert containers.pods(engine, label=f"app={svc.name}") == []
+    assert podman.pods(engine, label=f"app={svc.name}") == []
     assert not [n for n in containers.labelled(engine, label=f"app={svc.name}")]
 
 
@@ -162,7 +162,7 @@ def test_the_inference_service_runs_as_its_predictor_pod_and_answers_the_protoco
     import tritonclient.http as thttp
     svc = deploy(kube_image, cluster, "svc-kserve", num_replicas=1)
     play(svc, flavour="kserve")
-    assert containers.pods(engine, label=f"app={svc.name}") == [f"{svc.name}-predictor"]
+    assert podman.pods(engine, label=f"app={svc.name}") == [f"{svc.name}-predictor"]
     _serving(time.monotonic() + WAIT)
     rest = f"127.0.0.1:{kubernetes.REST_PORT}"
     r = requests.get(f"http://{rest}/v2/health/ready", timeout=10)
