@@ -192,3 +192,24 @@ def test_build_command_reports_status():
     out = subprocess.run([sys.executable, "-m", "accel_lib.fpga.kernel", "status"], capture_output=True, text=True,
                          check=True).stdout
     assert str(kernel.LIBRARY) in out and ("not built" in out) != kernel.available()
+
+
+def test_an_input_dimension_nobody_knows_stays_unknown_through_the_fused_quantizer(fused):
+    """VGG-16's flattened features at 224 px: a dimension with neither a size nor a name must not come out of the
+    fused quantizer as a size of -1 (then the Gemm that ONNX Runtime fuses from MatMul and Add refused to unify it
+    with its weights' rows)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 0.05, (300, 8)).astype(np.float32)
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Add", ["m", "b"], ["y"])], "fc",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                     [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(8, np.float32), "b")])
+    model, _ = device.apply_format(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), "ms-fp9")
+    x = rng.normal(0, 1, (3, 300)).astype(np.float32)
+    a = device.session(model, kernel=fused).run(None, {"x": x})[0]
+    b = device.session(onnx.load_from_string(model.SerializeToString()), kernel="onnx").run(None, {"x": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

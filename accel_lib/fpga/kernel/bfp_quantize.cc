@@ -8,6 +8,7 @@
 // element type) and max_norm (its largest magnitude).
 // Built by `python -m accel_lib.fpga.kernel build` against ONNX Runtime's public C/C++ API headers.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -261,11 +262,41 @@ struct MxKernel {
 // Shape inference: the output's type and shape are the input's, symbolic dimensions included. Known shapes let ONNX
 // Runtime prove a residual Add's operands alike and fuse the Add and ReLU into the convolution before them; without
 // them they run on their own. (Set through the C API: the C++ wrapper's SetOutputShape drops symbolic dimensions.)
+// A dimension the input does not know, and does not name, comes as -1, which set as it is would read as a size of -1
+// (a Gemm after a flattened input then refuses to unify it with its weights' 25088): such a one gets a name of its
+// own, unknown as before.
+std::atomic<uint64_t> unnamed_dims{0};
+
 OrtStatusPtr ORT_API_CALL same_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   const OrtApi& api = Ort::GetApi();
   OrtTensorTypeAndShapeInfo* in = nullptr;      // owned by the context
   if (OrtStatusPtr status = api.ShapeInferContext_GetInputTypeShape(ctx, 0, &in)) return status;
-  return api.ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+  size_t rank = 0;
+  if (OrtStatusPtr status = api.GetDimensionsCount(in, &rank)) return status;
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> symbols(rank, nullptr);
+  if (OrtStatusPtr status = api.GetDimensions(in, dims.data(), rank)) return status;
+  if (OrtStatusPtr status = api.GetSymbolicDimensions(in, symbols.data(), rank)) return status;
+  std::vector<std::string> names(rank);
+  bool unnamed = false;
+  for (size_t i = 0; i < rank; ++i) {
+    names[i] = symbols[i] ? symbols[i] : "";
+    if (dims[i] < 0 && names[i].empty()) {
+      names[i] = "accel_lib_unknown_" + std::to_string(unnamed_dims++);
+      unnamed = true;
+    }
+  }
+  if (!unnamed) return api.ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+  OrtTensorTypeAndShapeInfo* out = nullptr;
+  if (OrtStatusPtr status = api.CreateTensorTypeAndShapeInfo(&out)) return status;
+  std::vector<const char*> named(rank);
+  for (size_t i = 0; i < rank; ++i) named[i] = names[i].c_str();
+  OrtStatusPtr status = api.SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!status) status = api.SetDimensions(out, dims.data(), rank);
+  if (!status) status = api.SetSymbolicDimensions(out, named.data(), rank);
+  if (!status) status = api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out);
+  api.ReleaseTensorTypeAndShapeInfo(out);
+  return status;
 }
 
 template <class Op, class Kernel, const char* Name>
