@@ -76,8 +76,9 @@ def measure(fp32, prep, fmt_name, log=print) -> list[dict]:
 
 def report(rows, machine) -> str:
     lines = [f"### The device check on QuantizedResnet152 at 224 px (random weights, one image; {machine})", "",
-             "| format | quantizer | run free: largest difference / largest feature | first layer (0-154) whose quantized "
-             "input differs (values) | at the last layer | judged layer by layer: layers, bound used |",
+             "| format | quantizer | run free: largest difference / largest feature | first layer (0-154) whose "
+             "quantized input differs (values) | at the last layer | judged layer by layer (quantizer as built): "
+             "layers, bound used |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         first = (f"{r['first_layer_apart']} ({r['values_apart_there']:,} of {r['values_there']:,})"

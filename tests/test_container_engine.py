@@ -135,6 +135,27 @@ def test_a_store_at_a_deep_path_keeps_a_short_run_root_of_its_own_removed_with_i
     assert r.returncode == 0 and not deep.exists() and not runroot.exists(), r.stderr
 
 
+def test_a_run_root_is_private_and_found_again_by_its_link(tmp_path, monkeypatch):
+    import tempfile
+    elsewhere = Path(tempfile.mkdtemp(prefix="xdg", dir="/tmp"))      # short: a run root's path has 50 characters
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(elsewhere))
+        containers.store(tmp_path / "s1")
+        runroot = containers.short_runroot(tmp_path / "s1")
+        monkeypatch.delenv("XDG_RUNTIME_DIR")             # removed from another shell: the link says where it is
+        containers.remove_store(tmp_path / "s1")
+        assert not runroot.exists() and not (tmp_path / "s1").exists()
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(elsewhere))
+        taken = containers.short_runroot(tmp_path / "s2")
+        taken.mkdir()                                     # a name in a shared folder that someone made first
+        taken.chmod(0o755)
+        with pytest.raises(containers.EngineError, match=r"is not a private folder of this user's \(owner uid \d+, "
+                                                          r"mode 755\)"):
+            containers.store(tmp_path / "s2")
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
 def test_a_run_root_podman_cannot_clean_up_in_is_refused_with_the_limit_named(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / ("x" * 40)))
     with pytest.raises(containers.EngineError, match=r"podman refuses more than 50 when a container exits"):

@@ -139,6 +139,9 @@ class _LayerJudge:
         self.pending, self.bytes = [], 0
 
     def __call__(self, node, x, xq, y, magnitude, terms):
+        made = {t for p in self.pending for t in (p[0].output[0], self.layers_of.entry(p[0].output[0])["output"])}
+        if self.layers_of.entry(node.output[0])["input"] in made:    # fed by a held layer: that one runs first
+            self.flush()
         self.pending.append((node, np.asarray(x, np.float32), xq, y, magnitude, terms))
         self.bytes += 4 * (np.size(x) + np.size(xq) + np.size(y) + np.size(magnitude))
         if self.bytes > JUDGE_BATCH_BYTES:
@@ -167,12 +170,13 @@ class _LayerJudge:
             raise DeviceMismatch(f"layer {name}: {int(far.sum())} quantized input value(s) differ from the reference "
                                  "by more than one step of the format, or where the input is not on a rounding "
                                  "boundary")
-        bound = 2 * gamma(terms + 2) * np.asarray(magnitude, np.float64) + (terms + 2) * SMALLEST_NORMAL
-        if apart.any():           # what the one-step inputs move, through |w| (the operator on |dq| and |w|)
-            bound = bound + _through_weights(node, np.abs(got_q - xq), self.layers_of.model)
+        g = gamma(terms + 2)
+        bound = 2 * g * np.asarray(magnitude, np.float64) + (terms + 2) * SMALLEST_NORMAL
+        if apart.any():     # what the one-step inputs move through |w|, and the device's rounding of that part too
+            bound = bound + (1 + 2 * g) * _through_weights(node, np.abs(got_q - xq), self.layers_of.model)
         diff = np.abs(got_y.astype(np.float64) - y)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(diff > 0, diff / bound, 0.0)
+            ratio = np.where(diff > 0, diff / bound, np.where(np.isnan(diff), np.inf, 0.0))   # one side NaN: past
         ratio = np.where(np.isnan(y) & np.isnan(got_y), 0.0, ratio)
         used = float(np.nanmax(ratio)) if ratio.size else 0.0
         if np.isnan(ratio).any() or not used <= 1:
@@ -186,16 +190,20 @@ class _LayerJudge:
 
 
 def _through_weights(node, moved, device_model):
-    """The layer's operator on |moved input| and |weights| (no bias): what inputs one step apart can move."""
+    """The layer's operator on |moved input| and |weights| (no bias), in float64: what inputs one step apart can
+    move."""
     from onnx import TensorProto, numpy_helper
     from onnx import helper as h
     from onnx.reference import ReferenceEvaluator
     w = next(numpy_helper.to_array(i) for i in device_model.graph.initializer if i.name == node.input[1])
-    one = h.make_node(node.op_type, ["x", "w"], ["y"], **{a.name: h.get_attribute_value(a) for a in node.attribute})
-    free = lambda name: h.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
+    if "alpha" in attrs:
+        attrs["alpha"] = abs(attrs["alpha"])
+    one = h.make_node(node.op_type, ["x", "w"], ["y"], **attrs)
+    free = lambda name: h.make_tensor_value_info(name, TensorProto.DOUBLE, None)  # noqa: E731
     model = h.make_model(h.make_graph([one], "moved", [free("x"), free("w")], [free("y")]),
                          opset_imports=[h.make_opsetid("", 17)])
-    return ReferenceEvaluator(model).run(None, {"x": moved.astype(np.float32), "w": np.abs(w)})[0] * (1 + 1e-6)
+    return ReferenceEvaluator(model).run(None, {"x": moved.astype(np.float64), "w": np.abs(w).astype(np.float64)})[0]
 
 
 def one_step_apart(x, want, got, fmt, axis):

@@ -366,7 +366,7 @@ def replica_log(log_dir, idx) -> Path:
 
 
 SOCKET_PATH_LIMIT = 107          # a Unix socket's path, in bytes (sun_path holds 108 with its NUL)
-LONGEST_SOCKET = "c1000000/health.sock"    # the longest name a replica's socket takes in the folder
+LONGEST_SOCKET = "c1000000/replica.sock"    # the longest name a replica's socket takes in the folder
 
 
 def make_socket_dir() -> Path:

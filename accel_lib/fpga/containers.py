@@ -219,7 +219,10 @@ def ready(engine, log=print) -> tuple:
     """(base image, None) when ``engine`` can build and run containers here, else (None, why in one line): a run
     root podman can clean up in (runroot_too_long), the base made or found (ensure_base), then a throwaway
     container of it (cannot_run)."""
-    why = runroot_too_long(engine)
+    try:
+        why = runroot_too_long(engine)
+    except EngineError as e:
+        return None, f"{engine_name(engine)} does not say where its run root is ({e})"
     if why:
         return None, why
     try:
@@ -241,9 +244,16 @@ def store(folder) -> Path:
                           f"than {RUNROOT_LIMIT} when a container exits. Set $XDG_RUNTIME_DIR to a shorter folder.")
     (folder / "storage").mkdir(parents=True, exist_ok=True)
     runroot.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = runroot.lstat()                                # a name in /tmp anyone could have taken first
+    if runroot.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise EngineError(f"the store's run root {runroot} is not a private folder of this user's (owner uid "
+                          f"{st.st_uid}, mode {st.st_mode & 0o777:o}); remove it and make the store again.")
     link = folder / "run"
     if link.is_dir() and not link.is_symlink():        # a store made by an older release: its run root inside
         shutil.rmtree(link, ignore_errors=True)
+    if link.is_symlink() and Path(os.readlink(link)) != runroot:    # made where $XDG_RUNTIME_DIR was another
+        shutil.rmtree(Path(os.readlink(link)), ignore_errors=True)
+        link.unlink()
     if not link.is_symlink():
         link.symlink_to(runroot)
     conf = folder / "storage.conf"
@@ -259,9 +269,11 @@ def short_runroot(folder) -> Path:
 
 
 def remove_store(folder):
-    """Remove the store ``store`` made in ``folder``, its run root included (nothing when it is not there)."""
+    """Remove the store ``store`` made in ``folder``, its run root included (the one its link names; nothing when
+    it is not there)."""
     folder = Path(folder).resolve()
-    shutil.rmtree(short_runroot(folder), ignore_errors=True)
+    link = folder / "run"
+    shutil.rmtree(Path(os.readlink(link)) if link.is_symlink() else short_runroot(folder), ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 

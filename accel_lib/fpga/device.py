@@ -235,14 +235,17 @@ class Layers:
         ranks), its outputs each quantizer's output and each layer's output."""
         from onnx import TensorProto
         from onnx import helper as h
-        nodes, inputs, outputs, entries, seen = [], [], [], [], set()
+        nodes, inputs, outputs, entries, seen, given = [], [], [], [], set(), set()
         for out, rank in zip(layer_outputs, ranks):
             e = self.entry(out)
             if e["output"] not in seen:
                 seen.add(e["output"])
                 nodes += self.members[e["output"]]
                 entries.append(e)
-                inputs.append(h.make_tensor_value_info(e["input"], TensorProto.FLOAT, [f"d{i}" for i in range(rank)]))
+                if e["input"] not in given:        # one input may feed two quantizers (other axes)
+                    given.add(e["input"])
+                    dims = [f"x{len(inputs)}_{i}" for i in range(rank)]
+                    inputs.append(h.make_tensor_value_info(e["input"], TensorProto.FLOAT, dims))
                 outputs.append(h.make_tensor_value_info(e["output"], TensorProto.FLOAT, None))
             nodes.append(self.node[out])
             outputs.append(h.make_tensor_value_info(out, TensorProto.FLOAT, None))

@@ -149,13 +149,13 @@ class RestApi:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
-    def answer(answer):
+    def reply(answer):
         from aiohttp import web
         body, status = answer
         return web.json_response(body, status=status)
 
     def fail(self, code, message):
-        return self.answer(oip.error(code, message))
+        return self.reply(oip.error(code, message))
 
     async def handle(self, request):
         for method, pattern, what in self.ROUTES:
@@ -182,12 +182,12 @@ class RestApi:
 
     async def status(self, request, name):
         svc = self._service(request, name)
-        return self.answer((tfserving.rest_status(self.router.sup.ready(svc.name)), 200))
+        return self.reply((tfserving.rest_status(self.router.sup.ready(svc.name)), 200))
 
     async def metadata(self, request, name):
         svc = self._service(request, name)
         raw = await self.router.forward(svc, METADATA, tfserving.metadata_request(svc.name))
-        return self.answer((tfserving.rest_metadata(svc.name, raw), 200))
+        return self.reply((tfserving.rest_metadata(svc.name, raw), 200))
 
     async def read_body(self, request, svc) -> bytes:
         """The body, read in chunks against the service's limit (a chunked body too): 413 past it."""
@@ -225,18 +225,18 @@ class RestApi:
 
     # -- the Open Inference Protocol -------------------------------------------------------------
     async def v2_live(self, request):
-        return self.answer(oip.live())
+        return self.reply(oip.live())
 
     async def v2_ready(self, request):
-        return self.answer(oip.ready(self.router.all_ready()))
+        return self.reply(oip.ready(self.router.all_ready()))
 
     async def v2_server(self, request):
-        return self.answer(oip.server())
+        return self.reply(oip.server())
 
     async def v2_model_ready(self, request, name, version):
         svc = self._service(request, name)
         oip.check_version(svc.name, version)
-        return self.answer(oip.model_ready(svc.name, self.router.sup.ready(svc.name)))
+        return self.reply(oip.model_ready(svc.name, self.router.sup.ready(svc.name)))
 
     async def v2_metadata(self, request, name, version):
         from aiohttp import web

@@ -30,7 +30,9 @@ def ok(authorization, keys) -> bool:
     return found and bool(token)
 
 
-def refusal(how="metadata") -> str:
-    """Why a call was refused, and what to send: ``how`` is "metadata" (gRPC) or "header" (HTTP)."""
-    return (f"missing or wrong key: send the {how} 'authorization: {SCHEME}<key>' with a key from "
-            "service.get_keys().")
+WAYS = {None: "'authorization", "metadata": "metadata 'authorization", "header": "the header 'Authorization"}
+
+
+def refusal(how=None) -> str:
+    """Why a call was refused, and what to send: ``how`` is "metadata" (gRPC), "header" (HTTP) or None (either)."""
+    return f"missing or wrong key: send {WAYS[how]}: {SCHEME}<key>' with a key from service.get_keys()."

@@ -52,14 +52,14 @@ def reference_device(fp32_model, fmt, on_layer=None):
             Xq, W = q(X, 1), q(W, 1)
             auto_pad = auto_pad or getattr(self, "auto_pad", "NOTSET")
             group = group or getattr(self, "group", 1)
-            strides = strides or getattr(self, "strides", None) or [1, 1]
-            dilations = dilations or getattr(self, "dilations", None) or [1, 1]
+            strides = strides or getattr(self, "strides", None)
+            dilations = dilations or getattr(self, "dilations", None)
             pads = pads or getattr(self, "pads", None)
 
             def conv(f):
                 b = None if B is None else f(B)
                 if Xq.ndim == 4 and group == 1 and auto_pad in ("NOTSET", b"NOTSET"):
-                    return conv2d(f(Xq), f(W), b, strides, pads or [0, 0, 0, 0], dilations)
+                    return conv2d(f(Xq), f(W), b, strides or [1, 1], pads or [0, 0, 0, 0], dilations or [1, 1])
                 return super(Conv, self)._run(f(Xq), f(W), b, auto_pad, dilations, group, kernel_shape, pads,
                                               strides)[0]
             return seen(self, X, Xq, conv(lambda a: a), conv, int(np.prod(W.shape[1:])))

@@ -51,7 +51,7 @@ class Router:
     @staticmethod
     def check_key(svc, authorization):
         if svc.keys and not keys.ok(authorization or "", svc.keys):
-            raise CallError("UNAUTHENTICATED", keys.refusal("metadata"))
+            raise CallError("UNAUTHENTICATED", keys.refusal())
 
     @staticmethod
     def check_size(svc, nbytes):
