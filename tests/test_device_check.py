@@ -55,27 +55,27 @@ def test_the_bound_is_fp32_summation_order_and_no_more():
     assert checks.gamma(4608) == pytest.approx(4608 * 2.0 ** -24, rel=1e-3)
 
 
-def test_a_wrong_weight_is_found_and_named():
+def _with_weight(name, index, value):
+    """(fp32 graph, ms-fp9 device graph with one weight of ``name`` set to ``value``, the format)."""
     fp32 = _net()
     fmt = formats.get("ms-fp9", 16)
     dev, _ = device.apply_format(fp32, fmt)
-    w = next(i for i in dev.graph.initializer if i.name == "w2")
+    w = next(i for i in dev.graph.initializer if i.name == name)
     a = numpy_helper.to_array(w).copy()
-    a[3, 5, 1, 1] *= 1.5                              # one weight of the device graph is off
-    w.CopyFrom(numpy_helper.from_array(a, "w2"))
+    a[index] = value(a[index])
+    w.CopyFrom(numpy_helper.from_array(a, name))
+    return fp32, dev, fmt
+
+
+def test_a_wrong_weight_is_found_and_named():
+    fp32, dev, fmt = _with_weight("w2", (3, 5, 1, 1), lambda v: v * 1.5)      # one weight of the device graph is off
     with pytest.raises(checks.DeviceMismatch, match=r"layer conv2: the device's output differs from the reference "
                                                      r"by [0-9.e+]+ times what fp32 summation order allows"):
         checks.judge_layers(fp32, dev, fmt, _x())
 
 
 def test_a_nan_on_one_side_is_a_mismatch():
-    fp32 = _net()
-    fmt = formats.get("ms-fp9", 16)
-    dev, _ = device.apply_format(fp32, fmt)
-    w = next(i for i in dev.graph.initializer if i.name == "w3")
-    a = numpy_helper.to_array(w).copy()
-    a[2, 7, 0, 0] = np.nan                            # the device computes NaN where the reference does not
-    w.CopyFrom(numpy_helper.from_array(a, "w3"))
+    fp32, dev, fmt = _with_weight("w3", (2, 7, 0, 0), lambda v: np.nan)       # NaN where the reference has none
     with pytest.raises(checks.DeviceMismatch, match=r"layer conv3: the device's output differs"):
         checks.judge_layers(fp32, dev, fmt, _x())
 
