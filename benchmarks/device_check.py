@@ -50,7 +50,7 @@ def measure(fp32, prep, fmt_name, log=print) -> list[dict]:
     dev, _ = device.apply_format(fp32, fmt)
     x = host.preprocess(sample_images(1, seed=31), **prep)
     free = {k: free_run(dev, x, k) for k in QUANTIZERS}
-    quantized_input = {n.output[0]: n.input[0] for n in dev.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+    quantized_input = {n.output[0]: n.input[0] for n in dev.graph.node if n.op_type in device.MATRIX_OPS}
     apart = {k: [] for k in QUANTIZERS}
     judge = checks._LayerJudge(dev, fmt)
 

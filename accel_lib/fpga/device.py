@@ -18,6 +18,7 @@ from . import formats
 
 DOMAIN_NOTE = "accel_lib device format"
 QUANTIZERS_KEY = "accel_lib.quantizers"   # metadata: JSON list; each subgraph's nodes: "<output>" or "<output>/..."
+MATRIX_OPS = ("Conv", "MatMul", "Gemm")    # what the device computes in its format (its quantized layers)
 
 
 def _const(inits, name, value, dtype=np.float32):
@@ -144,7 +145,7 @@ def apply_format(model, fmt):
     new_nodes, layers, done, quantizers = [], [], {}, []
     nonneg = nonnegative_tensors(g)
     for node in g.node:
-        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+        if node.op_type not in MATRIX_OPS:
             new_nodes.append(node)
             continue
         attrs = {a.name: a for a in node.attribute}
@@ -216,14 +217,12 @@ class Layers:
         g = model.graph
         self.model = model
         self.entries = {q["output"]: q for q in quantizers(model)}
-        self.node = {n.output[0]: n for n in g.node if n.op_type in ("Conv", "MatMul", "Gemm")}
+        self.node = {n.output[0]: n for n in g.node if n.op_type in MATRIX_OPS}
         self.members = {}                      # quantizer output -> its subgraph's nodes
         for n in g.node:
-            head = n.name.split("/")
-            for cut in range(len(head), 0, -1):
-                if "/".join(head[:cut]) in self.entries:
-                    self.members.setdefault("/".join(head[:cut]), []).append(n)
-                    break
+            p = _owner(n.name, self.entries)
+            if p is not None:
+                self.members.setdefault(p, []).append(n)
         self.inits = {i.name: i for i in g.initializer}
 
     def entry(self, layer_output) -> dict:
@@ -256,6 +255,17 @@ class Layers:
         return model
 
 
+def _owner(name, recorded):
+    """The quantizer (a key of ``recorded``) whose subgraph the node or initializer ``name`` belongs to: the longest
+    recorded prefix of "<input>/<format>/<i>/..."; None for anything else."""
+    head = name.split("/") if name else []
+    for cut in range(len(head), 0, -1):
+        p = "/".join(head[:cut])
+        if p in recorded:
+            return p
+    return None
+
+
 def fuse(model, inplace=False):
     """``model`` (a copy unless ``inplace``) with each recorded quantizer subgraph replaced by one fused ``kernel``
     node."""
@@ -269,17 +279,9 @@ def fuse(model, inplace=False):
     if not todo:
         return model
 
-    def owner(name):
-        head = name.split("/")
-        for cut in range(len(head), 0, -1):      # the longest recorded prefix: "<input>/<format>/<i>"
-            p = "/".join(head[:cut])
-            if p in todo:
-                return p
-        return None
-
     nodes, placed = [], set()
     for node in g.node:
-        p = owner(node.name) if node.name else None
+        p = _owner(node.name, todo)
         if p is None:
             nodes.append(node)
         elif p not in placed:
@@ -291,7 +293,7 @@ def fuse(model, inplace=False):
         raise ValueError(f"quantizers recorded but not found in the graph: {sorted(set(todo) - placed)}")
     del g.node[:]
     g.node.extend(nodes)
-    keep = [i for i in g.initializer if owner(i.name) is None]
+    keep = [i for i in g.initializer if _owner(i.name, todo) is None]
     del g.initializer[:]
     g.initializer.extend(keep)
     from onnx import helper

@@ -59,11 +59,11 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
     import onnx
     from onnx import numpy_helper
 
-    from .device import release_freed_memory
+    from .device import MATRIX_OPS, release_freed_memory
     owned = not isinstance(fp32_model, onnx.ModelProto) and not isinstance(device_model, onnx.ModelProto)
     if owned:
         fp32_model, device_model = onnx.load(str(fp32_model)), onnx.load(str(device_model))
-    outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    outs = [n.output[0] for n in fp32_model.graph.node if n.op_type in MATRIX_OPS]
     nodes = {n.output[0]: (n.input[1], n.name) for n in fp32_model.graph.node if n.output[0] in outs}   # strings
     weights = {}                               # per layer: weight SQNR and both distributions, before the sessions
     f32_w = {i.name: i for i in fp32_model.graph.initializer}
