@@ -22,7 +22,6 @@ IDLE_SECONDS = 60.0             # a connection with nothing to do is closed afte
 REST_WORKERS = 2                # processes that parse large REST bodies and encode large replies
 INLINE_BYTES = 256 << 10        # a body or reply this small is parsed or encoded on the loop (well under 1 ms):
                                 # the pool's round trip would cost more than the work
-HTTP_STATUS = oip.HTTP_STATUS
 
 
 def log(msg):
