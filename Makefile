@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-KERNEL := accel_lib/fpga/kernel/_build/libaccel_bfp.so
+KERNEL := accel_lib/fpga/device/kernel/_build/libaccel_bfp.so
 OUT    ?= build/tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 
 # The fused device quantizer (a compiled ONNX Runtime operator; needs g++, and npm once for ONNX Runtime's headers).
 # Optional: without it the device stage uses the pure-ONNX quantizer (the same numbers, slower).
-$(KERNEL): accel_lib/fpga/kernel/bfp_quantize.cc | $(STAMP)
-	$(PY) -m accel_lib.fpga.kernel build --optional
+$(KERNEL): accel_lib/fpga/device/kernel/bfp_quantize.cc | $(STAMP)
+	$(PY) -m accel_lib.fpga.device.kernel build --optional
 
 kernel: $(STAMP)
-	$(PY) -m accel_lib.fpga.kernel build
+	$(PY) -m accel_lib.fpga.device.kernel build
 
 venv: $(STAMP) $(KERNEL)
 
@@ -38,7 +38,7 @@ tutorial: $(STAMP) $(KERNEL)
 ## build/test (so a clean clone takes a new machine's path: the Debian base is made from Debian's packages).
 TEST_STORE := $(abspath build/test/containers)
 TEST_ENV = ACCEL_LIB_OFFLINE=1 ACCEL_LIB_PROGRESS=0 ACCEL_LIB_CACHE=$(abspath build/test/cache) \
-	  ACCEL_LIB_RUN_STORE=$(TEST_STORE) CONTAINERS_STORAGE_CONF=$$($(PY) accel_lib/fpga/containers.py store $(TEST_STORE))
+	  ACCEL_LIB_RUN_STORE=$(TEST_STORE) CONTAINERS_STORAGE_CONF=$$($(PY) accel_lib/fpga/cluster/containers.py store $(TEST_STORE))
 test: $(STAMP) $(KERNEL)
 	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -57,5 +57,5 @@ binder-check: $(STAMP) $(KERNEL)
 	@ACCEL_LIB_OFFLINE=1 $(PY) benchmarks/binder_check.py $(BINDER_ARGS); rc=$$?; [ $$rc -eq 3 ] && exit 0; exit $$rc
 
 clean:
-	$(PYTHON) accel_lib/fpga/containers.py store --remove $(TEST_STORE)
+	$(PYTHON) accel_lib/fpga/cluster/containers.py store --remove $(TEST_STORE)
 	rm -rf build .venv

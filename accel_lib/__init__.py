@@ -8,7 +8,7 @@ def _cpu_quota_defaults():
     """TensorFlow sizes its thread pools by the machine's cores and ignores a cgroup CPU quota (Binder gives one
     CPU of a many-core node): where this process may use fewer CPUs, say so in TensorFlow's own variables (a
     user's setting wins)."""
-    from .fpga import resources
+    from .fpga.device import resources
     n = resources.cpus()
     if n < (_os.cpu_count() or n):
         for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):

@@ -1,8 +1,8 @@
 """PredictionClient: score images against a deployed service over gRPC (TensorFlow Serving's Predict API).
 
 The client imports no TensorFlow: its messages are the project's own compiled subset of TensorFlow Serving's
-protocol (``fpga.protos``, the same names and field numbers, so the same bytes on the wire). TensorFlow Serving's own
-``TensorProto`` messages are accepted too, and its stub works on ``client.channel``.
+protocol (``fpga.replica.protos``, the same names and field numbers, so the same bytes on the wire). TensorFlow
+Serving's own ``TensorProto`` messages are accepted too, and its stub works on ``client.channel``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .fpga.cluster import DEFAULT_MODEL, ROUTE_HEADER, ServiceLimits, route
+from .fpga.cluster.state import DEFAULT_MODEL, ROUTE_HEADER, route
+from .fpga.replica.limits import ServiceLimits
 
 # UNAVAILABLE (a service starting, a replica restarting) is retried after RETRY_FIRST s, doubling to RETRY_MAX, with
 # jitter: a waiting client sees a service ready within about RETRY_MAX s of it being so
@@ -51,7 +52,7 @@ class PredictionClient:
             self.channel = grpc.secure_channel(self.target, creds, options=opts)
         else:
             self.channel = grpc.insecure_channel(self.target, options=opts)
-        from .fpga.protos import serving_pb2_grpc
+        from .fpga.replica.protos import serving_pb2_grpc
         self.stub = serving_pb2_grpc.PredictionServiceStub(self.channel)
 
     def __repr__(self):
@@ -93,7 +94,7 @@ class PredictionClient:
     # -- scoring ------------------------------------------------------------------------------
     def score_tensors(self, input_map, outputs=None, timeout=10.0):
         """Send {name: TensorProto} (the project's, or TensorFlow's own); returns {output name: TensorProto}."""
-        from .fpga.protos import serving_pb2, tensorflow_pb2
+        from .fpga.replica.protos import serving_pb2, tensorflow_pb2
         req = serving_pb2.PredictRequest()
         req.model_spec.name = self.service_name or DEFAULT_MODEL
         for k, v in input_map.items():
@@ -108,8 +109,8 @@ class PredictionClient:
     def score_numpy_arrays(self, input_map, outputs=None, timeout=10.0):
         """Send {name: array or list of bytes}; one output name -> one array, a list -> arrays in order,
         None -> {name: array} for every output."""
-        from .fpga import tensors
-        from .fpga.protos import tensorflow_pb2
+        from .fpga.replica import tensors
+        from .fpga.replica.protos import tensorflow_pb2
         got = self.score_tensors({k: tensors.to_proto(v, tensorflow_pb2.TensorProto) for k, v in input_map.items()},
                                  outputs, timeout)
         arrays = {k: tensors.from_proto(v) for k, v in got.items()}
@@ -137,7 +138,7 @@ class PredictionClient:
 
         from google.protobuf import wrappers_pb2
 
-        from .fpga.protos import serving_pb2
+        from .fpga.replica.protos import serving_pb2
         req = serving_pb2.GetModelMetadataRequest()
         req.model_spec.name = self.service_name or DEFAULT_MODEL
         req.metadata_field.append("signature_def")

@@ -1,7 +1,7 @@
 """Images: a build context (Dockerfile, pinned requirements, the accelerator package, the server) and its record.
 
-Replicas start from the context alone: it carries a copy of the simulator package (``fpga/``), so a context
-copied elsewhere serves the same way.
+Replicas start from the context alone: it carries a copy of the simulator's device and replica wings (``fpga/``,
+``fpga.REPLICA_WINGS``), so a context copied elsewhere serves the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import records
 from .errors import UserError
-from .fpga import containers, server
+from .fpga.cluster import containers
+from .fpga.replica import server
 from .model import Model
 from .records import check_name
 
@@ -27,7 +28,7 @@ SERVER_REQUIREMENTS = ("onnxruntime", "onnx", "numpy", "pillow", "grpcio", "grpc
 DOCKERFILE = """\
 # Build context written by accel_lib for image {name}:{version}.
 # The FPGA is simulated: the featurizer stage runs in ONNX Runtime with the device's numeric format.
-# BASE: Docker Hub's python image, or a local Debian base (python -m accel_lib.fpga.containers base).
+# BASE: Docker Hub's python image, or a local Debian base (python -m accel_lib.fpga.cluster.containers base).
 # The pinned requirements install from wheels/ when it holds them (PIP_ARGS=--no-index: no network), else from PyPI.
 ARG BASE={hub_base}
 FROM ${{BASE}}
@@ -171,7 +172,7 @@ class Image(records.Attached):
 
     def _build(self, engine):
         from . import progress
-        from .fpga import containers
+        from .fpga.cluster import containers
         found, why = containers.find_engine(None if engine == "auto" else engine)
         log_path = self.context / BUILD_LOG
 
@@ -238,7 +239,7 @@ class Image(records.Attached):
             records.delete(db, records.ImageRecord, name=self.name, version=self.version)
         shutil.rmtree(self.context, ignore_errors=True)
         if rec is not None and rec.container:
-            from .fpga import containers
+            from .fpga.cluster import containers
             engine, _ = containers.find_engine()
             if engine is not None:
                 containers.remove_image(engine, rec.container)
@@ -278,13 +279,17 @@ def _write_context(ctx: Path, model: Model, name, version):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_bytes(model.read_file(rel))
         log.write(f"  package/{rel}\n")
-    fpga_src = Path(__file__).parent / "fpga"
-    shutil.copytree(fpga_src, ctx / "fpga", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    log.write("  fpga/ (the simulator and server)\n")
-    from .fpga import device, manifest
+    from . import fpga
+    from .fpga.device import graph, manifest
+    fpga_src = Path(fpga.__file__).parent
+    (ctx / "fpga").mkdir()
+    shutil.copy2(fpga_src / "__init__.py", ctx / "fpga")
+    for wing in fpga.REPLICA_WINGS:
+        shutil.copytree(fpga_src / wing, ctx / "fpga" / wing, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    log.write(f"  fpga/ (the simulator's {' and '.join(fpga.REPLICA_WINGS)} wings)\n")
     device_file = pkg / manifest.read(manifest.PackageManifest, pkg).device.file
-    if device.prepare(device_file):       # a replica then loads the fused graph by path: a faster start
-        log.write(f"  package/{device.fused_path(device_file).name} (the device graph with the fused quantizer)\n")
+    if graph.prepare(device_file):       # a replica then loads the fused graph by path: a faster start
+        log.write(f"  package/{graph.fused_path(device_file).name} (the device graph with the fused quantizer)\n")
     reqs = [f"{name}=={version}" for name, version in pinned_requirements(SERVER_REQUIREMENTS).items()]
     (ctx / "requirements.txt").write_text("\n".join(reqs) + "\n")
     (ctx / "wheels").mkdir()
@@ -305,7 +310,7 @@ def _smoke_test(ctx: Path):
     r = subprocess.run(server.command(sys.executable, check=True), cwd=ctx, env=env, capture_output=True, text=True,
                        timeout=300)
     with open(ctx / BUILD_LOG, "a") as log:
-        log.write(f"smoke test (python -m fpga.server --check): exit {r.returncode} {r.stdout.strip()}\n")
+        log.write(f"smoke test (python -m fpga.replica.server --check): exit {r.returncode} {r.stdout.strip()}\n")
         if r.returncode:
             log.write(r.stderr[-4000:])
     if r.returncode:

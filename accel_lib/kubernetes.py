@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fpga import containers, server
+from .fpga.cluster import containers
+from .fpga.replica import server
 
 FPGA_RESOURCE = "microsoft.com/fpga"
 PORT = containers.PORT
@@ -104,7 +105,7 @@ def write(docs, folder):
     Secret, which holds the keys, is created 0600."""
     import yaml
 
-    from .fpga.cluster import write_private
+    from .fpga.cluster.state import write_private
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -129,8 +130,8 @@ def play(paths, folder, engine=None) -> Path:
     (``predictor_pod``), in one file ``folder/play.yaml`` (0600: it holds the keys); returns it, for ``down``. A runner that fails stops here, its message in an EngineError, with nothing left running."""
     import yaml
 
-    from .fpga import containers, podman
-    from .fpga.cluster import write_private
+    from .fpga.cluster import containers, podman
+    from .fpga.cluster.state import write_private
     engine = engine or _podman()
     docs = [yaml.safe_load(Path(p).read_text()) for p in paths]
     docs = [predictor_pod(d) if d["kind"] == "InferenceService" else d for d in docs]
@@ -156,7 +157,7 @@ def down(played, engine=None):
     the secrets it stored, which that ``kube down`` leaves."""
     import yaml
 
-    from .fpga import podman
+    from .fpga.cluster import podman
     engine = engine or _podman()
     podman.kube_down(engine, played)
     for doc in yaml.safe_load_all(Path(played).read_text()):
@@ -170,7 +171,7 @@ def down(played, engine=None):
 
 
 def _podman():
-    from .fpga import containers
+    from .fpga.cluster import containers
     engine, why = containers.find_engine("podman")
     if engine is None:
         raise containers.EngineError(f"running manifests needs podman ({why})")

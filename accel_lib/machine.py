@@ -16,7 +16,7 @@ def cpu_name() -> str:
 
 def memory_bytes() -> int:
     """Memory this process may use: the machine's, capped by its cgroup's limit."""
-    from .fpga import resources
+    from .fpga.device import resources
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = resources.memory_limit()
     return min(total, limit) if limit else total
@@ -24,7 +24,7 @@ def memory_bytes() -> int:
 
 def facts() -> dict:
     """{"cpu", "cores" (those this process may use), "memory_gib"}."""
-    from .fpga import resources
+    from .fpga.device import resources
     return {"cpu": cpu_name(), "cores": resources.cpus(), "memory_gib": round(memory_bytes() / 2**30, 1)}
 
 

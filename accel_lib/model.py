@@ -30,7 +30,7 @@ def of_family(model_name, candidate) -> bool:
 def tensor_names(model):
     """(input name, output names) recorded in a registered or converted model's metadata, for conversion and
     scoring."""
-    from .fpga import manifest
+    from .fpga.device import manifest
     if manifest.MANIFEST_FILE in model.files:
         m = model.manifest
         return m.input.name, list(m.outputs)
@@ -159,16 +159,16 @@ class Model(records.Attached):
 
     @property
     def manifest(self):
-        """The typed manifest of a converted model (fpga.manifest.PackageManifest); UserError for other models."""
+        """The typed manifest of a converted model (fpga.device.manifest.PackageManifest); UserError for other models."""
         return self._contract("PackageManifest", "convert it first with AccelOnnxConverter.convert_tf_model(...)")
 
     @property
     def source_metadata(self):
-        """The typed accel_model.json of a saved model (fpga.manifest.SavedModelMetadata); UserError otherwise."""
+        """The typed accel_model.json of a saved model (fpga.device.manifest.SavedModelMetadata); UserError otherwise."""
         return self._contract("SavedModelMetadata", "register a folder saved with model_graph.save(...)")
 
     def _contract(self, kind, remedy):
-        from .fpga import manifest
+        from .fpga.device import manifest
         cls = getattr(manifest, kind)
         if cls.FILE not in self.files:
             raise UserError(f"model {self.id} has no {cls.FILE}: {remedy}.")

@@ -113,14 +113,14 @@ def figure_output(fig) -> dict:
 
 def bits_per_value(numeric_format, block=None):
     """Storage per value: sign + mantissa bits, plus the shared exponent spread over its block (32 for fp32)."""
-    from .fpga import formats
+    from .fpga.device import formats
     f = formats.get(numeric_format, block)
     return 32.0 if f is None else f.bits_per_value
 
 
 def format_table():
     """Print each device format's bit layout: element, shared exponent or scale, block, bits per value."""
-    from .fpga import formats
+    from .fpga.device import formats
     print(f"{'format':<12}{'element':>22}{'shared per block':>22}{'block':>7}{'bits/value':>12}")
     for name, f in formats.FORMATS.items():
         print(f"{name:<12}{f'sign + {f.mantissa_bits} bits':>22}{f'{f.exponent_bits}-bit exponent':>22}"
@@ -135,7 +135,7 @@ def format_table():
 def worked_example(values, numeric_format="ms-fp9", block=None):
     """Quantize one block of ``values`` step by step (shared exponent, step, integer mantissas) and print it;
     returns the quantized values (equal to ``formats.quantize``)."""
-    from .fpga import formats
+    from .fpga.device import formats
     f = formats.get(numeric_format, block or len(values))
     x = np.asarray(values, np.float32)
     if isinstance(f, formats.MxFormat):
@@ -155,7 +155,7 @@ def worked_example(values, numeric_format="ms-fp9", block=None):
 
 def _worked_mx(x, f):
     """worked_example for an OCP MX format: the shared scale, then each element at its own exponent."""
-    from .fpga import formats
+    from .fpga.device import formats
     q, shared = formats.mx_encode(x, f)
     s = int(shared.ravel()[0])
     y = formats.quantize(x, f)
@@ -193,7 +193,7 @@ class FormatResult:
     block: typing.Optional[int]
     bits: float
     probs: typing.Any           # class probabilities [N, C] of the package, run in-process
-    report: typing.Any          # fpga.manifest.QuantizationReport, None for fp32
+    report: typing.Any          # fpga.device.manifest.QuantizationReport, None for fp32
     model: typing.Any           # the converted Model
     accuracy: typing.Optional[float] = None      # top-1 against the labels, if given
     top1_agreement: float = 1.0                  # the same top-1 class as fp32
@@ -225,8 +225,8 @@ def compare_formats(ws, source, saved, variants, images, labels=None, work_dir=N
     import tempfile
 
     from .conversion import AccelOnnxConverter
-    from .fpga import formats
-    from .fpga.package import AcceleratorPackage
+    from .fpga.device import formats
+    from .fpga.device.package import AcceleratorPackage
     from .report import load_report
     if reference is None and variants[0][0] != "fp32":
         raise ValueError("the first variant must be fp32 (or give the fp32 result as reference): the others are "
@@ -360,7 +360,7 @@ def format_findings(results, random_report=None) -> list[str]:
 def _family_findings(results, score, what, base) -> list[str]:
     """Brainwave's and MSFP's formats against the OCP MX ones, from the measured results: each MX format beside
     the other family's format nearest in bits per value, and the fewest bits within a point of fp32."""
-    from .fpga import formats
+    from .fpga.device import formats
     mx = [r for r in results if r.format in formats.MX_FORMATS and r.block == formats.MX_FORMATS[r.format].block]
     bfp = [r for r in results if r.format in formats.FORMATS and r.block == formats.FORMATS[r.format].block]
     lines = []

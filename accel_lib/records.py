@@ -1,12 +1,12 @@
-"""The workspace's records and folder layout. This module owns ``state.sqlite``: its schema and version, the
+"""The workspace's records. This module owns ``state.sqlite``: its schema and version, the
 migrations that open older ones, one typed record per table with its row mapping, and the queries the Azure-shaped
-classes share (get, latest and next version, users-of, set-status). No other module writes SQL. ``Layout`` owns
-where everything else in the workspace folder lives.
+classes share (get, latest and next version, users-of, set-status). No other module writes SQL. Where everything
+else in the workspace folder lives is ``layout``'s.
 
 Version 3 (this accel_lib): a service's record keeps what its deployment settled (``settled``: generation, runtime,
-engine, container image) apart from what the user asked (``config``). Version 2: images record the container image built from their context (``container``: its tag).
-Version 1: the replicas table holds only where each replica runs (service, idx, compute, fpga); version 0 also had
-pid, port and log columns that nothing wrote or read.
+engine, container image) apart from what the user asked (``config``). Version 2: images record the container image
+built from their context (``container``: its tag). Version 1: the replicas table holds only where each replica runs
+(service, idx, compute, fpga); version 0 also had pid, port and log columns that nothing wrote or read.
 """
 from __future__ import annotations
 
@@ -89,62 +89,6 @@ def check_name(name, what="model"):
     return name
 
 
-# -- the workspace folder ---------------------------------------------------------------------------
-class Layout:
-    """Where each thing lives in a workspace folder ``root`` (every path the workspace's classes use)."""
-
-    CONFIG_FILE = "config.json"
-    STATE_FILE = "state.sqlite"
-
-    def __init__(self, root):
-        self.root = Path(root)
-
-    config = property(lambda self: self.root / self.CONFIG_FILE, doc="the workspace's config.json")
-    state = property(lambda self: self.root / self.STATE_FILE, doc="the records (state.sqlite)")
-    blobs = property(lambda self: self.root / "blobs" / "sha256", doc="the content-addressed blob store")
-    pending = property(lambda self: self.root / "pending", doc="notes of work under way (Workspace.pending)")
-
-    def blob(self, digest) -> Path:
-        """Where the blob with this sha256 lives."""
-        return self.blobs / digest[:2] / digest[2:]
-
-    def image_context(self, name, version) -> Path:
-        """The build context of image ``name`` version ``version``."""
-        return self.root / "images" / name / str(int(version))
-
-    def compute_dir(self, name) -> Path:
-        """The folder of cluster ``name``: its spec, status, endpoints, certificate and the front end's log."""
-        return self.root / "computes" / name
-
-    def service_logs(self, name) -> Path:
-        """Where the logs of service ``name``'s replicas are kept."""
-        return self.root / "services" / name
-
-    def conversion_cache(self, name, version) -> Path:
-        """The fp32 graphs converted from model ``name`` version ``version``, kept for its further conversions."""
-        return self.root / "cache" / "conversion" / f"{name}.{int(version)}"
-
-    def operation_dir(self, op_id) -> Path:
-        """The folder of operation ``op_id``: its log and its working files."""
-        return self.root / "operations" / op_id
-
-    def operation_log(self, op_id) -> Path:
-        """The log of operation ``op_id`` (what its process prints)."""
-        return self.operation_dir(op_id) / "log.txt"
-
-    def operation_work(self, op_id) -> Path:
-        """The working folder of operation ``op_id`` (removed when it succeeds)."""
-        return self.operation_dir(op_id) / "work"
-
-    def relative(self, path) -> str:
-        """``path`` as the records store it: relative to the workspace folder."""
-        return Path(path).relative_to(self.root).as_posix()
-
-    def resolve(self, rel) -> Path:
-        """A path the records store, made absolute."""
-        return self.root / rel
-
-
 # -- typed records ----------------------------------------------------------------------------------
 def _json(default=None):
     """A field stored as JSON text (``None`` stays NULL)."""
@@ -152,13 +96,13 @@ def _json(default=None):
 
 
 def _config_codec():
-    from .fpga import cluster
-    return (lambda c: c.to_json(), cluster.ServiceConfig.from_json)
+    from .fpga.cluster import state
+    return (lambda c: c.to_json(), state.ServiceConfig.from_json)
 
 
 def _settled_codec():
-    from .fpga import cluster
-    return (lambda c: c.to_json(), cluster.Settled.from_json)
+    from .fpga.cluster import state
+    return (lambda c: c.to_json(), state.Settled.from_json)
 
 
 @dataclasses.dataclass

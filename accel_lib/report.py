@@ -5,9 +5,9 @@ from .errors import UserError
 
 
 def load_report(converted_model):
-    """The typed report a narrow-format conversion wrote (``fpga.manifest.QuantizationReport``; None for fp32
+    """The typed report a narrow-format conversion wrote (``fpga.device.manifest.QuantizationReport``; None for fp32
     packages)."""
-    from .fpga import manifest
+    from .fpga.device import manifest
     name = converted_model.manifest.report
     if not name:
         return None

@@ -45,7 +45,7 @@ def sample_images(n=8, seed=0) -> list[bytes]:
 
 def sample_batch(n=8, image_size=224, order="RGB", seed=0) -> np.ndarray:
     """``n`` generated images preprocessed for the featurizer: float32 [n, size, size, 3]."""
-    from .fpga.host import preprocess
+    from .fpga.device.host import preprocess
     return preprocess(sample_images(n, seed), order=order, output_height=image_size, output_width=image_size)
 
 

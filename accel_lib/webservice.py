@@ -1,10 +1,10 @@
 """Web services, the Azure-shaped face: deploy, state, wait, keys, logs, the Kubernetes export, delete. A deployment
-is declared in the cluster's spec; the cluster's process (``fpga.frontend``) runs the replicas, each a gRPC server
-holding one FPGA, and routes calls to them.
+is declared in the cluster's spec; the cluster's process (``fpga.cluster.frontend``) runs the replicas, each a gRPC
+server holding one FPGA, and routes calls to them.
 
 A service outlives the kernel that deployed it; ``Webservice(ws, name)`` re-attaches from any process. Scheduling,
 the records of a deployment, their translation into the cluster's spec and the reading of what the cluster reports
-live in ``deployment``; supervision lives in ``fpga.supervisor``.
+live in ``deployment``; supervision lives in ``fpga.cluster.supervisor``.
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from pathlib import Path
 from . import deployment, records
 from .compute import ComputeTarget
 from .errors import OperationTimeout, UserError
-from .fpga import cluster
-from .fpga.manifest import ManifestError
+from .fpga.cluster import state
+from .fpga.replica.limits import ServiceLimits
+from .fpga.device.manifest import ManifestError
 from .image import Image
 from .records import check_name
 
-_LIMITS, _CFG = cluster.ServiceLimits(), cluster.ServiceConfig()      # the defaults, spelled there only
-AksServiceDeploymentConfiguration = cluster.ServiceConfig     # what deploy_configuration() returns, typed
+_LIMITS, _CFG = ServiceLimits(), state.ServiceConfig()      # the defaults, spelled there only
+AksServiceDeploymentConfiguration = state.ServiceConfig     # what deploy_configuration() returns, typed
 
 
 class AksWebservice:
@@ -32,7 +33,7 @@ class AksWebservice:
                              max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
                              max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
                              max_request_mb=_LIMITS.max_request_mb, scoring_timeout_ms=_LIMITS.scoring_timeout_ms,
-                             runtime=_CFG.runtime) -> cluster.ServiceConfig:
+                             runtime=_CFG.runtime) -> state.ServiceConfig:
         """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
         Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
         ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding); per call:
@@ -43,11 +44,11 @@ class AksWebservice:
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
                             "num_replicas instead.")
-        cfg = cluster.ServiceConfig(
+        cfg = state.ServiceConfig(
             num_replicas=num_replicas, auth_enabled=None if auth_enabled is None else bool(auth_enabled),
             flash_seconds=float(flash_seconds) if isinstance(flash_seconds, (int, float)) else flash_seconds,
             description=description, tags=dict(tags or {}), runtime=runtime,
-            limits=cluster.ServiceLimits(max_message_mb=max_message_mb, max_images=max_images,
+            limits=ServiceLimits(max_message_mb=max_message_mb, max_images=max_images,
                                          max_pixels=max_pixels, max_request_mb=max_request_mb,
                                          scoring_timeout_ms=scoring_timeout_ms))
         try:
@@ -69,10 +70,10 @@ class Webservice(records.Attached):
                             "Webservice.deploy_from_image(...).")
         self._attach(workspace, rec, compute_kind=compute.kind if compute else records.AKS)
 
-    RENAMED = {"config": "deployment_config",      # what was asked (cluster.ServiceConfig)
+    RENAMED = {"config": "deployment_config",      # what was asked (state.ServiceConfig)
                "compute": "compute_name"}
     SKIPPED = ("keys", "state")                   # read fresh: get_keys(), state
-    # settled: what the deployment settled from it (cluster.Settled); error: why it stopped serving (on an edge
+    # settled: what the deployment settled from it (state.Settled); error: why it stopped serving (on an edge
     # device: replaced by which service)
 
     def _derive(self, rec: records.ServiceRecord, compute_kind):
@@ -100,7 +101,7 @@ class Webservice(records.Attached):
 
     @property
     def log_dir(self) -> Path:
-        """Where the replicas' logs are (``cluster.replica_log(log_dir, i)``)."""
+        """Where the replicas' logs are (``state.replica_log(log_dir, i)``)."""
         return self.workspace.service_folder(self.name)
 
     # -- deployment ---------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class Webservice(records.Attached):
             while True:
                 reps = self.replica_status(target)
                 states = [r.state for r in reps]
-                bar.n = states.count(cluster.HEALTHY)
+                bar.n = states.count(state.HEALTHY)
                 bar.refresh()
                 if show_output and states != last:
                     print(f"{self.name}: replicas {states or ['Scheduled'] * n}", flush=True)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from . import records
 from .errors import UserError
+from .layout import Layout
 
-CONFIG_FILE = records.Layout.CONFIG_FILE
-STATE_FILE = records.Layout.STATE_FILE
+CONFIG_FILE = Layout.CONFIG_FILE
+STATE_FILE = Layout.STATE_FILE
 LOCATIONS = ("eastus", "southeastasia", "westeurope", "westus2")
 
 
@@ -39,7 +40,7 @@ class Workspace:
 
     def __init__(self, path, *, _config: dict | None = None):
         self.path = Path(path).resolve()
-        self.layout = records.Layout(self.path)                              # where everything in it lives
+        self.layout = Layout(self.path)                              # where everything in it lives
         cfg = _config or json.loads(self.layout.config.read_text())
         self.name = cfg["name"]
         self.subscription_id = cfg["subscription_id"]

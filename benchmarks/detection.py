@@ -18,7 +18,7 @@ def run(train_scenes=256, test_scenes=32, epochs=10, head_epochs=4):
     import numpy as np
 
     from accel_lib import samples
-    from accel_lib.fpga.host import preprocess
+    from accel_lib.fpga.device.host import preprocess
     from accel_lib.models import QuantizedSsdSmall, detection, ssd, transfer
     work = tempfile.mkdtemp(prefix="accel-bench-ssd-")
     train_images, train_truths = samples.labelled_scenes(train_scenes, seed=1)

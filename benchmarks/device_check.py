@@ -30,12 +30,12 @@ def free_run(device_model, x, kernel):
     import onnx
     from onnx import helper
 
-    from accel_lib.fpga import device
+    from accel_lib.fpga.device import graph
     m = onnx.ModelProto()
     m.CopyFrom(device_model)
-    for q in device.quantizers(m):
+    for q in graph.quantizers(m):
         m.graph.output.append(helper.make_empty_tensor_value_info(q["output"]))
-    sess = device.session(m, kernel=kernel, inplace=True)
+    sess = graph.session(m, kernel=kernel, inplace=True)
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
 
 
@@ -43,14 +43,14 @@ def measure(fp32, prep, fmt_name, log=print) -> list[dict]:
     import numpy as np
 
     from accel_lib.conversion import checks
-    from accel_lib.fpga import device, formats, host
-    from accel_lib.fpga.reference import reference_device
+    from accel_lib.fpga.device import graph, formats, host
+    from accel_lib.fpga.device.reference import reference_device
     from accel_lib.samples import sample_images
     fmt = formats.get(fmt_name)
-    dev, _ = device.apply_format(fp32, fmt)
+    dev, _ = graph.apply_format(fp32, fmt)
     x = host.preprocess(sample_images(1, seed=31), **prep)
     free = {k: free_run(dev, x, k) for k in QUANTIZERS}
-    quantized_input = {n.output[0]: n.input[0] for n in dev.graph.node if n.op_type in device.MATRIX_OPS}
+    quantized_input = {n.output[0]: n.input[0] for n in dev.graph.node if n.op_type in graph.MATRIX_OPS}
     apart = {k: [] for k in QUANTIZERS}
     judge = checks._LayerJudge(dev, fmt)
 

@@ -17,13 +17,13 @@ def op_times(models, runs, x, warmup=3):
     interleaved (one of each in turn), the warm-up runs left out."""
     from run import _quiet_options
 
-    from accel_lib.fpga import device
+    from accel_lib.fpga.device import graph
     sessions = {}
     for label, (model, kernel) in models.items():
         opts = _quiet_options()
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="accel-profile-"), "ort")
-        sessions[label] = device.session(model, opts, kernel=kernel)
+        sessions[label] = graph.session(model, opts, kernel=kernel)
     feeds = {label: {s.get_inputs()[0].name: x} for label, s in sessions.items()}
     for _ in range(warmup + runs):
         for label, sess in sessions.items():
@@ -49,11 +49,11 @@ def main():
     from run import device_graph
 
     from accel_lib import samples
-    from accel_lib.fpga import device
+    from accel_lib.fpga.device import graph
     from accel_lib.machine import describe
     fp32 = device_graph(args.image_size)
     x = samples.sample_batch(1, args.image_size, "BGR")
-    models = {"fp32": (fp32, "onnx"), **{name: (device.apply_format(fp32, name)[0], "auto") for name in args.formats}}
+    models = {"fp32": (fp32, "onnx"), **{name: (graph.apply_format(fp32, name)[0], "auto") for name in args.formats}}
     columns = op_times(models, args.runs, x)
     ops = sorted({op for c in columns.values() for op in c}, key=lambda op: -max(c.get(op, 0) for c in columns.values()))
     print(f"Device stage by operator type, ms per image (ONNX Runtime's profile, mean of {args.runs} runs of each, "

@@ -76,19 +76,19 @@ def main():
             json.dump({"machine": machine, "peers": r}, f, indent=2)
         return 0
     from accel_lib import samples
-    from accel_lib.fpga import device, formats, kernel
+    from accel_lib.fpga.device import graph, formats, kernel
     fp32 = device_graph(args.image_size)
     x = samples.sample_batch(1, args.image_size, "BGR")
     fused = kernel.use_fused("auto")
     contenders, info = {}, {}
     for name in formats.NAMES:   # one run, side by side: fp32, every format, and ms-fp9 with the pure-ONNX quantizer
-        model, layers = device.apply_format(fp32, name)
+        model, layers = graph.apply_format(fp32, name)
         choices = [("fused kernel" if fused else "ONNX ops", "auto")] if name != "fp32" else [("-", "onnx")]
         if name == "ms-fp9" and fused:
             choices.append(("ONNX ops", "onnx"))
         for quantizer, choice in choices:
             label = f"{name} ({quantizer})" if name != "fp32" else name
-            contenders[label] = device.session(model, _quiet_options(), kernel=choice)
+            contenders[label] = graph.session(model, _quiet_options(), kernel=choice)
             info[label] = {"format": name, "quantizer": quantizer, "layers": len(layers)}
     times = interleaved_ms(contenders, x, args.runs)
     base = statistics.median(times["fp32"])

@@ -21,7 +21,7 @@ def _ours():
     me = psutil.Process()
     found = {p.pid: p for p in me.children(recursive=True)}
     for p in psutil.process_iter(["cmdline"]):
-        if any("fpga.server" in a or "fpga.frontend" in a for a in (p.info["cmdline"] or [])):
+        if any("fpga.replica.server" in a or "fpga.cluster.frontend" in a for a in (p.info["cmdline"] or [])):
             try:
                 if p.environ().get("ACCEL_LIB_TEST_SESSION") == SESSION:
                     found[p.pid] = p
@@ -32,11 +32,11 @@ def _ours():
 
 def _containers():
     """The containers this test session started (none where no container engine answers)."""
-    from accel_lib.fpga import containers
+    from accel_lib.fpga.cluster import containers, running
     engine, _ = containers.find_engine()
     if engine is None:
         return engine, set()
-    return engine, set(containers.labelled(engine, label=f"accel_lib.test-session={SESSION}"))
+    return engine, set(running.labelled(engine, label=f"accel_lib.test-session={SESSION}"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,9 +48,9 @@ def no_leftover_containers():
     engine, after = _containers()
     left = after - before
     if left:
-        from accel_lib.fpga import containers
+        from accel_lib.fpga.cluster import running
         for name in left:
-            containers.remove(engine, name)
+            running.remove(engine, name)
     assert not left, f"containers outlived the tests: {sorted(left)}"
 
 

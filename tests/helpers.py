@@ -13,7 +13,7 @@ def deploy(img, target, name, **cfg):
 
 def save_keras_h5(layers, path):
     """Write weights in the Keras application file layout (layer_names / weight_names attributes)."""
-    from accel_lib.models.zoo import write_h5
+    from accel_lib.models.weights import write_h5
     write_h5(layers, path)
 
 
@@ -24,7 +24,7 @@ def container_engine():
 
     import pytest
 
-    from accel_lib.fpga import containers
+    from accel_lib.fpga.cluster import containers
     engine, why = containers.find_engine()
     base = None
     if engine is not None:

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from accel_lib import Webservice, client_from_service, samples
-from accel_lib.fpga import cluster as cluster_files
-from accel_lib.fpga import ingress, routing, supervisor
-from accel_lib.fpga.protos import serving_pb2, tensorflow_pb2
+from accel_lib.fpga.cluster import state as cluster_files
+from accel_lib.fpga.cluster import ingress, routing, supervisor
+from accel_lib.fpga.replica.protos import serving_pb2, tensorflow_pb2
 from helpers import deploy as _deploy
 from helpers import length_delimited as _ld
 
@@ -417,7 +417,7 @@ def test_a_status_file_that_cannot_be_written_and_a_hung_replica(built_image, cl
     try:
         psutil.Process(first).kill()
         fe = _frontend(cluster)
-        _wait("a new replica", lambda: any(c.pid != first and "fpga.server" in " ".join(c.cmdline())
+        _wait("a new replica", lambda: any(c.pid != first and "fpga.replica.server" in " ".join(c.cmdline())
                                            for c in fe.children()), 30)
         _wait("it to serve", lambda: _call(svc, _predict_bytes([samples.sample_images(1, seed=5)[0]]))[0] == "OK",
               60)
@@ -446,7 +446,7 @@ def test_error_log_says_each_error_once_per_interval(capsys):
 def test_keys_are_compared_in_constant_time(monkeypatch):
     import hmac
 
-    from accel_lib.fpga import keys
+    from accel_lib.fpga.replica import keys
     compared = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
@@ -465,7 +465,7 @@ def test_not_found_says_no_more_than_the_caller_knows(built_image, cluster):
 
 
 def test_tensor_shapes_cannot_wrap_around():
-    from accel_lib.fpga import tensors
+    from accel_lib.fpga.replica import tensors
     t = tensorflow_pb2.TensorProto(dtype=1, float_val=[1.0])
     for d in (2**32, 2**32):
         t.tensor_shape.dim.add(size=d)                          # 2^64: 0 in int64 arithmetic

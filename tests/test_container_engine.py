@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from accel_lib import AccelContainerImage, Image
-from accel_lib.fpga import containers
+from accel_lib.fpga.cluster import containers
 
 PODMAN = shutil.which("podman")
 needs_podman = pytest.mark.skipif(PODMAN is None or shutil.which("mmdebstrap") is None,

@@ -17,8 +17,8 @@ import requests
 from helpers import container_engine, deploy
 
 from accel_lib import AccelContainerImage, Image, UserError, client_from_service, samples
-from accel_lib.fpga import containers
-from accel_lib.fpga.package import AcceleratorPackage
+from accel_lib.fpga.cluster import containers, running
+from accel_lib.fpga.device.package import AcceleratorPackage
 
 ENGINE = containers.find_engine()[0]
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
@@ -58,11 +58,11 @@ def container_image(converted):
 
 
 def test_the_image_runs_without_tensorflow_as_a_user_and_offline(container_image):
-    code, out, err = containers.run_once(
+    code, out, err = running.run_once(
         ENGINE, container_image.container_tag, "python3", "-c",
         "import os, importlib.util as u; print(os.getuid(), u.find_spec('tensorflow') is None)")
     assert code == 0 and out.split() == ["10001", "True"], err
-    code, out, err = containers.run_once(ENGINE, container_image.container_tag, "python3", "-m", "fpga.server",
+    code, out, err = running.run_once(ENGINE, container_image.container_tag, "python3", "-m", "fpga.replica.server",
                                          "--package", "package", "--check")
     assert code == 0 and (SOFTMAX in out or "output_alias" in out), err[-2000:]
 
@@ -74,12 +74,12 @@ def test_the_image_serves_on_tcp_as_docker_run_would(container_image, tmp_path):
     import tritonclient.grpc as tgrpc
 
     from accel_lib import PredictionClient
-    from accel_lib.fpga import server
+    from accel_lib.fpga.replica import server
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     name = f"accel-tcp-{port}"
-    containers.run_detached(ENGINE, container_image.container_tag, name,
+    running.run_detached(ENGINE, container_image.container_tag, name,
                             server.command(containers.PYTHON, host="127.0.0.1", port=port))
     try:
         images = samples.sample_images(1, seed=13)
@@ -94,7 +94,7 @@ def test_the_image_serves_on_tcp_as_docker_run_would(container_image, tmp_path):
         assert g.is_server_live() and g.is_model_ready("local")
         g.close()
     finally:
-        containers.remove(ENGINE, name)
+        running.remove(ENGINE, name)
 
 
 def test_replicas_in_containers_serve_both_protocols_and_come_back(container_image, cluster):
@@ -104,7 +104,7 @@ def test_replicas_in_containers_serve_both_protocols_and_come_back(container_ima
     svc = deploy(container_image, cluster, "svc-ctr", runtime="container", num_replicas=2, auth_enabled=True)
     reps = svc.replica_status()
     assert len(reps) == 2 and all(r.container for r in reps)
-    assert set(containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir))) == {r.container for r in reps}
+    assert set(running.labelled(ENGINE, running.cluster_id(cluster.run_dir))) == {r.container for r in reps}
     images = samples.sample_images(2, seed=12)
     ref = AcceleratorPackage(container_image.context / "package").run(images, [SOFTMAX])[SOFTMAX]
     with client_from_service(svc) as c:
@@ -120,20 +120,20 @@ def test_replicas_in_containers_serve_both_protocols_and_come_back(container_ima
     assert r.status_code == 200
 
     victim = reps[0].container
-    containers.kill(ENGINE, victim)                                       # as a crash would
+    running.kill(ENGINE, victim)                                       # as a crash would
     deadline = time.monotonic() + 30
     while svc.restart_count < 1:
         assert time.monotonic() < deadline, "the killed container's replica was not restarted within 30 s"
         time.sleep(0.2)
     svc.wait_for_deployment(timeout=120)
-    assert victim not in containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir))
+    assert victim not in running.labelled(ENGINE, running.cluster_id(cluster.run_dir))
     with client_from_service(svc) as c:
         np.testing.assert_array_equal(c.score_numpy_arrays({"images": images}, outputs=SOFTMAX), got)
     logs = svc.get_logs()
     assert "restart 1" in logs
     assert "telemetry" not in logs and "\x1b[" not in logs, "a replica's log in a container: no ONNX Runtime warning"
     svc.delete()
-    assert containers.labelled(ENGINE, containers.cluster_id(cluster.run_dir)) == []
+    assert running.labelled(ENGINE, running.cluster_id(cluster.run_dir)) == []
 
 
 def test_a_container_runtime_needs_a_built_image(built_image, cluster):

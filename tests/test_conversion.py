@@ -2,7 +2,7 @@ import pytest
 
 from accel_lib import AccelOnnxConverter, Model, UserError, samples
 from accel_lib.conversion import checks
-from accel_lib.fpga.package import AcceleratorPackage, RequestError
+from accel_lib.fpga.device.package import AcceleratorPackage, RequestError
 
 
 def test_converted_model_is_named_linked_and_in_parity(converted, tmp_path):

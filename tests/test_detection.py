@@ -122,7 +122,7 @@ def test_training_on_scenes_lowers_the_loss_and_refuses_classes_the_heads_lack(t
 
 
 def _prep(images):
-    from accel_lib.fpga.host import preprocess
+    from accel_lib.fpga.device.host import preprocess
     return preprocess(images, order="RGB", output_height=300, output_width=300, preserve_aspect_ratio=False)
 
 

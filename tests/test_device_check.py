@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accel_lib.conversion import checks
-from accel_lib.fpga import device, formats
+from accel_lib.fpga.device import graph, formats
 
 
 def _net(seed=0, channels=32):
@@ -35,7 +35,7 @@ def _x(seed=1, channels=32):
 def test_every_layer_is_judged_within_its_bound(name):
     fp32 = _net()
     fmt = formats.get(name, 16 if name.startswith("ms-") else None)
-    dev, layers = device.apply_format(fp32, fmt)
+    dev, layers = graph.apply_format(fp32, fmt)
     ref, judge = checks.judge_layers(fp32, dev, fmt, _x())
     assert judge.layers == len(layers) == 3 and judge.values == 3 * 2 * 32 * 144
     assert judge.boundary == 0 and 0 <= judge.used <= 1 and judge.worst in ("conv1", "conv2", "conv3")
@@ -59,7 +59,7 @@ def _with_weight(name, index, value):
     """(fp32 graph, ms-fp9 device graph with one weight of ``name`` set to ``value``, the format)."""
     fp32 = _net()
     fmt = formats.get("ms-fp9", 16)
-    dev, _ = device.apply_format(fp32, fmt)
+    dev, _ = graph.apply_format(fp32, fmt)
     w = next(i for i in dev.graph.initializer if i.name == name)
     a = numpy_helper.to_array(w).copy()
     a[index] = value(a[index])
@@ -95,7 +95,7 @@ def test_a_quantizer_that_rounds_otherwise_is_found(monkeypatch, suffix, value):
     monkeypatch.setenv("ACCEL_LIB_DEVICE_KERNEL", "onnx")      # the in-graph quantizer, whose constants we change
     fp32 = _net()
     fmt = formats.get("ms-fp9", 16)
-    dev, _ = device.apply_format(fp32, fmt)
+    dev, _ = graph.apply_format(fp32, fmt)
     _quantizer_constant(dev, suffix, value)
     with pytest.raises(checks.DeviceMismatch, match=r"layer conv1: [0-9]+ quantized input value\(s\) differ from the "
                                                      r"reference by more than one step of the format, or where the "

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from accel_lib import AccelContainerImage, AksWebservice, Image, Webservice, client_from_service, samples
-from accel_lib.fpga import formats, host
+from accel_lib.fpga.device import formats, host
 from accel_lib.report import load_report, show_report
 
 
@@ -52,8 +52,8 @@ def test_bad_format_arguments_fail_at_once(converted):
 def test_deployed_ms_fp9_service_agrees_with_the_reference_device(converted_q, small_fp32, cluster, tmp_path):
     import onnx
 
-    from accel_lib.fpga.package import AcceleratorPackage
-    from accel_lib.fpga.reference import reference_device
+    from accel_lib.fpga.device.package import AcceleratorPackage
+    from accel_lib.fpga.device.reference import reference_device
     ws, src, op = converted_q
     img = Image.create("small-q", [op.result], AccelContainerImage.image_configuration(), ws)
     svc = Webservice.deploy_from_image(ws, "svc-q", img, AksWebservice.deploy_configuration(), cluster)

@@ -4,7 +4,7 @@ import zlib
 import numpy as np
 import pytest
 
-from accel_lib.fpga import device, formats
+from accel_lib.fpga.device import graph, formats
 
 F9 = formats.get("ms-fp9", block=4)     # sign + 3 bits, 5-bit shared exponent (-15..16), blocks of 4
 F8 = formats.get("ms-fp8", block=2)
@@ -93,7 +93,7 @@ def vectors(name, shape, nonneg, seed=""):
 def test_onnx_device_path_is_bit_exact(name, shape, axis, nonneg):
     import onnxruntime as ort
     x = vectors(name, shape, nonneg)
-    sess = ort.InferenceSession(device.quantizer_model(shape, axis, name, nonneg).SerializeToString(),
+    sess = ort.InferenceSession(graph.quantizer_model(shape, axis, name, nonneg).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     assert same_bits(sess.run(None, {"x": x})[0], formats.quantize(x, name, axis))
 
@@ -112,11 +112,11 @@ def test_apply_format_quantizes_weights_once_and_every_layer():
                      [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
     model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
     fmt = formats.get("ms-fp9", block=4)
-    dev, layers = device.apply_format(model, fmt)
+    dev, layers = graph.apply_format(model, fmt)
     assert [l["op"] for l in layers] == ["Conv", "MatMul"] and [l["channels"] for l in layers] == [3, 128]
     inits = {i.name: numpy_helper.to_array(i) for i in dev.graph.initializer}
     assert same_bits(inits["w1"], formats.quantize(w1, fmt, 1)) and same_bits(inits["w2"], formats.quantize(w2, fmt, 0))
-    from accel_lib.fpga.reference import reference_device
+    from accel_lib.fpga.device.reference import reference_device
     import onnxruntime as ort
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     got = ort.InferenceSession(dev.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -124,7 +124,7 @@ def test_apply_format_quantizes_weights_once_and_every_layer():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     [plain] = reference_device(model, None)(x).values()
     assert not np.allclose(ref, plain, rtol=1e-3)        # the format really changes the result
-    assert device.apply_format(model, "fp32")[1] == []
+    assert graph.apply_format(model, "fp32")[1] == []
 
 
 @pytest.mark.parametrize("x_shape, w_shape, strides, pads, dilations", [
@@ -136,7 +136,7 @@ def test_apply_format_quantizes_weights_once_and_every_layer():
 def test_reference_device_convolution_matches_onnx_reference(x_shape, w_shape, strides, pads, dilations):
     from onnx.reference.ops.op_conv import _conv_implementation
 
-    from accel_lib.fpga.reference import conv2d
+    from accel_lib.fpga.device.reference import conv2d
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_formats import same_bits, vectors
 
-from accel_lib.fpga import device, formats, kernel
+from accel_lib.fpga.device import graph, formats, kernel
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def test_fused_quantizer_is_bit_exact(fused, name, block, shape, axis):
     fmt = formats.get(name, block)
     for nonneg in (False, True):
         x = vectors(name, shape, nonneg, seed="kernel")
-        model = device.quantizer_model(shape, axis, fmt, nonneg)
-        assert [n.op_type for n in device.fuse(model).graph.node] == [kernel.MX_OP if "mx" in name else kernel.OP]
-        got = device.session(model, kernel=fused).run(None, {"x": x})[0]
+        model = graph.quantizer_model(shape, axis, fmt, nonneg)
+        assert [n.op_type for n in graph.fuse(model).graph.node] == [kernel.MX_OP if "mx" in name else kernel.OP]
+        got = graph.session(model, kernel=fused).run(None, {"x": x})[0]
         assert same_bits(got, formats.quantize(x, fmt, axis)), (name, block, shape, axis, nonneg)
 
 
@@ -40,16 +40,16 @@ def test_a_device_graph_prepared_at_build_loads_by_path_and_a_stale_one_is_not_u
     import onnx
     x = vectors("ms-fp9", (2, 256, 5, 5), False, seed="prepared")
     path = tmp_path / "device.onnx"
-    onnx.save(device.quantizer_model(x.shape, 1, "ms-fp9"), str(path))
-    assert device.prepare(path) and device.fused_path(path).is_file()
+    onnx.save(graph.quantizer_model(x.shape, 1, "ms-fp9"), str(path))
+    assert graph.prepare(path) and graph.fused_path(path).is_file()
     want = formats.quantize(x, "ms-fp9", 1)
-    assert same_bits(device.session(path, kernel=fused).run(None, {"x": x})[0], want)
+    assert same_bits(graph.session(path, kernel=fused).run(None, {"x": x})[0], want)
     path.write_bytes(b"not ONNX")                 # the source is not read while its fused form is as new
     os.utime(path, (1, 1))
-    assert same_bits(device.session(path, kernel=fused).run(None, {"x": x})[0], want)
+    assert same_bits(graph.session(path, kernel=fused).run(None, {"x": x})[0], want)
     os.utime(path)                                # now newer than its fused form: that is stale and not used
     with pytest.raises(Exception, match="(?i)pars|decod|protobuf"):
-        device.session(path, kernel=fused)
+        graph.session(path, kernel=fused)
 
 
 def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
@@ -57,7 +57,7 @@ def test_tiny_and_huge_blocks_in_8_bit_exponent_formats(fused):
     x[0, :, 0] = 1e-45           # the smallest subnormal: the step 2**-133 has no float32 inverse
     x[1, :, 1] = 3e38
     for name in ("msfp12", "msfp16"):
-        got = device.session(device.quantizer_model(x.shape, 1, name), kernel=fused).run(None, {"x": x})[0]
+        got = graph.session(graph.quantizer_model(x.shape, 1, name), kernel=fused).run(None, {"x": x})[0]
         assert same_bits(got, formats.quantize(x, name, 1))
 
 
@@ -67,10 +67,10 @@ def quantizer_io(model, x, kernel_choice):
     from onnx import helper
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for q in device.quantizers(model):
+    for q in graph.quantizers(model):
         for name in (q["input"], q["output"]):
             m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = device.session(m, kernel=kernel_choice)
+    sess = graph.session(m, kernel=kernel_choice)
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
 
 
@@ -81,10 +81,10 @@ def test_fused_network_quantizes_every_layer_input_exactly_and_each_layer_passes
     from accel_lib import samples
     from accel_lib.conversion import checks
     fp32 = onnx.load(str(small_fp32))
-    model, layers = device.apply_format(fp32, "ms-fp9")
-    qs = device.quantizers(model)
+    model, layers = graph.apply_format(fp32, "ms-fp9")
+    qs = graph.quantizers(model)
     assert len(qs) == 49 and len(layers) == 53            # shortcuts share their block input's quantizer
-    fused_model = device.fuse(model)
+    fused_model = graph.fuse(model)
     assert sum(n.op_type == kernel.OP for n in fused_model.graph.node) == 49
     assert not any(i.name.startswith(qs[0]["output"] + "/") for i in fused_model.graph.initializer)
     x = samples.sample_batch(2, 64, "BGR")
@@ -104,7 +104,6 @@ def test_fused_network_quantizes_every_layer_input_exactly_and_each_layer_passes
 
 def residual_block(channels=32, quantized=True):
     """x -> conv -> relu = r; r -> [q] -> conv -> add r -> relu -> [q] -> conv: a ResNet block's shape."""
-    import onnx
     from onnx import TensorProto
     from onnx import helper as h
     from onnx import numpy_helper
@@ -158,12 +157,12 @@ def test_the_fused_operator_declares_its_output_shape_so_a_residual_add_and_relu
 
 
 def test_onnx_path_is_used_when_asked_and_saved_models_stay_plain_onnx(monkeypatch):
-    model = device.quantizer_model((2, 8, 3), 1, "ms-fp9")
+    model = graph.quantizer_model((2, 8, 3), 1, "ms-fp9")
     assert kernel.OP not in {n.op_type for n in model.graph.node}          # what conversion saves: plain ONNX
     x = vectors("ms-fp9", (2, 8, 3), False)
     monkeypatch.setenv(kernel.ENV, "onnx")
     assert not kernel.use_fused()
-    got = device.session(model).run(None, {"x": x})[0]
+    got = graph.session(model).run(None, {"x": x})[0]
     assert same_bits(got, formats.quantize(x, "ms-fp9", 1))
     monkeypatch.setenv(kernel.ENV, "sometimes")
     with pytest.raises(ValueError, match="auto, fused or onnx"):
@@ -179,7 +178,7 @@ def test_fused_required_but_missing_says_how_to_build(monkeypatch, tmp_path):
 
 def test_bad_attributes_are_refused_with_the_rule(fused):
     import onnxruntime as ort
-    model = device.fuse(device.quantizer_model((2, 8), 1, "ms-fp9"))
+    model = graph.fuse(graph.quantizer_model((2, 8), 1, "ms-fp9"))
     for a in model.graph.node[0].attribute:
         if a.name == "block":
             a.i = 0
@@ -189,8 +188,8 @@ def test_bad_attributes_are_refused_with_the_rule(fused):
 
 
 def test_build_command_reports_status():
-    out = subprocess.run([sys.executable, "-m", "accel_lib.fpga.kernel", "status"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "accel_lib.fpga.device.kernel", "status"], capture_output=True,
+                         text=True, check=True).stdout
     assert str(kernel.LIBRARY) in out and ("not built" in out) != kernel.available()
 
 
@@ -208,8 +207,8 @@ def test_an_input_dimension_nobody_knows_stays_unknown_through_the_fused_quantiz
                      [h.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
                      [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                      [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(8, np.float32), "b")])
-    model, _ = device.apply_format(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), "ms-fp9")
+    model, _ = graph.apply_format(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), "ms-fp9")
     x = rng.normal(0, 1, (3, 300)).astype(np.float32)
-    a = device.session(model, kernel=fused).run(None, {"x": x})[0]
-    b = device.session(onnx.load_from_string(model.SerializeToString()), kernel="onnx").run(None, {"x": x})[0]
+    a = graph.session(model, kernel=fused).run(None, {"x": x})[0]
+    b = graph.session(onnx.load_from_string(model.SerializeToString()), kernel="onnx").run(None, {"x": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

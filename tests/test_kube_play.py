@@ -20,8 +20,8 @@ import pytest
 from helpers import container_engine, deploy
 
 from accel_lib import AccelContainerImage, Image, kubernetes, samples
-from accel_lib.fpga import containers, podman
-from accel_lib.fpga.package import AcceleratorPackage
+from accel_lib.fpga.cluster import containers, podman, running
+from accel_lib.fpga.device.package import AcceleratorPackage
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 ADDRESS = f"127.0.0.1:{kubernetes.PORT}"          # where kube play publishes the containerPort
@@ -134,7 +134,7 @@ def test_the_deployment_runs_scores_comes_back_after_a_kill_and_goes(kube_image,
 
     kubernetes.down(f, engine)
     assert podman.pods(engine, label=f"app={svc.name}") == []
-    assert not [n for n in containers.labelled(engine, label=f"app={svc.name}")]
+    assert not [n for n in running.labelled(engine, label=f"app={svc.name}")]
 
 
 def test_the_keyed_manifests_check_the_secrets_key_where_the_runner_mounts_it(kube_image, cluster, play, engine):

@@ -6,17 +6,17 @@ import pytest
 import yaml
 
 from accel_lib import kubernetes
-from accel_lib.fpga import cluster
+from accel_lib.fpga.cluster import state
 
 K8S = "1.33.0"
 
 
 def _service(name, replicas, keys=(), **config):
     """A service as deployment.service_spec gives it."""
-    return cluster.ServiceSpec(name=name, context="/ws/images/i/1", log_dir="/ws/services/" + name,
-                               replicas=[cluster.ReplicaSpec(idx=i, node=i) for i in range(replicas)],
-                               config=cluster.ServiceConfig(num_replicas=replicas, **config),
-                               settled=cluster.Settled(generation=1, runtime="process"), keys=list(keys))
+    return state.ServiceSpec(name=name, context="/ws/images/i/1", log_dir="/ws/services/" + name,
+                               replicas=[state.ReplicaSpec(idx=i, node=i) for i in range(replicas)],
+                               config=state.ServiceConfig(num_replicas=replicas, **config),
+                               settled=state.Settled(generation=1, runtime="process"), keys=list(keys))
 
 
 def _validate(doc):
@@ -39,7 +39,7 @@ def test_manifests_validate_and_carry_the_fpga_probes_and_keys(tmp_path):
     (c,) = pod["containers"]
     assert c["resources"]["limits"][kubernetes.FPGA_RESOURCE] == "1"          # one FPGA per replica
     assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == kubernetes.PORT
-    assert c["command"][:3] == ["python3", "-m", "fpga.server"] and "--keys-file" in c["command"]
+    assert c["command"][:3] == ["python3", "-m", "fpga.replica.server"] and "--keys-file" in c["command"]
     assert c["command"][c["command"].index("--flash-seconds") + 1] == "1.5"       # read from the service's spec
     assert pod["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from accel_lib.fpga import manifest
-from accel_lib.fpga.manifest import ManifestError, PackageManifest, SavedModelMetadata
+from accel_lib.fpga.device import manifest
+from accel_lib.fpga.device.manifest import ManifestError, PackageManifest, SavedModelMetadata
 
 
 def _package_dict(converted, tmp_path):
@@ -52,7 +52,8 @@ def test_not_json_and_other_versions(tmp_path):
 
 def test_service_config_is_stored_as_itself_and_older_flat_configs_still_read():
     from accel_lib import AksWebservice, UserError
-    from accel_lib.fpga.cluster import ServiceConfig, ServiceLimits
+    from accel_lib.fpga.cluster.state import ServiceConfig
+    from accel_lib.fpga.replica.limits import ServiceLimits
     cfg = AksWebservice.deploy_configuration(num_replicas=2, max_images=8, tags={"a": "b"})
     back = ServiceConfig.from_json(cfg.to_json())
     assert back == cfg and back.limits.max_images == 8 and back.limits.max_message_mb == ServiceLimits.max_message_mb

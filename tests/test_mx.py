@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from accel_lib.fpga import device, formats, kernel
+from accel_lib.fpga.device import graph, formats, kernel
 
 ONNX_TYPES = ("mxfp8-e4m3", "mxfp8-e5m2", "mxfp4", "mxint8")     # QuantizeLinear takes these (FP6: not in onnx 1.23)
 ML = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -166,8 +166,8 @@ def test_the_device_quantizes_ties_edges_and_saturation_as_the_specification(nam
     x = _inputs(np.random.default_rng(9))
     for nonneg in (False, True):
         xi = np.where(np.isnan(x), x, np.abs(x)) if nonneg else x
-        model = device.quantizer_model(xi.shape, 1, name, nonneg)
-        got = device.session(model, kernel=quantizer).run(None, {"x": xi})[0]
+        model = graph.quantizer_model(xi.shape, 1, name, nonneg)
+        got = graph.session(model, kernel=quantizer).run(None, {"x": xi})[0]
         spec = formats.quantize_mx(xi, name, axis=1)
         assert np.array_equal(np.isnan(got), np.isnan(spec))
         assert np.array_equal(_bits(got[~np.isnan(got)]), _bits(spec[~np.isnan(spec)])), (name, quantizer, nonneg)

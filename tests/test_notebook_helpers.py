@@ -6,7 +6,7 @@ import pytest
 
 from accel_lib import notebook, samples
 from accel_lib.client import load_labels
-from accel_lib.fpga.package import AcceleratorPackage
+from accel_lib.fpga.device.package import AcceleratorPackage
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 

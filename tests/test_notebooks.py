@@ -12,7 +12,7 @@ import pytest
 
 from accel_lib import Model, Workspace, samples, tutorial
 from accel_lib.conversion import checks
-from accel_lib.fpga import formats
+from accel_lib.fpga.device import formats
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -133,7 +133,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "min_accuracy_tl": 0.0, "tl_model_name": "tiny-shapes",
               "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0}
-    from accel_lib.fpga import certificates
+    from accel_lib.fpga.cluster import certificates
     _, chain, key = certificates.generate("fpga.example.com")   # "your own" certificate for 04's TLS
     (tmp_path / "my-cert.pem").write_bytes(chain)
     (tmp_path / "my-key.pem").write_bytes(key)

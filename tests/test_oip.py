@@ -14,7 +14,7 @@ from helpers import deploy
 from tritonclient.utils import InferenceServerException
 
 from accel_lib import AksCompute, ComputeTarget, Webservice, client_from_service, samples
-from accel_lib.fpga import cluster as cluster_files
+from accel_lib.fpga.cluster import state as cluster_files
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 
@@ -144,8 +144,8 @@ def test_tritonclient_over_tls_with_keys(built_image, tmp_path):
 
 
 def test_the_protocol_forms_are_checked_before_they_are_copied():
-    from accel_lib.fpga import oip
-    from accel_lib.fpga.protos import inference_pb2
+    from accel_lib.fpga.replica import oip
+    from accel_lib.fpga.replica.protos import inference_pb2
     raw = oip.join_bytes([b"ab", b"", b"xyz"])
     assert oip.split_bytes(raw) == [b"ab", b"", b"xyz"]
     with pytest.raises(oip.ProtocolError, match="more than its raw contents hold"):
@@ -187,11 +187,12 @@ def test_the_protocol_forms_are_checked_before_they_are_copied():
 
 def test_an_unknown_model_is_not_found_even_with_one_service_and_no_shape_is_a_500(built_image, cluster):
     """The protocol's corners, called with stubs made from the protocols' own definitions (the .proto files that
-    accel_lib/fpga/protos compiles), without the route header: the model name alone must decide."""
+    accel_lib/fpga/replica/protos compiles), without the route header: the model name alone must decide."""
     import grpc
 
-    from accel_lib.fpga import oip, routing
-    from accel_lib.fpga.protos import inference_pb2, serving_pb2
+    from accel_lib.fpga.replica import oip
+    from accel_lib.fpga.cluster import routing
+    from accel_lib.fpga.replica.protos import inference_pb2, serving_pb2
     svc = deploy(built_image, cluster, "svc-corner", num_replicas=1)        # the cluster's only service
     image = samples.sample_images(1, seed=11)[0]
     channel = grpc.insecure_channel(_hostport(svc.scoring_uri))
@@ -251,14 +252,16 @@ def test_a_replica_answers_the_protocol_over_http_itself_with_its_key_and_limits
     import sys
     import time
 
-    from accel_lib.fpga import cluster, server
-    from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.fpga.cluster import state
+    from accel_lib.fpga.replica import server
+    from accel_lib.fpga.replica.limits import ServiceLimits
+    from accel_lib.fpga.device.package import AcceleratorPackage
     keys = tmp_path / "keys"
     keys.write_text("k-right\n")
-    cfg = cluster.ServiceConfig(limits=cluster.ServiceLimits(max_message_mb=0.5))
-    svc = cluster.ServiceSpec(name="svc-rest", context=str(built_image.context), log_dir=str(tmp_path),
-                              replicas=[cluster.ReplicaSpec(idx=0, node=0)], config=cfg,
-                              settled=cluster.Settled(generation=1, runtime="process"), keys=["k-right"])
+    cfg = state.ServiceConfig(limits=ServiceLimits(max_message_mb=0.5))
+    svc = state.ServiceSpec(name="svc-rest", context=str(built_image.context), log_dir=str(tmp_path),
+                              replicas=[state.ReplicaSpec(idx=0, node=0)], config=cfg,
+                              settled=state.Settled(generation=1, runtime="process"), keys=["k-right"])
     cmd = server.command(sys.executable, svc, port=0, rest_port=0, keys_file=keys, threads=1)
     log = open(tmp_path / "replica.log", "w+")
     proc = subprocess.Popen(cmd, cwd=built_image.context, stdout=log, stderr=subprocess.STDOUT,

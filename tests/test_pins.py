@@ -21,7 +21,7 @@ def test_environment_files_agree_with_pyproject():
     text = post.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "\nset -e\n" in text and "pip install" in text
     assert os.access(post, os.X_OK)                              # repo2docker runs postBuild only if executable
-    assert "accel_lib.fpga.kernel build --optional" in text      # a failed build never fails the image
+    assert "accel_lib.fpga.device.kernel build --optional" in text      # a failed build never fails the image
 
 
 def test_the_installed_packages_are_the_pinned_ones():

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from accel_lib import UserError, samples
-from accel_lib.fpga import host
+from accel_lib.fpga.device import host
 
 MEANS = np.array([123.68, 116.779, 103.939], np.float32)
 
@@ -101,7 +101,7 @@ def test_bad_arguments_are_refused():
 
 _PEAK = """
 import sys
-from accel_lib.fpga import host
+from accel_lib.fpga.device import host
 def kb(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 data = open(sys.argv[1], "rb").read()

@@ -13,7 +13,7 @@ import pytest
 from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, Model, PredictionClient,
                        UserError, Webservice, client_from_service, samples)
 from accel_lib.compute import list_usage
-from accel_lib.fpga.package import AcceleratorPackage
+from accel_lib.fpga.device.package import AcceleratorPackage
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 FEATURES = "resnet_v1_50/pool5:0"
@@ -52,7 +52,7 @@ def test_image_record_and_context(built_image):
     reqs = (img.context / "requirements.txt").read_text()
     assert "onnxruntime==" in reqs and "grpcio==" in reqs and "protobuf==" in reqs
     assert "tensorflow" not in reqs                 # a replica speaks TF Serving's protocol without TensorFlow
-    assert "fpga.server" in (img.context / "Dockerfile").read_text()
+    assert "fpga.replica.server" in (img.context / "Dockerfile").read_text()
     assert [i.id for i in Image.list(img.workspace, tags=[["t", "1"]])] == ["small-image:1"]
     assert Image(img.workspace, "small-image").models[0].name == "small.1.accelonnx"
 
@@ -70,15 +70,19 @@ def test_image_takes_one_converted_model(converted):
 
 
 def test_context_copied_elsewhere_serves_alone(built_image, tmp_path):
+    """A replica serves from a copy of the context alone, which carries only the device and replica wings; started,
+    it has loaded neither the cluster wing nor TensorFlow (every import it made, from ``python -X importtime``)."""
     import socket
     copy = tmp_path / "elsewhere"
     shutil.copytree(built_image.context, copy)
+    assert sorted(p.name for p in (copy / "fpga").iterdir()) == ["__init__.py", "device", "replica"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(copy)}
-    proc = subprocess.Popen([sys.executable, "-m", "fpga.server", "--package", "package", "--port", str(port)],
-                            cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    imports = open(tmp_path / "imports.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "fpga.replica.server", "--package", "package",
+                             "--port", str(port)], cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=imports)
     try:
         with PredictionClient(f"127.0.0.1:{port}", retry_seconds=60) as c:      # it answers once it has loaded
             data = samples.sample_images(1, seed=3)[0]
@@ -86,9 +90,14 @@ def test_context_copied_elsewhere_serves_alone(built_image, tmp_path):
         ref = AcceleratorPackage(copy / "package").run([data], [SOFTMAX])[SOFTMAX]
         np.testing.assert_array_equal(got, ref)
         assert "accel_lib" not in " ".join(p.name for p in copy.iterdir())
+        imports.seek(0)
+        loaded = {line.rsplit("|", 1)[1].strip() for line in imports if line.startswith("import time:")}
+        assert {"fpga.replica.server", "fpga.device.package", "onnxruntime"} <= loaded      # what it did load
+        assert not [m for m in loaded if m.startswith(("fpga.cluster", "tensorflow", "keras", "accel_lib"))]
     finally:
         proc.terminate()
         proc.wait(10)
+        imports.close()
 
 
 # -- compute ----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, Comp
                        Workspace, client_from_service, models, samples)
 from accel_lib.client import load_labels
 from accel_lib.conversion import checks, convert_folder
-from accel_lib.fpga.package import AcceleratorPackage
+from accel_lib.fpga.device.package import AcceleratorPackage
 
 import helpers
 

@@ -22,7 +22,7 @@ def free_keras_models():
 
 @pytest.mark.timeout(1800)
 def test_ssd_converts_serves_twelve_outputs_and_detects_like_in_process(tmp_path):
-    from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.fpga.device.package import AcceleratorPackage
     ws = Workspace.create("ssd", path=tmp_path / "ws")
     plain = models.SsdVgg(tmp_path, weights="random")
     info = models.QuantizedSsdVgg(tmp_path, weights="random").save(tmp_path / "QuantizedSsdVgg")

@@ -7,7 +7,7 @@ from accel_lib.models import transfer
 
 
 def test_generated_labelled_images_are_seeded_balanced_and_decodable():
-    from accel_lib.fpga import host
+    from accel_lib.fpga.device import host
     images, labels = samples.labelled_images(("day", "night"), per_class=5, seed=1)
     again, _ = samples.labelled_images(("day", "night"), per_class=5, seed=1)
     assert images == again and list(labels) == [0, 1] * 5

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from accel_lib.fpga import oip, tensors, wire
-from accel_lib.fpga.protos import inference_pb2, serving_pb2, tensorflow_pb2
+from accel_lib.fpga.replica import oip, tensors, wire
+from accel_lib.fpga.replica.protos import inference_pb2, serving_pb2, tensorflow_pb2
 from helpers import length_delimited as _ld
 
 PREDICT = serving_pb2.PredictRequest
@@ -100,8 +100,8 @@ def test_one_field_read_alone_reads_as_the_whole_would():
 
 _PEAK = """
 import sys
-from accel_lib.fpga import wire
-from accel_lib.fpga.protos import inference_pb2, serving_pb2
+from accel_lib.fpga.replica import wire
+from accel_lib.fpga.replica.protos import inference_pb2, serving_pb2
 def kb(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 cls = {"PredictRequest": serving_pb2.PredictRequest, "ModelInferRequest": inference_pb2.ModelInferRequest}[sys.argv[1]]
@@ -142,7 +142,7 @@ def test_the_estimate_bounds_the_decoders_real_peak(shape, tmp_path):
 
 _JSON_PEAK = """
 import json, sys
-from accel_lib.fpga import oip
+from accel_lib.fpga.replica import oip
 def kb(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 text = open(sys.argv[1], "rb").read()

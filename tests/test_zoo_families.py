@@ -41,7 +41,7 @@ def _convert(ws, graph, path, name, **kw):
 
 def _deploy_and_score(ws, converted, name):
     """Serve a converted model on a one-node cluster; the service's answer and the same package in-process."""
-    from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.fpga.device.package import AcceleratorPackage
     img = Image.create(f"{name}-image", [converted], AccelContainerImage.image_configuration(), ws)
     assert img.creation_state == "Succeeded", (img.context / "build.log").read_text()
     target = ComputeTarget.create(ws, f"{name}-aks", AksCompute.provisioning_configuration(agent_count=1))
@@ -63,7 +63,7 @@ JUDGE = """
 import json, sys
 import onnx
 from accel_lib.conversion import checks
-from accel_lib.fpga import formats, host
+from accel_lib.fpga.device import formats, host
 from accel_lib.samples import sample_images
 fp32, dev, prep, fmt, block = sys.argv[1:6]
 x = host.preprocess(sample_images(1, seed=31), **json.loads(prep))
@@ -80,7 +80,7 @@ def _judged_elsewhere(ws, source_name, converted, folder):
     import subprocess
     import sys
 
-    from accel_lib.fpga.manifest import DEVICE_FILE
+    from accel_lib.fpga.device.manifest import DEVICE_FILE
     (cache,) = (ws.path / "cache" / "conversion").glob(f"{source_name}.*/*/fp32.json")
     fp32 = cache.parent / json.loads(cache.read_text())["fp32"]["featurize"]
     package = converted.download(folder)
@@ -152,8 +152,8 @@ def test_ssd_has_no_download_and_a_fixed_size(tmp_path):
 def test_an_old_package_format_gets_a_clear_error(tmp_path):
     import json
 
-    from accel_lib.fpga.manifest import ManifestError
-    from accel_lib.fpga.package import AcceleratorPackage
+    from accel_lib.fpga.device.manifest import ManifestError
+    from accel_lib.fpga.device.package import AcceleratorPackage
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "accel_lib.accelonnx/1", "stages": []}))
     with pytest.raises(ManifestError, match=r"format 'accel_lib.accelonnx/1'; this accel_lib reads "
                                             r"'accel_lib.accelonnx/3': convert the source model again"):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fpga import manifest
+from ..fpga.device import manifest
 
 PARITY_IMAGES = 6
 DEVICE_CHECK_IMAGES = 2
@@ -73,7 +73,7 @@ def tensorflow_reference(loaded, meta, with_heads=True, n=None) -> dict:
     the whole serving signature on the encoded images (``serve/<key>``)."""
     import tensorflow as tf
 
-    from ..fpga import host
+    from ..fpga.device import host
     from ..samples import sample_images
     n = n or images_for(meta.preprocessing, PARITY_IMAGES)
     imgs = sample_images(n, seed=11)
@@ -132,7 +132,7 @@ class _LayerJudge:
     for up to ``JUDGE_BATCH_BYTES`` of inputs), and judges each."""
 
     def __init__(self, device_model, fmt):
-        from ..fpga.device import Layers
+        from ..fpga.device.graph import Layers
         self.layers_of, self.fmt = Layers(device_model), fmt
         self.layers = self.values = self.boundary = 0
         self.worst, self.used = "", 0.0
@@ -149,7 +149,7 @@ class _LayerJudge:
 
     def flush(self):
         """Run and judge the layers held so far."""
-        from ..fpga.device import session
+        from ..fpga.device.graph import session
         if not self.pending:
             return
         model = self.layers_of.model_of([p[0].output[0] for p in self.pending], [p[1].ndim for p in self.pending])
@@ -211,7 +211,7 @@ def one_step_apart(x, want, got, fmt, axis):
     only by one step of the format, within its block's range, and only where ``x`` sits on the rounding boundary
     between the two (within 4 ulps of their midpoint: the quantizer's own fp32 arithmetic can round it either
     way)."""
-    from ..fpga import formats
+    from ..fpga.device import formats
     apart = (got != want) & ~(np.isnan(got) & np.isnan(want))
     if not apart.any():
         return apart, apart
@@ -226,7 +226,7 @@ def judge_layers(fp32_model, device_model, fmt, x):
     """Every quantized layer of ``device_model`` (ONNX Runtime) on the numpy reference device's own inputs for the
     images ``x``: (the reference device's outputs, the judge: ``layers``, ``values``, ``boundary``, ``used``,
     ``worst``). DeviceMismatch names the first layer past its bound."""
-    from ..fpga.reference import reference_device
+    from ..fpga.device.reference import reference_device
     judge = _LayerJudge(device_model, fmt)
     ref = reference_device(fp32_model, fmt, on_layer=judge)(x)
     judge.flush()
@@ -264,7 +264,7 @@ def quantization_effect(pkg, fp32_model, device_model, layers, fmt, weights, n=N
     """The format against fp32 on the same package: per-layer SQNR and agreement (the report), on ``n`` images
     run ``REPORT_BATCH`` at a time. The graphs may be given as paths (then they are not kept once their sessions
     exist)."""
-    from ..fpga.quality import quantization_report
+    from ..fpga.device.quality import quantization_report
     from ..samples import sample_images
     n = n or images_for(pkg.prep, REPORT_IMAGES)
     images = sample_images(n, seed=51)

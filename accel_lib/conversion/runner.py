@@ -134,7 +134,7 @@ def run_step_process(names, state_path):
     """A step process's work: run steps (comma-separated names) on a state file and write the state back. The
     process ends with the operation's process, and offers itself to the out-of-memory killer before it (which then
     reports what happened)."""
-    from ..fpga import resources
+    from ..fpga.device import resources
     resources.die_with_parent()
     try:
         Path("/proc/self/oom_score_adj").write_text("500")
@@ -179,7 +179,7 @@ def _why_it_ended(step, state, code, last_rss):
     """The reason a step's process ended, in words: a signal (most likely the out-of-memory killer) or an error."""
     import signal as sig
 
-    from ..fpga import resources
+    from ..fpga.device import resources
     if code >= 0:
         return f"the {step} step failed (exit code {code}); its error is in the log above"
     name = sig.Signals(-code).name if -code in sig.Signals._value2member_map_ else f"signal {-code}"
@@ -197,7 +197,7 @@ def checked_request(meta, outputs, numeric_format=None, block_size=None):
     """What a conversion is asked for, checked against the saved model's metadata before any work:
     (output names, format name, format spec or None for fp32); UserError says what is wrong and what is valid."""
     from ..errors import UserError
-    from ..fpga import formats
+    from ..fpga.device import formats
     outputs = list(outputs)
     unknown = [n for n in outputs if n not in meta.by_name()]
     if unknown:
@@ -219,7 +219,7 @@ def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, b
 
     from .. import progress
     from ..errors import UserError
-    from ..fpga import manifest
+    from ..fpga.device import manifest
     try:
         meta = manifest.read(manifest.SavedModelMetadata, source_dir)
     except manifest.ManifestError as e:

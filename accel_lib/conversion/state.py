@@ -46,7 +46,7 @@ class ConversionState:
     fp32: dict = field(default_factory=dict)      # stage -> fp32 ONNX path (the featurizer's after ``fold``)
     reference: str = ""                           # .npz of TensorFlow's outputs for the parity check
     cached_from: str = ""                         # the cache folder the fp32 graphs came from, if they did
-    layers: list = field(default_factory=list)   # the quantized layers (fpga.device.apply_format's records)
+    layers: list = field(default_factory=list)   # the quantized layers (fpga.device.graph.apply_format's records)
     parity: typing.Optional[dict] = None
     device_check: typing.Optional[dict] = None
     report: typing.Optional[dict] = None
@@ -67,7 +67,7 @@ class ConversionState:
     @property
     def metadata(self):
         """The saved model's typed accel_model.json."""
-        from ..fpga import manifest
+        from ..fpga.device import manifest
         return manifest.read(manifest.SavedModelMetadata, self.source_dir)
 
 

@@ -9,7 +9,7 @@ to_onnx (tf2onnx)         each frozen GraphDef -> ONNX, inputs and outputs named
 fold                      ONNX Runtime's basic rewrites of the featurizer: batch normalisation folded into the
                           convolutions, constants folded (standard ONNX ops), so that the device quantizes the
                           weights it will really hold
-device_format             the device's numeric format applied to the featurizer (``fpga.device.apply_format``);
+device_format             the device's numeric format applied to the featurizer (``fpga.device.graph.apply_format``);
                           the package's graphs and manifest written
 check_parity              the fp32 package against TensorFlow's outputs
 check_device              the device graph against the numpy reference device
@@ -17,7 +17,7 @@ report                    the format against fp32, layer by layer (``report.json
 ========================  =======================================================================================
 
 When the steps are done, ``record_checks`` writes what the checks measured into the manifest (typed:
-``fpga.manifest.Parity``, ``DeviceCheck``; the report is ``QuantizationReport``). Each step process is
+``fpga.device.manifest.Parity``, ``DeviceCheck``; the report is ``QuantizationReport``). Each step process is
 ``runner.step_command`` (the conversion's process entry, ``worker``, given ``STEP_FLAG``).
 
 Memory: every step runs in a process of its own that ends with the step (a process without TensorFlow starts in
@@ -150,14 +150,14 @@ def device_format(state: ConversionState) -> ConversionState:
     """The device's format on the featurizer, the heads copied as they are; the package's manifest written."""
     import onnx
 
-    from ..fpga import device, formats, manifest
+    from ..fpga.device import graph, formats, manifest
     meta = state.metadata
     fmt = formats.get(state.numeric_format, state.block_size)
     pkg = Path(state.package_dir)
     if pkg.exists():
         shutil.rmtree(pkg)
     pkg.mkdir(parents=True)
-    device_model, layers = device.apply_format(onnx.load(state.fp32["featurize"]), fmt)
+    device_model, layers = graph.apply_format(onnx.load(state.fp32["featurize"]), fmt)
     onnx.save(device_model, str(pkg / manifest.DEVICE_FILE))
     state.layers = layers
     log("  " + (f"{fmt.describe()}, {len(layers)} layers quantized (weights once, activations at each layer input)"
@@ -190,7 +190,7 @@ def check_parity(state: ConversionState) -> ConversionState:
     """The package with the fp32 featurizer against TensorFlow's outputs; RuntimeError past the bar."""
     import numpy as np
 
-    from ..fpga.package import AcceleratorPackage
+    from ..fpga.device.package import AcceleratorPackage
     from . import checks
     ref = dict(np.load(state.reference))
     pkg = AcceleratorPackage(state.package_dir, device_file=state.fp32["featurize"], arena=False)
@@ -212,8 +212,8 @@ def check_device(state: ConversionState) -> ConversionState:
     on the reference's own input (``checks.device_check``)."""
     import onnx
 
-    from ..fpga import formats, kernel, manifest
-    from ..fpga.package import AcceleratorPackage
+    from ..fpga.device import formats, kernel, manifest
+    from ..fpga.device.package import AcceleratorPackage
     from . import checks
     fmt = formats.get(state.numeric_format, state.block_size)
     if fmt is None:
@@ -237,8 +237,8 @@ def check_device(state: ConversionState) -> ConversionState:
 
 def report(state: ConversionState) -> ConversionState:
     """The narrow format against fp32, layer by layer, written as the package's report."""
-    from ..fpga import formats, manifest
-    from ..fpga.package import AcceleratorPackage
+    from ..fpga.device import formats, manifest
+    from ..fpga.device.package import AcceleratorPackage
     from . import checks
     fmt = formats.get(state.numeric_format, state.block_size)
     if fmt is None:
@@ -257,7 +257,7 @@ def report(state: ConversionState) -> ConversionState:
 def record_checks(state: ConversionState):
     """Write what the checks measured into the package's manifest (typed: ``manifest.Parity``,
     ``manifest.DeviceCheck``, the report's file); nothing when no check ran."""
-    from ..fpga import manifest
+    from ..fpga.device import manifest
     if not (state.parity or state.device_check or state.report):
         return
     m = manifest.read(manifest.PackageManifest, state.package_dir)

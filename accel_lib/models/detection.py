@@ -105,7 +105,7 @@ def train(model_graph, images, truths, epochs=12, batch_size=8, learning_rate=2e
     ``flip`` adds the mirrored scenes. Returns the loss per epoch; the model's weights are trained in place."""
     import keras
 
-    from ..fpga.host import preprocess
+    from ..fpga.device.host import preprocess
     _check(model_graph, images, truths)
     prep = dict(order=model_graph.input_order, output_height=model_graph.image_size,
                 output_width=model_graph.image_size, preserve_aspect_ratio=model_graph.preserve_aspect_ratio)

@@ -15,7 +15,7 @@ from .recipes import RECIPES, WEIGHTS_DIR, card, recipe_of
 
 def write_h5(model_graph, dest: Path):
     """Write the featurizer's and the default heads' weights where ``AcceleratedModel`` loads them from."""
-    from .zoo import write_h5 as write_layers
+    from .weights import write_h5 as write_layers
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_layers([*model_graph.featurizer.layers, *model_graph.get_default_classifier().layers], dest)
 
@@ -43,7 +43,7 @@ def held_out(model_graph) -> float:
     import numpy as np
 
     from .. import samples
-    from ..fpga.host import preprocess
+    from ..fpga.device.host import preprocess
     r = recipe_of(model_graph)
     if r.model == "SmallResnet":
         from .small import pattern_data

@@ -65,7 +65,7 @@ class SmallResnet(AcceleratedModel):
         import keras
 
         from .. import progress
-        from ..fpga import host
+        from ..fpga.device import host
         self._build()
         x = host.preprocess(list(images), order=self.input_order, output_height=self.image_size,
                             output_width=self.image_size)
@@ -88,7 +88,7 @@ class SmallResnet(AcceleratedModel):
 
     def predict(self, images, batch_size=128):
         """Class probabilities [N, 10] for encoded images, in TensorFlow (fp32): the reference."""
-        from ..fpga import host
+        from ..fpga.device import host
         self._build()
         x = host.preprocess(list(images), order=self.input_order, output_height=self.image_size,
                             output_width=self.image_size)

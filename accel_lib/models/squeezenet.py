@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import zoo
+from .weights import imagenet_unavailable
 
 NDF_WEIGHTS = "example_models/weights/squeezenet_weights.pkl"      # inside the installed ndf package
 FIRES = (("fire2", 16, 64), ("fire3", 16, 64), ("fire4", 32, 128), ("fire5", 32, 128),
@@ -106,7 +107,7 @@ def choose_featurizer(featurizer, model_base_path, quantized=True) -> str:
         return featurizer
     prefix = "Quantized" if quantized else ""
     resnet = zoo.Resnet50(model_base_path)
-    why = zoo.imagenet_unavailable(resnet)
+    why = imagenet_unavailable(resnet)
     if why is None:
         return prefix + "Resnet50"
     print(f"Using {prefix}Squeezenet11 (ImageNet weights from the ndf package), not the article's ResNet-50: {why}.")

@@ -13,8 +13,10 @@ import functools
 
 import numpy as np
 
+from ..errors import UserError
 from ..samples import box_iou as iou     # one IoU for the scenes, matching, suppression and mAP
-from .zoo import AcceleratedModel, UserError, warn_random
+from .weights import warn_random
+from .zoo import AcceleratedModel
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",

@@ -20,8 +20,8 @@ class DeviceFeaturizer:
         from pathlib import Path
 
         from ..conversion import convert_folder
-        from ..fpga import formats
-        from ..fpga.package import AcceleratorPackage
+        from ..fpga.device import formats
+        from ..fpga.device.package import AcceleratorPackage
         info = model_graph.save(Path(work_dir) / "saved")
         meta = info.metadata
         self.numeric_format = numeric_format or meta.default_numeric_format

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from ..fpga.host import MEANS_RGB, resize_side_for
+from ..fpga.device.host import MEANS_RGB, resize_side_for
 
 
 def _check(order, output_height, output_width):

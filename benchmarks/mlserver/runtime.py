@@ -12,7 +12,7 @@ class AcceleratorRuntime(MLModel):
     """One accelerator package: BYTES images in (raw, or base64 strings with content_type "base64"), FP32 out."""
 
     async def load(self) -> bool:
-        from fpga.package import AcceleratorPackage
+        from fpga.device.package import AcceleratorPackage
         extra = self.settings.parameters.extra or {}
         self._pkg = AcceleratorPackage(self.settings.parameters.uri, threads=int(extra.get("threads", 0)),
                                        spinning=False)

@@ -6,7 +6,7 @@
 // BfpQuantize attributes: axis (the blocked axis), block (values per shared exponent), mantissa_bits, emin, emax.
 // MxQuantize attributes: axis, block, exponent_bits (0: an integer element), mantissa_bits, emin, emax (of the
 // element type) and max_norm (its largest magnitude).
-// Built by `python -m accel_lib.fpga.kernel build` against ONNX Runtime's public C/C++ API headers.
+// Built by `python -m accel_lib.fpga.device.kernel build` against ONNX Runtime's public C/C++ API headers.
 #include <algorithm>
 #include <atomic>
 #include <cfloat>

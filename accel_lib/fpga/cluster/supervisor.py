@@ -6,7 +6,7 @@ doubles (CrashLoopBackOff) up to a cap, and resets once a replica has stayed up 
 answering its health probe while it served (hung) is killed and restarted, as a liveness probe would. Kubernetes
 waits 10 s doubling to 300 s, resets after 10 min and probes liveness every 10 s, three failures in a row; the
 simulation scales these down tenfold (*modeled*) so that a learner sees a restart within seconds. A replica whose
-package cannot load exits with ``cluster.EXIT_LOAD_FAILED`` and is reported Failed, never restarted.
+package cannot load exits with ``server.EXIT_LOAD_FAILED`` and is reported Failed, never restarted.
 
 The loops never stop on their own errors (a status file that cannot be written, no file handles left, a replica
 that cannot be started): each step catches what it raises, logs each distinct error once per ``LOG_EVERY`` seconds,
@@ -21,7 +21,9 @@ import signal
 import sys
 import time
 
-from . import cluster, logtime, resources, server
+from . import state
+from ..replica import logtime, server
+from ..device import resources
 
 BACKOFF_FIRST = 1.0          # seconds before the second restart in a row (Kubernetes: 10 s)
 BACKOFF_MAX = 30.0           # the cap (Kubernetes: 300 s)
@@ -68,11 +70,11 @@ class ErrorLog:
 
 
 class ReplicaProcess:
-    """One replica's process, restarted as needed; ``state`` is one of ``cluster.REPLICA_STATES``."""
+    """One replica's process, restarted as needed; ``state`` is one of ``state.REPLICA_STATES``."""
 
-    def __init__(self, sup, svc: cluster.ServiceSpec, spec: cluster.ReplicaSpec):
+    def __init__(self, sup, svc: state.ServiceSpec, spec: state.ReplicaSpec):
         self.sup, self.svc, self.spec = sup, svc, spec
-        self.state = cluster.STARTING
+        self.state = state.STARTING
         self.restarts = 0
         self.crashes_in_a_row = 0
         self.proc = None
@@ -83,15 +85,15 @@ class ReplicaProcess:
         self.healthy_since = None
         self.failed_probes = 0
         self.stopping = False
-        self.log = cluster.replica_log(svc.log_dir, spec.idx)
+        self.log = state.replica_log(svc.log_dir, spec.idx)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
     def fpga(self):
         return f"{self.sup.name}/node-{self.spec.node}/fpga-0"
 
-    def status(self) -> cluster.ReplicaStatus:
-        return cluster.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
+    def status(self) -> state.ReplicaStatus:
+        return state.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
                                      restarts=self.restarts, pid=self.proc.pid if self.proc else 0,
                                      last_exit=self.last_exit, message=self.message, container=self.container)
 
@@ -100,16 +102,16 @@ class ReplicaProcess:
             self.message = message
         if state != self.state:
             self.state = state
-            if state == cluster.HEALTHY:
+            if state == state.HEALTHY:
                 self.healthy_since = time.monotonic()
         self.sup.changed()
 
     async def _start(self):
         serial = next(self.sup.serials)
-        if self.svc.settled.runtime == cluster.CONTAINER:
+        if self.svc.settled.runtime == state.CONTAINER:
             cmd = self._container_command(serial)
         else:
-            self.socket, self.health_socket = cluster.replica_sockets(self.sup.socket_dir, serial)
+            self.socket, self.health_socket = state.replica_sockets(self.sup.socket_dir, serial)
             cmd = server.command(sys.executable, self.svc, socket=self.socket, health_socket=self.health_socket,
                                  fpga=self.fpga, threads=self.sup.threads, exit_with_parent=True)
         env = {**os.environ, "PYTHONPATH": self.svc.context, "PYTHONUNBUFFERED": "1"}
@@ -119,28 +121,28 @@ class ReplicaProcess:
                                                              stdin=asyncio.subprocess.DEVNULL, stdout=f,
                                                              stderr=asyncio.subprocess.STDOUT)
         self.failed_probes = 0
-        self._set(cluster.STARTING)
+        self._set(state.STARTING)
 
     def _container_command(self, serial):
         """The engine's command line that runs this replica in a container of the service's image, its sockets in
         a folder of its own (mounted into the container)."""
-        from . import containers
-        folder = containers.prepare_socket_dir(cluster.replica_socket_dir(self.sup.socket_dir, serial))
+        from . import containers, running
+        folder = running.prepare_socket_dir(state.replica_socket_dir(self.sup.socket_dir, serial))
         self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
         self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
-        inner = server.command(containers.PYTHON, self.svc, socket=f"{containers.SOCKETS}/{self.socket.name}",
-                               health_socket=f"{containers.SOCKETS}/{self.health_socket.name}", fpga=self.fpga,
+        inner = server.command(containers.PYTHON, self.svc, socket=f"{running.SOCKETS}/{self.socket.name}",
+                               health_socket=f"{running.SOCKETS}/{self.health_socket.name}", fpga=self.fpga,
                                threads=self.sup.threads)
         settled = self.svc.settled
         self.sup.engines.add(settled.engine)
-        return containers.replica_run_command(settled.engine, settled.container_image, self.container,
+        return running.replica_run_command(settled.engine, settled.container_image, self.container,
                                               self.sup.cluster_id, folder, inner)
 
     async def _kill(self):
         """Kill the replica as a crash would (its container, for one that runs in a container)."""
         if self.container:
-            from . import containers
-            await asyncio.to_thread(containers.kill, self.svc.settled.engine, self.container)
+            from . import running
+            await asyncio.to_thread(running.kill, self.svc.settled.engine, self.container)
         elif self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
 
@@ -152,7 +154,7 @@ class ReplicaProcess:
             except Exception as e:  # noqa: BLE001 - no file handles, a log that cannot be opened: try again
                 start_failures += 1
                 self.sup.errors(f"starting replica {self.spec.idx} of {self.svc.name!r}", e)
-                self._set(cluster.BACKOFF, f"could not start: {type(e).__name__}: {e}")
+                self._set(state.BACKOFF, f"could not start: {type(e).__name__}: {e}")
                 await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(start_failures, 5), BACKOFF_MAX))
                 continue
             start_failures = 0
@@ -167,12 +169,12 @@ class ReplicaProcess:
                 raise
             except Exception as e:  # noqa: BLE001 - the restart goes on even if its log line cannot be written
                 self.sup.errors(f"after replica {self.spec.idx} of {self.svc.name!r} exited", e)
-            if self.state == cluster.FAILED:
+            if self.state == state.FAILED:
                 return
 
     async def _after_exit(self, code):
-        if code == cluster.EXIT_LOAD_FAILED:
-            self._set(cluster.FAILED, "the package could not load; see the replica's log")
+        if code == server.EXIT_LOAD_FAILED:
+            self._set(state.FAILED, "the package could not load; see the replica's log")
             _log(self.log, f"replica {self.spec.idx} could not load its package (exit {code}): Failed, "
                            "not restarted. Fix the model or image and deploy again.")
             return
@@ -182,7 +184,7 @@ class ReplicaProcess:
         self.restarts += 1
         wait = backoff(self.crashes_in_a_row)
         how = "killed by signal %d" % -code if code < 0 else "exited with code %d" % code
-        self._set(cluster.BACKOFF if wait else cluster.STARTING, f"last exit: {how}")
+        self._set(state.BACKOFF if wait else state.STARTING, f"last exit: {how}")
         try:
             _log(self.log, f"replica {self.spec.idx} {how}; restart {self.restarts} in {wait:.0f} s"
                            + (" (CrashLoopBackOff, modeled back-off)" if wait else ""))
@@ -208,7 +210,7 @@ class ReplicaProcess:
         a row is hung: it is killed, and restarted like any replica that exits."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
-        if self.state in (cluster.FAILED, cluster.BACKOFF) or self.proc is None or self.proc.returncode is not None:
+        if self.state in (state.FAILED, state.BACKOFF) or self.proc is None or self.proc.returncode is not None:
             return
         if not self.health_socket or not self.health_socket.exists():
             return
@@ -219,15 +221,15 @@ class ReplicaProcess:
             serving = resp.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
             serving = False
-        if self.proc.returncode is not None or self.state in (cluster.FAILED, cluster.BACKOFF):
+        if self.proc.returncode is not None or self.state in (state.FAILED, state.BACKOFF):
             return
         if serving:
             self.failed_probes = 0
-            self._set(cluster.HEALTHY, "")
+            self._set(state.HEALTHY, "")
             return
         self.failed_probes += 1
         was_serving = self.healthy_since is not None
-        self._set(cluster.LOADING)
+        self._set(state.LOADING)
         if was_serving and self.failed_probes >= LIVENESS_FAILURES:
             _log(self.log, f"replica {self.spec.idx} failed {self.failed_probes} health probes in a row: hung, "
                            "killed (liveness, modeled)")
@@ -235,8 +237,8 @@ class ReplicaProcess:
 
     def not_ready(self):
         """The front end saw this replica fail a call: take it out of rotation until a probe says otherwise."""
-        if self.state == cluster.HEALTHY:
-            self._set(cluster.LOADING)
+        if self.state == state.HEALTHY:
+            self._set(state.LOADING)
 
     async def stop(self, note=None):
         """Stop the replica for good (SIGTERM, then SIGKILL after 5 s)."""
@@ -259,8 +261,8 @@ class ReplicaProcess:
             except ProcessLookupError:
                 pass
         if self.container:
-            from . import containers
-            await asyncio.to_thread(containers.remove, self.svc.settled.engine, self.container)
+            from . import running
+            await asyncio.to_thread(running.remove, self.svc.settled.engine, self.container)
         self._forget_sockets()
         self.task.cancel()
 
@@ -268,11 +270,11 @@ class ReplicaProcess:
 class Supervisor:
     """Keeps the replicas of every service in the cluster spec running; reports them in ``status.json``."""
 
-    def __init__(self, cluster_dir, spec: cluster.ClusterSpec, socket_dir):
+    def __init__(self, cluster_dir, spec: state.ClusterSpec, socket_dir):
         self.dir = cluster_dir
         self.name = spec.name
         self.socket_dir = socket_dir
-        self.spec = cluster.ClusterSpec(name=spec.name, nodes=spec.nodes, vcpus_per_node=spec.vcpus_per_node)
+        self.spec = state.ClusterSpec(name=spec.name, nodes=spec.nodes, vcpus_per_node=spec.vcpus_per_node)
         self.services: dict[str, list[ReplicaProcess]] = {}
         self.generations: dict[str, int] = {}
         self._channels = {}
@@ -280,8 +282,8 @@ class Supervisor:
         self.threads = 1
         self.serials = itertools.count()
         self.errors = ErrorLog()
-        from . import containers
-        self.cluster_id = containers.cluster_id(cluster_dir)      # the label of its replicas' containers
+        from . import running
+        self.cluster_id = running.cluster_id(cluster_dir)      # the label of its replicas' containers
         self.engines = set()                                      # the engines that ran them
 
     def channel(self, socket):
@@ -299,10 +301,10 @@ class Supervisor:
     def changed(self):
         self._dirty = True
 
-    async def reconcile(self, spec: cluster.ClusterSpec):
+    async def reconcile(self, spec: state.ClusterSpec):
         """Start what the spec adds, stop what it removes (or redeploys under a new generation)."""
         replicas_here = sum(len(s.replicas) for s in spec.services)
-        self.threads = cluster.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
+        self.threads = state.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
         wanted = {s.name: s for s in spec.services}
         for name in list(self.services):
             if name not in wanted or wanted[name].settled.generation != self.generations[name]:
@@ -332,17 +334,17 @@ class Supervisor:
 
     async def remove_containers(self, engines=()):
         """Remove every container labelled with this cluster (what a killed front end left behind, too)."""
-        from . import containers
+        from . import running
         for engine in set(engines) | self.engines:
             if engine:
                 try:
-                    await asyncio.to_thread(containers.remove_labelled, engine, self.cluster_id)
+                    await asyncio.to_thread(running.remove_labelled, engine, self.cluster_id)
                 except Exception as e:  # noqa: BLE001 - an engine that does not answer: logged, the rest goes on
                     self.errors("removing the cluster's containers", e)
 
     def ready(self, name) -> list[ReplicaProcess]:
         """The replicas of ``name`` that serve now."""
-        return [r for r in self.services.get(name, []) if r.state == cluster.HEALTHY]
+        return [r for r in self.services.get(name, []) if r.state == state.HEALTHY]
 
     def states(self, name):
         return [r.state for r in self.services.get(name, [])]
@@ -355,7 +357,7 @@ class Supervisor:
             try:
                 now = time.monotonic()
                 due = [r for rs in self.services.values() for r in rs
-                       if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == cluster.HEALTHY
+                       if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == state.HEALTHY
                                                        else PROBE_EVERY)]
                 for r in due:
                     last[id(r)] = now
@@ -380,7 +382,7 @@ class Supervisor:
             await asyncio.sleep(pause)
 
     def write_status(self):
-        st = cluster.ClusterStatus(pid=os.getpid(), revision=self.spec.revision, services=[
-            cluster.ServiceStatus(name=n, generation=self.generations[n], replicas=[r.status() for r in rs])
+        st = state.ClusterStatus(pid=os.getpid(), revision=self.spec.revision, services=[
+            state.ServiceStatus(name=n, generation=self.generations[n], replicas=[r.status() for r in rs])
             for n, rs in self.services.items()])
-        cluster.write(st, self.dir)
+        state.write(st, self.dir)

@@ -18,7 +18,7 @@ def _session(model, extra_outputs=(), inplace=False):
     import onnxruntime as ort
     from onnx import helper
 
-    from .device import session
+    from .graph import session
     if inplace:
         m = model
     else:
@@ -59,7 +59,7 @@ def quantization_report(fp32_model, device_model, layers, fmt_name, batches, hea
     import onnx
     from onnx import numpy_helper
 
-    from .device import MATRIX_OPS, release_freed_memory
+    from .graph import MATRIX_OPS, release_freed_memory
     owned = not isinstance(fp32_model, onnx.ModelProto) and not isinstance(device_model, onnx.ModelProto)
     if owned:
         fp32_model, device_model = onnx.load(str(fp32_model)), onnx.load(str(device_model))

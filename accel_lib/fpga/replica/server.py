@@ -3,16 +3,16 @@
 Speaks TensorFlow Serving's PredictionService (Predict, GetModelMetadata), the Open Inference Protocol's
 GRPCInferenceService (``oip``) and the standard gRPC health service, from the project's own compiled protocols
 (``protos/``): a replica imports no TensorFlow.
-Run from an image's build context: ``python -m fpga.server --package package --socket PATH ...``; the command line
-is built by ``command()`` and nowhere else, and its limit flags come from ``cluster.ServiceLimits``.
+Run from an image's build context: ``python -m fpga.replica.server --package package --socket PATH ...``; the command
+line is built by ``command()`` and nowhere else, and its limit flags come from ``limits.ServiceLimits``.
 
 Where it listens: in a local cluster, on a Unix socket in the cluster's private folder (only the front end can call
 it), with the health service also on a socket of its own, answered by its own thread, so that scoring can never
 delay a probe; in an image run by Docker or Kubernetes, on TCP (``--host``/``--port``), checking the keys itself
 (``--keys-file``). Before it allocates, a request is held to the service's limits: its strings, its tensors'
 filled-out values and its images' decoded size (``max_request_mb``). A replica exits on SIGTERM, when its parent
-(the cluster's supervisor) is gone (``--exit-with-parent``), and with ``cluster.EXIT_LOAD_FAILED`` when its package
-cannot load.
+(the cluster's supervisor) is gone (``--exit-with-parent``), and with ``EXIT_LOAD_FAILED`` when its package cannot
+load.
 """
 from __future__ import annotations
 
@@ -27,28 +27,32 @@ from concurrent import futures
 from pathlib import Path
 
 from . import keys, logtime
-from .cluster import EXIT_LOAD_FAILED, ServiceConfig, ServiceLimits
+from .limits import ServiceLimits
 
+EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
+FLASH_SECONDS = 1.0           # the modeled time to flash a package onto the FPGA, unless the service says otherwise
+MODULE = "fpga.replica.server"     # what ``python -m`` runs, from an image's build context
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
 
 
 def command(python, svc=None, *, package="package", socket=None, health_socket=None, host="127.0.0.1", port=0,
             rest_port=None, fpga="node-0/fpga-0", threads=0, keys_file=None, exit_with_parent=False, check=False):
-    """The replica's command line for service ``svc`` (a ``cluster.ServiceSpec``: its name, flash time and limits;
-    None: a service "local" at ``ServiceConfig``'s defaults), run with the image's build context as working
+    """The replica's command line for service ``svc`` (a cluster's ``ServiceSpec``: its name, flash time and limits;
+    None: a service "local" at the defaults), run with the image's build context as working
     directory and PYTHONPATH: on the Unix ``socket`` (and ``health_socket``) when given, else on TCP ``host``:``port``
     (and the Open Inference Protocol over HTTP on ``rest_port``)."""
-    cmd = [python, "-m", "fpga.server", "--package", str(package)]
+    cmd = [python, "-m", MODULE, "--package", str(package)]
     if check:
         return cmd + ["--check"]
-    name, cfg = (svc.name, svc.config) if svc is not None else ("local", ServiceConfig())
+    name, flash, limits = ((svc.name, svc.config.flash_seconds, svc.config.limits) if svc is not None
+                           else ("local", FLASH_SECONDS, ServiceLimits()))
     cmd += (["--socket", str(socket)] if socket else ["--host", host, "--port", str(port)])
     if rest_port is not None:
         cmd += ["--rest-port", str(rest_port)]
     if health_socket:
         cmd += ["--health-socket", str(health_socket)]
-    cmd += ["--service", name, "--fpga", fpga, "--flash-seconds", str(cfg.flash_seconds), "--threads", str(threads),
-            *cfg.limits.flags()]
+    cmd += ["--service", name, "--fpga", fpga, "--flash-seconds", str(flash), "--threads", str(threads),
+            *limits.flags()]
     if keys_file:
         cmd += ["--keys-file", str(keys_file)]
     if exit_with_parent:
@@ -81,7 +85,7 @@ class FpgaReplica:
         """Flash the FPGA with the package (modeled delay), then report SERVING."""
         from grpc_health.v1 import health_pb2
 
-        from .package import AcceleratorPackage
+        from ..device.package import AcceleratorPackage
         try:
             _log(f"flashing {self.fpga} with {Path(self.package_dir).name} "
                  f"(modeled flash time {self.flash_seconds:.1f} s)")
@@ -131,7 +135,7 @@ class FpgaReplica:
     def _score(self, value, outputs, context, what):
         """Run ``value`` (a list of encoded images, or a float32 [N, H, W, 3] array) through the package; the
         errors a client can fix become their status codes. Returns {output name: array}."""
-        from .package import RequestError, RequestTooLarge
+        from ..device.package import RequestError, RequestTooLarge
         t0 = time.perf_counter()
         pkg, lim = self.pkg, self.limits
         try:
@@ -357,7 +361,7 @@ def main(argv=None):
     p.add_argument("--service", default="local")
     p.add_argument("--fpga", default="node-0/fpga-0")
     p.add_argument("--keys-file", help="check the keys in this file (one a line) on every call")
-    p.add_argument("--flash-seconds", type=float, default=ServiceConfig().flash_seconds,
+    p.add_argument("--flash-seconds", type=float, default=FLASH_SECONDS,
                    help="the modeled time to flash the FPGA before serving")
     ServiceLimits.add_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: the CPUs this process may use)")
@@ -396,7 +400,7 @@ def _check_package(package):
     import numpy as np
     from PIL import Image
 
-    from .package import AcceleratorPackage
+    from ..device.package import AcceleratorPackage
     pkg = AcceleratorPackage(package)
     buf = io.BytesIO()
     Image.fromarray((np.indices((180, 240)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(buf, "JPEG")

@@ -10,7 +10,8 @@ import asyncio
 import re
 import time
 
-from . import cluster, logtime, oip, tfserving
+from . import state
+from ..replica import logtime, oip, tfserving
 from .routing import (ANSWERED, CLUSTER_WIDE, FORWARDED, INFER, METADATA, MODEL_METADATA, PREDICT, CallError, Router,
                       answer, model_name)
 
@@ -38,7 +39,7 @@ def grpc_handler(router: Router):
     async def call(method, request_iterator, context):
         md = dict(context.invocation_metadata() or ())
         try:
-            header = md.get(cluster.ROUTE_HEADER)
+            header = md.get(state.ROUTE_HEADER)
             svc = None
             if method in CLUSTER_WIDE:
                 async for _ in request_iterator:
@@ -117,7 +118,7 @@ class GrpcListener:
 
 # -- REST ---------------------------------------------------------------------------------------------
 def _warm():
-    from . import oip, tensors, tfserving  # noqa: F401 - what the pool parses with, imported once at start
+    from ..replica import oip, tensors, tfserving  # noqa: F401 - what the pool parses with, imported once at start
     from .protos import inference_pb2, serving_pb2  # noqa: F401
     return True
 
@@ -135,7 +136,7 @@ class RestApi:
         import concurrent.futures
         import multiprocessing
         self.router = router
-        from . import resources
+        from ..device import resources
         self.pool = concurrent.futures.ProcessPoolExecutor(REST_WORKERS, mp_context=multiprocessing.get_context(
             "spawn"), initializer=resources.die_with_parent)       # the pool goes with the front end, killed or not
         self.parsing = {}                        # service name -> a semaphore: one body of a service at a time
@@ -175,7 +176,7 @@ class RestApi:
                                       f"Protocol's is {oip.ROUTES_IN_WORDS}.")
 
     def _service(self, request, name):
-        svc = self.router.pick_service(cluster.route(name), None)
+        svc = self.router.pick_service(state.route(name), None)
         self.router.check_key(svc, request.headers.get("Authorization"))
         return svc
 

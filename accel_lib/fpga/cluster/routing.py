@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import time
 
-from . import cluster, keys, oip
-from .oip import INFER, MODEL_METADATA, MODEL_READY, SERVER_LIVE, SERVER_METADATA, SERVER_READY  # noqa: F401
+from . import state
+from ..replica import keys, oip
+from ..replica.oip import INFER, MODEL_METADATA, MODEL_READY, SERVER_LIVE, SERVER_METADATA, SERVER_READY  # noqa: F401
 from .supervisor import Supervisor
 
 SERVICE = "/tensorflow.serving.PredictionService/"
@@ -26,19 +27,19 @@ class Router:
         self.sup = sup
         self._turn = itertools.count()
 
-    def pick_service(self, route_header, model_name) -> cluster.ServiceSpec:
+    def pick_service(self, route_header, model_name) -> state.ServiceSpec:
         """The service a call is for: the route header's, else the model the request names, else (no model named:
-        empty or ``cluster.DEFAULT_MODEL``) the cluster's only service. A model that no service has is NOT_FOUND,
+        empty or ``state.DEFAULT_MODEL``) the cluster's only service. A model that no service has is NOT_FOUND,
         whatever the number of services; NOT_FOUND says no more than the caller told (no list of the services)."""
         spec = self.sup.spec
-        name = cluster.service_from_route(route_header)
-        if name is None and model_name and model_name != cluster.DEFAULT_MODEL:
+        name = state.service_from_route(route_header)
+        if name is None and model_name and model_name != state.DEFAULT_MODEL:
             name = model_name
         if name is None:
             if len(spec.services) == 1:
                 return spec.services[0]
-            raise CallError("NOT_FOUND", f"no route: send the header '{cluster.ROUTE_HEADER}: "
-                                         f"{cluster.ROUTE_PREFIX}<service>'.")
+            raise CallError("NOT_FOUND", f"no route: send the header '{state.ROUTE_HEADER}: "
+                                         f"{state.ROUTE_PREFIX}<service>'.")
         svc = spec.service(name)
         if svc is None:
             raise CallError("NOT_FOUND", f"no service {name!r} on this cluster.")
@@ -101,7 +102,7 @@ def model_name(method, request):
     Protocol's model name. Only that field is decoded (``wire.only``), never the request's values."""
     from google.protobuf.message import DecodeError
 
-    from . import wire
+    from ..replica import wire
     from .protos import inference_pb2, serving_pb2
     cls, field = {PREDICT: (serving_pb2.PredictRequest, "model_spec"),
                   METADATA: (serving_pb2.GetModelMetadataRequest, "model_spec"),

@@ -1,13 +1,13 @@
 """THE owner of a cluster's files: what the workspace asks for, what the cluster reports, and where each lives.
 
 A cluster is a folder. The workspace writes the desired state (``cluster.json``: the services, their replicas and
-keys, TLS); the cluster process (``python -m fpga.frontend``: front end + supervisor) reads it, runs the replicas
-and reports what it sees (``status.json``) and where it listens (``endpoints.json``). Like Kubernetes: the spec is
-declared, the controller reconciles. Deleting ``cluster.json`` tells the cluster process to stop. Every file here is
-written 0600: the spec holds the services' keys. Replicas listen on Unix sockets in a private (0700) folder the
-cluster process makes, so nothing but the front end (and root) can call them.
+keys, TLS); the cluster process (``python -m accel_lib.fpga.cluster.frontend``: front end + supervisor) reads it,
+runs the replicas and reports what it sees (``status.json``) and where it listens (``endpoints.json``). Like
+Kubernetes: the spec is declared, the controller reconciles. Deleting ``cluster.json`` tells the cluster process to
+stop. Every file here is written 0600: the spec holds the services' keys. Replicas listen on Unix sockets in a
+private (0700) folder the cluster process makes, so nothing but the front end (and root) can call them.
 
-``ServiceLimits`` owns what one request may hold; each limit's default is spelled there and nowhere else.
+What one request may hold is ``replica.limits.ServiceLimits``; a replica's exit codes are ``replica.server``'s.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import host, manifest
+from ..device import manifest
+from ..replica import server
+from ..replica.limits import ServiceLimits
 
 SPEC_FILE = "cluster.json"
 STATUS_FILE = "status.json"
@@ -37,70 +39,6 @@ STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "Starting", "Loading", "Healthy", 
 REPLICA_STATES = (STARTING, LOADING, HEALTHY, BACKOFF, FAILED)
 PROCESS, CONTAINER = "process", "container"
 RUNTIMES = (PROCESS, CONTAINER)          # how a service's replicas run
-EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
-
-
-def _limit(default, help):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class ServiceLimits:
-    """What one request to a service may hold; the front end and the replicas check it before doing the work."""
-    max_message_mb: float = _limit(64.0, "the most bytes one message may have (gRPC or REST), in MB")
-    max_images: int = _limit(64, "the most images (rows) one request may hold")
-    max_pixels: int = _limit(host.MAX_PIXELS, "the most pixels one image may have, read from its header before "
-                                              "decoding")
-    max_request_mb: float = _limit(256.0, "what one request may decode to, in MB: its images' pixels, its tensors' "
-                                          "filled-out values, its strings")
-    scoring_timeout_ms: int = _limit(60_000, "the most time one call may take at the front end, in ms (Azure ML's "
-                                             "scoring_timeout_ms); past it the call fails with DEADLINE_EXCEEDED")
-
-    def validate(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            whole = f.type in (int, "int")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (whole and v != int(v)):
-                kind = "a whole number" if whole else "a number"
-                raise manifest.ManifestError(f"limit {f.name} must be {kind} above 0 ({f.metadata['help']}), "
-                                             f"got {v!r}.")
-        if self.max_request_mb < self.max_message_mb:
-            raise manifest.ManifestError(f"limit max_request_mb ({self.max_request_mb:g}) must be at least "
-                                         f"max_message_mb ({self.max_message_mb:g}): a message decodes to no less.")
-
-    @property
-    def message_bytes(self) -> int:
-        return int(self.max_message_mb * 2**20)
-
-    @property
-    def request_bytes(self) -> int:
-        return int(self.max_request_mb * 2**20)
-
-    @property
-    def scoring_seconds(self) -> float:
-        return self.scoring_timeout_ms / 1000
-
-    def flags(self) -> list[str]:
-        """The replica's command-line flags for these limits (``add_arguments`` reads them back)."""
-        return [a for f in dataclasses.fields(self) for a in (_flag(f.name), str(getattr(self, f.name)))]
-
-    @classmethod
-    def add_arguments(cls, parser):
-        """Add one flag per limit to an argparse parser, with its default and help."""
-        for f in dataclasses.fields(cls):
-            parser.add_argument(_flag(f.name), dest=f.name, type=float if f.type in (float, "float") else int,
-                                default=f.default, help=f.metadata["help"])
-
-    @classmethod
-    def from_args(cls, args) -> "ServiceLimits":
-        """The limits an argparse namespace holds (from ``add_arguments``)."""
-        lim = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-        lim.validate()
-        return lim
-
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -111,7 +49,7 @@ class ServiceConfig:
     What the deployment settles from it is ``Settled``."""
     num_replicas: int = 1
     auth_enabled: typing.Optional[bool] = None
-    flash_seconds: float = 1.0
+    flash_seconds: float = server.FLASH_SECONDS
     description: typing.Optional[str] = None
     tags: dict = field(default_factory=dict)
     limits: ServiceLimits = field(default_factory=ServiceLimits)

@@ -2,7 +2,7 @@
 operators.
 
 This module owns the operator's contract (domain, name, attributes), where the built library lives, and how it is
-built: ``python -m accel_lib.fpga.kernel build`` compiles ``bfp_quantize.cc`` with the machine's C++ compiler
+built: ``python -m accel_lib.fpga.device.kernel build`` compiles ``bfp_quantize.cc`` with the machine's C++ compiler
 against ONNX Runtime's C/C++ API headers. ONNX Runtime's Python wheels ship no headers; the build takes the official
 ones from a package registry (npm's ``com.github.asus4.onnxruntime``, which carries ONNX Runtime's release
 framework with its ``Headers/``), downloaded once into ``build/ort-headers``. Without a compiler, npm or the
@@ -71,7 +71,7 @@ def use_fused(kernel=None):
         return True
     if kernel == "fused":
         raise RuntimeError(f"the fused device quantizer is not built ({LIBRARY} is missing): run "
-                           "`make kernel` (or `python -m accel_lib.fpga.kernel build`).")
+                           "`make kernel` (or `python -m accel_lib.fpga.device.kernel build`).")
     return False
 
 
@@ -141,7 +141,7 @@ def build(headers="build/ort-headers", log=print):
 
 def main(argv=None):
     import argparse
-    p = argparse.ArgumentParser(prog="python -m accel_lib.fpga.kernel", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m accel_lib.fpga.device.kernel", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=["build", "status"])
     p.add_argument("--headers", default="build/ort-headers", help="where ONNX Runtime's headers are (or go)")
     p.add_argument("--optional", action="store_true",

@@ -1,5 +1,5 @@
 """The cluster process's lifecycle, given plain values (a cluster folder, its nodes and vCPUs, its TLS files):
-prepare the folder, declare the spec under the spec lock, start, find and stop the process (``fpga.frontend``).
+prepare the folder, declare the spec under the spec lock, start, find and stop the process (``fpga.cluster.frontend``).
 
 The workspace's ``ComputeTarget`` calls these; nothing here knows about records or workspaces.
 """
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cluster
+from . import state
 
 START_TIMEOUT = 60          # s for a started cluster process to listen
 
@@ -30,22 +30,22 @@ def prepare(run_dir, cert=None, key=None, ca=None):
     run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     run_dir.mkdir(mode=0o700)
     if cert is not None:
-        (run_dir / cluster.TLS_CERT_FILE).parent.mkdir(mode=0o700)
+        (run_dir / state.TLS_CERT_FILE).parent.mkdir(mode=0o700)
         if ca is not None:
-            (run_dir / cluster.TLS_CA_FILE).write_bytes(ca)
-        (run_dir / cluster.TLS_CERT_FILE).write_bytes(cert)
-        cluster.write_private(run_dir / cluster.TLS_KEY_FILE, key)
+            (run_dir / state.TLS_CA_FILE).write_bytes(ca)
+        (run_dir / state.TLS_CERT_FILE).write_bytes(cert)
+        state.write_private(run_dir / state.TLS_KEY_FILE, key)
 
 
 def tls_enabled(run_dir) -> bool:
     """Whether the cluster serves TLS (it has a certificate)."""
-    return (Path(run_dir) / cluster.TLS_CERT_FILE).is_file()
+    return (Path(run_dir) / state.TLS_CERT_FILE).is_file()
 
 
 def trusted_certificate(run_dir):
     """The certificate clients trust for the cluster: the CA of a generated certificate, else the certificate
     itself; None without TLS."""
-    for name in (cluster.TLS_CA_FILE, cluster.TLS_CERT_FILE):
+    for name in (state.TLS_CA_FILE, state.TLS_CERT_FILE):
         p = Path(run_dir) / name
         if p.is_file():
             return p
@@ -54,13 +54,13 @@ def trusted_certificate(run_dir):
 
 def declare(run_dir, name, nodes, vcpus_per_node, services) -> int:
     """Write the cluster's spec with ``services`` (ServiceSpecs) as its next revision, and return that revision.
-    Call it under ``cluster.spec_lock(run_dir)``, holding it since the services were read from the records."""
+    Call it under ``state.spec_lock(run_dir)``, holding it since the services were read from the records."""
     try:
-        before = cluster.read_optional(cluster.ClusterSpec, run_dir)
+        before = state.read_optional(state.ClusterSpec, run_dir)
     except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
         before = None
     revision = (before.revision if before else 0) + 1
-    cluster.write(cluster.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=services,
+    state.write(state.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=services,
                                       tls=tls_enabled(run_dir), revision=revision), run_dir)
     return revision
 
@@ -79,7 +79,7 @@ def wait_applied(run_dir, revision, timeout=30):
 def has_spec(run_dir) -> bool:
     """Whether the folder holds a spec this accel_lib reads."""
     try:
-        cluster.read(cluster.ClusterSpec, run_dir)
+        state.read(state.ClusterSpec, run_dir)
         return True
     except Exception:  # noqa: BLE001 - missing, or written by an older accel_lib
         return False
@@ -96,32 +96,32 @@ def alive(pid, run_dir) -> bool:
 
 
 def endpoints(run_dir, wait=0.0):
-    """Where the cluster process listens (``cluster.Endpoints``), waiting up to ``wait`` s for it; NotRunning if it
+    """Where the cluster process listens (``state.Endpoints``), waiting up to ``wait`` s for it; NotRunning if it
     does not run."""
     deadline = time.monotonic() + wait
     while True:
-        ep = cluster.read_optional(cluster.Endpoints, run_dir)
+        ep = state.read_optional(state.Endpoints, run_dir)
         if ep is not None and alive(ep.pid, run_dir):
             return ep
         if time.monotonic() >= deadline:
             raise NotRunning(f"the cluster process of {run_dir} is not running "
-                             f"(log: {Path(run_dir) / cluster.LOG_FILE})")
+                             f"(log: {Path(run_dir) / state.LOG_FILE})")
         time.sleep(0.05)
 
 
 def running(run_dir) -> bool:
     """Whether the cluster's process runs."""
-    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    ep = state.read_optional(state.Endpoints, run_dir)
     return ep is not None and alive(ep.pid, run_dir)
 
 
 def status(run_dir):
-    """What the running cluster process reports (``cluster.ClusterStatus``), or None: while nothing is reported,
+    """What the running cluster process reports (``state.ClusterStatus``), or None: while nothing is reported,
     when no process runs, or when the report is another process's (one killed before it could remove it)."""
-    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    ep = state.read_optional(state.Endpoints, run_dir)
     if ep is None or not alive(ep.pid, run_dir):
         return None
-    st = cluster.read_optional(cluster.ClusterStatus, run_dir)
+    st = state.read_optional(state.ClusterStatus, run_dir)
     return st if st is not None and st.pid == ep.pid else None
 
 
@@ -131,9 +131,9 @@ def start(run_dir, timeout=START_TIMEOUT):
         return endpoints(run_dir)
     from . import frontend
     run_dir = Path(run_dir)
-    for stale in (cluster.ENDPOINTS_FILE, cluster.STATUS_FILE):     # what a killed process could not remove
+    for stale in (state.ENDPOINTS_FILE, state.STATUS_FILE):     # what a killed process could not remove
         (run_dir / stale).unlink(missing_ok=True)
-    with open(run_dir / cluster.LOG_FILE, "ab") as log:
+    with open(run_dir / state.LOG_FILE, "ab") as log:
         subprocess.Popen(frontend.command(sys.executable, run_dir), stdin=subprocess.DEVNULL, stdout=log,
                          stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return endpoints(run_dir, wait=timeout)
@@ -142,7 +142,7 @@ def start(run_dir, timeout=START_TIMEOUT):
 def _engines(run_dir) -> set:
     """The container engines the spec's services run replicas with."""
     try:
-        spec = cluster.read_optional(cluster.ClusterSpec, run_dir)
+        spec = state.read_optional(state.ClusterSpec, run_dir)
     except Exception:  # noqa: BLE001 - an older or broken spec: no containers of ours
         return set()
     return spec.engines() if spec else set()
@@ -153,9 +153,9 @@ def stop(run_dir, timeout=20, engines=None):
     container of the cluster that is left; the spec stays."""
     import psutil
 
-    from . import containers
+    from . import running
     engines = _engines(run_dir) if engines is None else engines
-    ep = cluster.read_optional(cluster.Endpoints, run_dir)
+    ep = state.read_optional(state.Endpoints, run_dir)
     if ep is not None and alive(ep.pid, run_dir):
         p = psutil.Process(ep.pid)
         p.terminate()
@@ -165,13 +165,13 @@ def stop(run_dir, timeout=20, engines=None):
             p.kill()
             p.wait(5)
     for engine in engines:                      # what a process killed before it could clean up left behind
-        containers.remove_labelled(engine, containers.cluster_id(run_dir))
+        running.remove_labelled(engine, running.cluster_id(run_dir))
 
 
 def remove(run_dir):
     """Delete the cluster: its spec goes (the process stops when it sees that), the process is stopped, its
     containers and its folder removed."""
     engines = _engines(run_dir)
-    (Path(run_dir) / cluster.SPEC_FILE).unlink(missing_ok=True)
+    (Path(run_dir) / state.SPEC_FILE).unlink(missing_ok=True)
     stop(run_dir, engines=engines)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import device, host, manifest, resources
+from . import graph, host, manifest, resources
 
 
 class RequestError(ValueError):
@@ -31,8 +31,8 @@ def _session(path, threads, spinning, device_graph=False, arena=True):
     opts.enable_cpu_mem_arena = arena        # off: memory goes back after each run (a kernel that scores now and then)
     if not spinning:          # a served replica waits for requests: its threads sleep instead of spinning
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if device_graph:          # the fused quantizer when it is built (device.session)
-        return device.session(path, opts)
+    if device_graph:          # the fused quantizer when it is built (graph.session)
+        return graph.session(path, opts)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
