@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .fpga.cluster.state import DEFAULT_MODEL, ROUTE_HEADER, route
+from .fpga.cluster.specs import DEFAULT_MODEL, ROUTE_HEADER, route
 from .fpga.replica.limits import ServiceLimits
 
 # UNAVAILABLE (a service starting, a replica restarting) is retried after RETRY_FIRST s, doubling to RETRY_MAX, with

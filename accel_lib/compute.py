@@ -3,7 +3,7 @@
 Provisioning is modeled (no VMs exist); the quota in "Standard PBS Family vCPUs" is enforced per workspace.
 What runs is real: each cluster has one process on this machine (``fpga.cluster.frontend``: the front end that routes
 calls, and the supervisor that runs the replicas), started when the cluster is created and stopped when it is
-deleted. The cluster's files (its spec, status, endpoints, TLS certificate) are named in ``fpga.cluster.state``;
+deleted. The cluster's files (its spec, status, endpoints, TLS certificate) are named in ``fpga.cluster.specs``;
 the process's lifecycle (folder, start, stop) is ``fpga.cluster.lifecycle``, which ComputeTarget calls with plain
 values; what the spec declares is ``deployment``'s (``publish``). The records are ``records.ComputeRecord``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import deployment, records
 from .errors import UserError
-from .fpga.cluster import certificates, state, lifecycle
+from .fpga.cluster import certificates, specs, lifecycle
 from .records import check_name
 from .workspace import LOCATIONS
 
@@ -171,13 +171,13 @@ class ComputeTarget(records.Attached):
         """The host cores each FPGA's replica shares: a node's vCPUs on AKS, the edge device's host cores."""
         return FPGA_VM_SIZES[self.vm_size]["vcpus"] if self.type == records.AKS else EDGE_HOST_VCPUS
 
-    def endpoints(self, wait=0.0) -> state.Endpoints:
+    def endpoints(self, wait=0.0) -> specs.Endpoints:
         """Where the cluster's front end listens (waits up to ``wait`` s for it to start); UserError if it is down."""
         try:
             return lifecycle.endpoints(self.run_dir, wait)
         except lifecycle.NotRunning:
             raise UserError(f"the front end of cluster {self.name!r} is not running; ComputeTarget(ws, "
-                            f"{self.name!r}).restart() starts it again (log: {self.run_dir / state.LOG_FILE}).") \
+                            f"{self.name!r}).restart() starts it again (log: {self.run_dir / specs.LOG_FILE}).") \
                 from None
 
     def running(self):

@@ -11,7 +11,7 @@ import time
 
 from . import records
 from .errors import UserError
-from .fpga.cluster import state, lifecycle
+from .fpga.cluster import specs, lifecycle
 from .fpga.replica import logtime
 from .fpga.replica import keys as service_keys
 
@@ -45,12 +45,12 @@ def container_engine(image, required=True) -> str:
         engine = containers.find_engine()[0] if image.container_image else None
         return engine if engine and containers.image_exists(engine, image.container_image) else ""
     if not image.container_image:
-        raise UserError(f"image {image.id} has no container image: runtime={state.CONTAINER!r} needs one. Build it "
+        raise UserError(f"image {image.id} has no container image: runtime={specs.CONTAINER!r} needs one. Build it "
                         "with image.wait_for_creation() where podman or docker answers, or deploy with "
-                        f"runtime={state.PROCESS!r}.")
+                        f"runtime={specs.PROCESS!r}.")
     engine, why = containers.find_engine()
     if engine is None:
-        raise UserError(f"runtime={state.CONTAINER!r} needs a container engine: {why}.")
+        raise UserError(f"runtime={specs.CONTAINER!r} needs a container engine: {why}.")
     if not containers.image_exists(engine, image.container_image):
         raise UserError(f"{containers.engine_name(engine)} holds no image {image.container_image}: build it again "
                         "with image.wait_for_creation(engine=...) using this engine.")
@@ -58,12 +58,12 @@ def container_engine(image, required=True) -> str:
 
 
 def settle(cfg, image, target) -> tuple:
-    """What deploying ``image`` to ``target`` with ``cfg`` settles: (state.Settled, keys or None). Keys are on
+    """What deploying ``image`` to ``target`` with ``cfg`` settles: (specs.Settled, keys or None). Keys are on
     by default on AKS, as in Azure ML, and off on an edge device; replicas run in containers where the image
     was built into one and its engine answers, unless ``cfg.runtime`` says."""
-    runtime = cfg.runtime or (state.CONTAINER if container_engine(image, required=False) else state.PROCESS)
-    engine = container_engine(image) if runtime == state.CONTAINER else ""
-    settled = state.Settled(generation=time.time_ns() // 1000, runtime=runtime, engine=engine,
+    runtime = cfg.runtime or (specs.CONTAINER if container_engine(image, required=False) else specs.PROCESS)
+    engine = container_engine(image) if runtime == specs.CONTAINER else ""
+    settled = specs.Settled(generation=time.time_ns() // 1000, runtime=runtime, engine=engine,
                               container_image=image.container_image if engine else "")
     keyed = cfg.auth_enabled if cfg.auth_enabled is not None else target.type == records.AKS
     return settled, service_keys.new() if keyed else None
@@ -101,7 +101,7 @@ def start(target):
         lifecycle.start(target.run_dir)
     except lifecycle.NotRunning:
         raise UserError(f"the front end of cluster {target.name!r} did not start within {lifecycle.START_TIMEOUT} s; "
-                        f"its log says why: {target.run_dir / state.LOG_FILE}") from None
+                        f"its log says why: {target.run_dir / specs.LOG_FILE}") from None
 
 
 def record_service(workspace, name, image, target, cfg, settled, keys):
@@ -143,10 +143,10 @@ def mark_healthy(workspace, name):
         records.set_status(db, records.ServiceRecord, {"name": name}, HEALTHY, only_from=(TRANSITIONING,))
 
 
-def _spec(layout, s, image, replicas) -> state.ServiceSpec:
-    return state.ServiceSpec(
+def _spec(layout, s, image, replicas) -> specs.ServiceSpec:
+    return specs.ServiceSpec(
         name=s.name, context=str(layout.resolve(image.context)), log_dir=str(layout.service_logs(s.name)),
-        replicas=[state.ReplicaSpec(idx=r.idx, node=r.fpga) for r in replicas if r.service == s.name],
+        replicas=[specs.ReplicaSpec(idx=r.idx, node=r.fpga) for r in replicas if r.service == s.name],
         config=s.config, settled=s.settled, keys=list(s.keys or []))
 
 
@@ -161,7 +161,7 @@ def service_specs(workspace, target) -> list:
     return [_spec(workspace.layout, s, images[s.name], replicas) for s in services]
 
 
-def service_spec(workspace, name) -> state.ServiceSpec:
+def service_spec(workspace, name) -> specs.ServiceSpec:
     """Service ``name`` as a cluster runs it (what ``kubernetes.manifests`` reads); UserError if there is none."""
     with workspace.connect() as db:
         s = records.get(db, records.ServiceRecord, name=name)
@@ -180,7 +180,7 @@ def publish(workspace, target, timeout=30):
     run_dir = target.run_dir
     if not run_dir.is_dir():
         return None
-    with state.spec_lock(run_dir):
+    with specs.spec_lock(run_dir):
         revision = lifecycle.declare(run_dir, target.name, target.fpgas, target.host_vcpus,
                                      service_specs(workspace, target))
     lifecycle.wait_applied(run_dir, revision, timeout)
@@ -193,7 +193,7 @@ CRASHES_TO_FAIL = 3          # restarts in CrashLoopBackOff after which waiting 
 
 def replica_status(run_dir, running, name, generation) -> list:
     """What the cluster's supervisor reports for each replica of service ``name`` deployed as ``generation``
-    (state.ReplicaStatus: state, restarts, last exit); [] while nothing is reported, or the cluster is down."""
+    (specs.ReplicaStatus: state, restarts, last exit); [] while nothing is reported, or the cluster is down."""
     st = lifecycle.status(run_dir) if running else None            # the running process's own word only
     mine = st.service(name) if st else None
     if mine is None or mine.generation != generation:
@@ -212,25 +212,25 @@ def service_state(recorded, running, replicas) -> str:
     if not running:
         return UNHEALTHY
     states = [r.state for r in replicas]
-    if state.FAILED in states:
+    if specs.FAILED in states:
         return FAILED
     if all_healthy(replicas):
         return HEALTHY
-    if state.BACKOFF in states:
+    if specs.BACKOFF in states:
         return UNHEALTHY
     return TRANSITIONING
 
 
 def all_healthy(replicas) -> bool:
     """Whether a service is serving: it has replicas, and every one of them is Healthy."""
-    return bool(replicas) and all(r.state == state.HEALTHY for r in replicas)
+    return bool(replicas) and all(r.state == specs.HEALTHY for r in replicas)
 
 
 def failure(replicas):
     """Why waiting for these replicas is pointless (a replica cannot load, or keeps crashing), or None."""
-    if any(r.state == state.FAILED for r in replicas):
+    if any(r.state == specs.FAILED for r in replicas):
         return "cannot load its model"
-    if any(r.state == state.BACKOFF and r.restarts >= CRASHES_TO_FAIL for r in replicas):
+    if any(r.state == specs.BACKOFF and r.restarts >= CRASHES_TO_FAIL for r in replicas):
         return "keeps crashing (CrashLoopBackOff)"
     return None
 
@@ -243,7 +243,7 @@ def logs(log_dir, num_replicas, where, num_lines=5000, timestamps=True) -> str:
     text (terminal escapes removed), each line's time left off with ``timestamps=False``."""
     parts = []
     for i in range(num_replicas):
-        p = state.replica_log(log_dir, i)
+        p = specs.replica_log(log_dir, i)
         text = ANSI_ESCAPE.sub("", p.read_text(errors="replace")) if p.exists() else ""
         lines = (text if timestamps else logtime.unstamped(text)).splitlines()[-num_lines:]
         parts.append(f"--- replica {i} ({where}) ---\n" + "\n".join(lines))
@@ -253,5 +253,5 @@ def logs(log_dir, num_replicas, where, num_lines=5000, timestamps=True) -> str:
 def note(log_dir, idx, text):
     """Add a supervisor-style note to replica ``idx``'s log (e.g. that an edge device's model was replaced)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(state.replica_log(log_dir, idx), "a") as f:
+    with open(specs.replica_log(log_dir, idx), "a") as f:
         f.write(logtime.stamped(text) + "\n")

@@ -105,7 +105,7 @@ def write(docs, folder):
     Secret, which holds the keys, is created 0600."""
     import yaml
 
-    from .fpga.cluster.state import write_private
+    from .fpga.cluster.specs import write_private
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -131,7 +131,7 @@ def play(paths, folder, engine=None) -> Path:
     import yaml
 
     from .fpga.cluster import containers, podman
-    from .fpga.cluster.state import write_private
+    from .fpga.cluster.specs import write_private
     engine = engine or _podman()
     docs = [yaml.safe_load(Path(p).read_text()) for p in paths]
     docs = [predictor_pod(d) if d["kind"] == "InferenceService" else d for d in docs]

@@ -96,13 +96,13 @@ def _json(default=None):
 
 
 def _config_codec():
-    from .fpga.cluster import state
-    return (lambda c: c.to_json(), state.ServiceConfig.from_json)
+    from .fpga.cluster import specs
+    return (lambda c: c.to_json(), specs.ServiceConfig.from_json)
 
 
 def _settled_codec():
-    from .fpga.cluster import state
-    return (lambda c: c.to_json(), state.Settled.from_json)
+    from .fpga.cluster import specs
+    return (lambda c: c.to_json(), specs.Settled.from_json)
 
 
 @dataclasses.dataclass

@@ -14,14 +14,14 @@ from pathlib import Path
 from . import deployment, records
 from .compute import ComputeTarget
 from .errors import OperationTimeout, UserError
-from .fpga.cluster import state
+from .fpga.cluster import specs
 from .fpga.replica.limits import ServiceLimits
 from .fpga.device.manifest import ManifestError
 from .image import Image
 from .records import check_name
 
-_LIMITS, _CFG = ServiceLimits(), state.ServiceConfig()      # the defaults, spelled there only
-AksServiceDeploymentConfiguration = state.ServiceConfig     # what deploy_configuration() returns, typed
+_LIMITS, _CFG = ServiceLimits(), specs.ServiceConfig()      # the defaults, spelled there only
+AksServiceDeploymentConfiguration = specs.ServiceConfig     # what deploy_configuration() returns, typed
 
 
 class AksWebservice:
@@ -33,7 +33,7 @@ class AksWebservice:
                              max_message_mb=_LIMITS.max_message_mb, description=None, tags=None,
                              max_images=_LIMITS.max_images, max_pixels=_LIMITS.max_pixels,
                              max_request_mb=_LIMITS.max_request_mb, scoring_timeout_ms=_LIMITS.scoring_timeout_ms,
-                             runtime=_CFG.runtime) -> state.ServiceConfig:
+                             runtime=_CFG.runtime) -> specs.ServiceConfig:
         """A deployment configuration (validated at once). Keys (``auth_enabled``) are on by default on AKS, as in
         Azure ML, and off on an edge device. Limits per request: ``max_message_mb``, ``max_images`` and
         ``max_request_mb`` (what it may decode to); per image: ``max_pixels`` (checked before decoding); per call:
@@ -44,7 +44,7 @@ class AksWebservice:
         if autoscale_enabled:
             raise UserError("autoscale_enabled=True is not simulated: each replica holds one FPGA; set "
                             "num_replicas instead.")
-        cfg = state.ServiceConfig(
+        cfg = specs.ServiceConfig(
             num_replicas=num_replicas, auth_enabled=None if auth_enabled is None else bool(auth_enabled),
             flash_seconds=float(flash_seconds) if isinstance(flash_seconds, (int, float)) else flash_seconds,
             description=description, tags=dict(tags or {}), runtime=runtime,
@@ -70,10 +70,10 @@ class Webservice(records.Attached):
                             "Webservice.deploy_from_image(...).")
         self._attach(workspace, rec, compute_kind=compute.kind if compute else records.AKS)
 
-    RENAMED = {"config": "deployment_config",      # what was asked (state.ServiceConfig)
+    RENAMED = {"config": "deployment_config",      # what was asked (specs.ServiceConfig)
                "compute": "compute_name"}
     SKIPPED = ("keys", "state")                   # read fresh: get_keys(), state
-    # settled: what the deployment settled from it (state.Settled); error: why it stopped serving (on an edge
+    # settled: what the deployment settled from it (specs.Settled); error: why it stopped serving (on an edge
     # device: replaced by which service)
 
     def _derive(self, rec: records.ServiceRecord, compute_kind):
@@ -101,7 +101,7 @@ class Webservice(records.Attached):
 
     @property
     def log_dir(self) -> Path:
-        """Where the replicas' logs are (``state.replica_log(log_dir, i)``)."""
+        """Where the replicas' logs are (``specs.replica_log(log_dir, i)``)."""
         return self.workspace.service_folder(self.name)
 
     # -- deployment ---------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class Webservice(records.Attached):
             while True:
                 reps = self.replica_status(target)
                 states = [r.state for r in reps]
-                bar.n = states.count(state.HEALTHY)
+                bar.n = states.count(specs.HEALTHY)
                 bar.refresh()
                 if show_output and states != last:
                     print(f"{self.name}: replicas {states or ['Scheduled'] * n}", flush=True)

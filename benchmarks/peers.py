@@ -103,11 +103,11 @@ def run(image_size=224, numeric_format="ms-fp9", rounds=40, seconds=4.0, log=pri
 
     from accel_lib import AksWebservice, Webservice, client_from_service, samples
     from accel_lib.client import triton_client
-    from accel_lib.fpga.cluster import state
+    from accel_lib.fpga.cluster import specs
     from serving import _pcts, _throughput, setup
 
     ws, img, target, d = setup("peers", image_size, numeric_format, 1, log)
-    threads = state.threads_per_replica(os.cpu_count() or 1, 1, 6)
+    threads = specs.threads_per_replica(os.cpu_count() or 1, 1, 6)
     ml = None
     out = {"image_size": image_size, "numeric_format": numeric_format, "threads": threads}
     try:

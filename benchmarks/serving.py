@@ -97,8 +97,8 @@ def run(image_size=224, numeric_format="ms-fp9", replicas=2, requests_each=60, s
     out = {"image_size": image_size, "numeric_format": numeric_format, "replicas": replicas}
     try:
         data = samples.encode(samples.synthetic_image(1, image_size + 76, image_size + 176))
-        from accel_lib.fpga.cluster import state
-        share = state.threads_per_replica(os.cpu_count() or 1, replicas, 6)
+        from accel_lib.fpga.cluster import specs
+        share = specs.threads_per_replica(os.cpu_count() or 1, replicas, 6)
         pkg = AcceleratorPackage(img.context / "package")                       # every core
         pkg_share = AcceleratorPackage(img.context / "package", threads=share)  # a replica's share of them
         name = pkg.default_outputs[0]

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from accel_lib import Webservice, client_from_service, samples
-from accel_lib.fpga.cluster import state as cluster_files
+from accel_lib.fpga.cluster import specs as cluster_files
 from accel_lib.fpga.cluster import ingress, routing, supervisor
 from accel_lib.fpga.replica.protos import serving_pb2, tensorflow_pb2
 from helpers import deploy as _deploy

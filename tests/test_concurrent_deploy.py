@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from accel_lib import AksCompute, ComputeTarget, Webservice
-from accel_lib.fpga.cluster import state as cluster_files
+from accel_lib.fpga.cluster import specs as cluster_files
 
 ROUNDS = 20
 

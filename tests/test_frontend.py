@@ -14,7 +14,7 @@ import requests
 
 from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, UserError, Webservice, client_from_service, samples)
 from accel_lib.fpga.cluster import supervisor
-from accel_lib.fpga.cluster.state import STATUS_FILE, TLS_KEY_FILE
+from accel_lib.fpga.cluster.specs import STATUS_FILE, TLS_KEY_FILE
 from accel_lib.fpga.device.package import AcceleratorPackage
 from accel_lib.deployment import schedule
 from helpers import deploy as _deploy
@@ -73,7 +73,7 @@ def test_generated_protos_match_their_sources(tmp_path):
     import sys
 
     from accel_lib.fpga.replica.protos import build
-    r = subprocess.run([sys.executable, "-m", "accel_lib.fpga.protos.build", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "accel_lib.fpga.replica.protos.build", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)        # its own process: no TensorFlow there
     assert r.returncode == 0, r.stderr[-2000:]
     made = sorted(tmp_path.glob("*.py"))
@@ -418,16 +418,16 @@ def test_the_replicas_socket_folder_fits_a_sockets_path_wherever_tmpdir_is(tmp_p
     """A Unix socket's path holds at most 107 bytes: under a deep $TMPDIR the folder is made in /tmp instead."""
     import os
 
-    from accel_lib.fpga.cluster import state
+    from accel_lib.fpga.cluster import specs
     deep = tmp_path / ("a-deep-temporary-folder-" * 4)
     deep.mkdir()
     monkeypatch.setenv("TMPDIR", str(deep))
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)          # read $TMPDIR again
-    folder = state.make_socket_dir()
+    folder = specs.make_socket_dir()
     try:
         assert not folder.is_relative_to(deep) and (folder.stat().st_mode & 0o777) == 0o700
-        assert len(os.fsencode(folder / state.LONGEST_SOCKET)) <= state.SOCKET_PATH_LIMIT
+        assert len(os.fsencode(folder / specs.LONGEST_SOCKET)) <= specs.SOCKET_PATH_LIMIT
         assert list(deep.iterdir()) == []                   # the deep one it tried is not left behind
     finally:
         folder.rmdir()

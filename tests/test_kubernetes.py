@@ -6,17 +6,17 @@ import pytest
 import yaml
 
 from accel_lib import kubernetes
-from accel_lib.fpga.cluster import state
+from accel_lib.fpga.cluster import specs
 
 K8S = "1.33.0"
 
 
 def _service(name, replicas, keys=(), **config):
     """A service as deployment.service_spec gives it."""
-    return state.ServiceSpec(name=name, context="/ws/images/i/1", log_dir="/ws/services/" + name,
-                               replicas=[state.ReplicaSpec(idx=i, node=i) for i in range(replicas)],
-                               config=state.ServiceConfig(num_replicas=replicas, **config),
-                               settled=state.Settled(generation=1, runtime="process"), keys=list(keys))
+    return specs.ServiceSpec(name=name, context="/ws/images/i/1", log_dir="/ws/services/" + name,
+                               replicas=[specs.ReplicaSpec(idx=i, node=i) for i in range(replicas)],
+                               config=specs.ServiceConfig(num_replicas=replicas, **config),
+                               settled=specs.Settled(generation=1, runtime="process"), keys=list(keys))
 
 
 def _validate(doc):

@@ -52,7 +52,7 @@ def test_not_json_and_other_versions(tmp_path):
 
 def test_service_config_is_stored_as_itself_and_older_flat_configs_still_read():
     from accel_lib import AksWebservice, UserError
-    from accel_lib.fpga.cluster.state import ServiceConfig
+    from accel_lib.fpga.cluster.specs import ServiceConfig
     from accel_lib.fpga.replica.limits import ServiceLimits
     cfg = AksWebservice.deploy_configuration(num_replicas=2, max_images=8, tags={"a": "b"})
     back = ServiceConfig.from_json(cfg.to_json())

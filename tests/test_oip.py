@@ -14,7 +14,7 @@ from helpers import deploy
 from tritonclient.utils import InferenceServerException
 
 from accel_lib import AksCompute, ComputeTarget, Webservice, client_from_service, samples
-from accel_lib.fpga.cluster import state as cluster_files
+from accel_lib.fpga.cluster import specs as cluster_files
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
 
@@ -252,16 +252,16 @@ def test_a_replica_answers_the_protocol_over_http_itself_with_its_key_and_limits
     import sys
     import time
 
-    from accel_lib.fpga.cluster import state
+    from accel_lib.fpga.cluster import specs
     from accel_lib.fpga.replica import server
     from accel_lib.fpga.replica.limits import ServiceLimits
     from accel_lib.fpga.device.package import AcceleratorPackage
     keys = tmp_path / "keys"
     keys.write_text("k-right\n")
-    cfg = state.ServiceConfig(limits=ServiceLimits(max_message_mb=0.5))
-    svc = state.ServiceSpec(name="svc-rest", context=str(built_image.context), log_dir=str(tmp_path),
-                              replicas=[state.ReplicaSpec(idx=0, node=0)], config=cfg,
-                              settled=state.Settled(generation=1, runtime="process"), keys=["k-right"])
+    cfg = specs.ServiceConfig(limits=ServiceLimits(max_message_mb=0.5))
+    svc = specs.ServiceSpec(name="svc-rest", context=str(built_image.context), log_dir=str(tmp_path),
+                              replicas=[specs.ReplicaSpec(idx=0, node=0)], config=cfg,
+                              settled=specs.Settled(generation=1, runtime="process"), keys=["k-right"])
     cmd = server.command(sys.executable, svc, port=0, rest_port=0, keys_file=keys, threads=1)
     log = open(tmp_path / "replica.log", "w+")
     proc = subprocess.Popen(cmd, cwd=built_image.context, stdout=log, stderr=subprocess.STDOUT,

@@ -2,14 +2,14 @@
 import pytest
 
 from accel_lib import records
-from accel_lib.fpga.cluster import state
+from accel_lib.fpga.cluster import specs
 from accel_lib.fpga.replica.limits import ServiceLimits
 
 
 def test_each_record_maps_to_its_table_and_back(ws):
-    cfg = state.ServiceConfig(num_replicas=2, auth_enabled=True, tags={"a": "b"},
+    cfg = specs.ServiceConfig(num_replicas=2, auth_enabled=True, tags={"a": "b"},
                                 limits=ServiceLimits(max_message_mb=8))
-    settled = state.Settled(generation=7, runtime="container", engine="/usr/bin/podman", container_image="i:1")
+    settled = specs.Settled(generation=7, runtime="container", engine="/usr/bin/podman", container_image="i:1")
     rows = [records.ModelRecord(name="m", version=1, tags={"t": "1"}, properties={}, created_time=records.now(),
                                 files={"a.txt": "00" * 32}, kind="file"),
             records.ImageRecord(name="i", version=1, model_name="m", model_version=1, tags={}, properties={},
@@ -28,7 +28,7 @@ def test_each_record_maps_to_its_table_and_back(ws):
             assert records.get(db, type(r), **r.key) == r          # typed: dicts, lists and the ServiceConfig too
     with ws.connect() as db:
         svc = records.get(db, records.ServiceRecord, name="s")
-    assert isinstance(svc.config, state.ServiceConfig) and svc.config.limits.max_message_mb == 8
+    assert isinstance(svc.config, specs.ServiceConfig) and svc.config.limits.max_message_mb == 8
     assert svc.settled == settled
 
 

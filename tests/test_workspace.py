@@ -81,7 +81,7 @@ def test_an_older_workspace_opens_and_is_migrated(tmp_path):
     import sqlite3
 
     from accel_lib import Model, UserError, Webservice, Workspace, records
-    from accel_lib.fpga.cluster import state
+    from accel_lib.fpga.cluster import specs
     old = Workspace.create("old", path=tmp_path / "old")
     (old.path / "state.sqlite").unlink()
     db = sqlite3.connect(old.path / "state.sqlite")
@@ -95,7 +95,7 @@ def test_an_older_workspace_opens_and_is_migrated(tmp_path):
     assert [m.id for m in Model.list(ws)] == ["m:1"]
     svc = Webservice(ws, "s")
     assert svc.deployment_config.limits.max_message_mb == 8 and svc.deployment_config.auth_enabled is False
-    assert svc.settled == state.Settled(generation=5, runtime="process")     # kept in the config up to version 2
+    assert svc.settled == specs.Settled(generation=5, runtime="process")     # kept in the config up to version 2
     assert Workspace(ws.path).name == "old"                       # opening it again changes nothing
     db = sqlite3.connect(ws.path / "state.sqlite")
     db.execute("PRAGMA user_version = 99")

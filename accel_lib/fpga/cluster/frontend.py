@@ -4,7 +4,7 @@ One process per cluster: ``python -m accel_lib.fpga.cluster.frontend --cluster-d
 listens on 127.0.0.1 with a gRPC port and a REST port (TLS on both when the cluster has a certificate). Its rooms:
 ``routing`` (which service a call is for, keys, balancing and retries), ``ingress`` (the listeners, the accept
 loop and every connection's limits), and the codecs ``tfserving`` (TF Serving's REST API) and ``oip`` (the Open
-Inference Protocol). Replicas are reached on Unix sockets only (``state.replica_sockets``).
+Inference Protocol). Replicas are reached on Unix sockets only (``specs.replica_sockets``).
 
 Why asyncio (grpc.aio + aiohttp's low-level server): one event loop holds thousands of waiting calls without a
 thread each, the listeners and the supervisor share the routing table without locks, and gRPC calls are forwarded
@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import state
+from . import specs
 from .ingress import Acceptor, GrpcListener, RestApi, log, rest_server
 from .routing import Router
 from .supervisor import ErrorLog, Supervisor
@@ -28,7 +28,7 @@ from .supervisor import ErrorLog, Supervisor
 
 # -- the process -------------------------------------------------------------------------------------
 def _tls_files(cluster_dir):
-    return Path(cluster_dir) / state.TLS_CERT_FILE, Path(cluster_dir) / state.TLS_KEY_FILE
+    return Path(cluster_dir) / specs.TLS_CERT_FILE, Path(cluster_dir) / specs.TLS_KEY_FILE
 
 
 def _more_file_handles():
@@ -52,8 +52,8 @@ async def amain(args):
     import grpc
     _more_file_handles()
     folder = Path(args.cluster_dir)
-    spec = state.read(state.ClusterSpec, folder)
-    socket_dir = state.make_socket_dir()
+    spec = specs.read(specs.ClusterSpec, folder)
+    socket_dir = specs.make_socket_dir()
     sup = Supervisor(folder, spec, socket_dir)
     errors = ErrorLog(who="front end")
     router = Router(sup)
@@ -79,7 +79,7 @@ async def amain(args):
         rest_port = sock.getsockname()[1]
         rest = Acceptor(sock, rest_server(api), ssl_ctx, errors)
         accepting = loop.create_task(rest.run())
-        state.write(state.Endpoints(pid=os.getpid(), host=args.host, grpc_port=listener.port,
+        specs.write(specs.Endpoints(pid=os.getpid(), host=args.host, grpc_port=listener.port,
                                         rest_port=rest_port, tls=spec.tls), folder)
         log(f"front end of cluster {spec.name!r}: gRPC {args.host}:{listener.port}, REST {args.host}:{rest_port}"
              f"{' (TLS)' if spec.tls else ''}; pid {os.getpid()}")
@@ -88,7 +88,7 @@ async def amain(args):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         prober = loop.create_task(sup.probe_forever())
-        seen = state.spec_version(folder)
+        seen = specs.spec_version(folder)
         try:
             while not stop.is_set():
                 try:
@@ -96,7 +96,7 @@ async def amain(args):
                 except asyncio.TimeoutError:
                     pass
                 try:
-                    version = state.spec_version(folder)
+                    version = specs.spec_version(folder)
                 except OSError as e:
                     errors("reading the spec", e)
                     continue
@@ -106,7 +106,7 @@ async def amain(args):
                 if version == seen:
                     continue
                 try:
-                    new = state.read(state.ClusterSpec, folder)
+                    new = specs.read(specs.ClusterSpec, folder)
                     await sup.reconcile(new)
                     await listener.ensure(new.largest_message())
                     seen = version
@@ -124,7 +124,7 @@ async def amain(args):
             rest.close()
         api.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
-        for f in (state.ENDPOINTS_FILE, state.STATUS_FILE):
+        for f in (specs.ENDPOINTS_FILE, specs.STATUS_FILE):
             (folder / f).unlink(missing_ok=True)
 
 

@@ -10,7 +10,7 @@ import asyncio
 import re
 import time
 
-from . import state
+from . import specs
 from ..replica import logtime, oip, tfserving
 from .routing import (ANSWERED, CLUSTER_WIDE, FORWARDED, INFER, METADATA, MODEL_METADATA, PREDICT, CallError, Router,
                       answer, model_name)
@@ -39,7 +39,7 @@ def grpc_handler(router: Router):
     async def call(method, request_iterator, context):
         md = dict(context.invocation_metadata() or ())
         try:
-            header = md.get(state.ROUTE_HEADER)
+            header = md.get(specs.ROUTE_HEADER)
             svc = None
             if method in CLUSTER_WIDE:
                 async for _ in request_iterator:
@@ -119,7 +119,7 @@ class GrpcListener:
 # -- REST ---------------------------------------------------------------------------------------------
 def _warm():
     from ..replica import oip, tensors, tfserving  # noqa: F401 - what the pool parses with, imported once at start
-    from .protos import inference_pb2, serving_pb2  # noqa: F401
+    from ..replica.protos import inference_pb2, serving_pb2  # noqa: F401
     return True
 
 
@@ -176,7 +176,7 @@ class RestApi:
                                       f"Protocol's is {oip.ROUTES_IN_WORDS}.")
 
     def _service(self, request, name):
-        svc = self.router.pick_service(state.route(name), None)
+        svc = self.router.pick_service(specs.route(name), None)
         self.router.check_key(svc, request.headers.get("Authorization"))
         return svc
 
@@ -241,7 +241,7 @@ class RestApi:
     async def v2_metadata(self, request, name, version):
         from aiohttp import web
 
-        from .protos import inference_pb2
+        from ..replica.protos import inference_pb2
         svc = self._service(request, name)
         oip.check_version(svc.name, version)
         req = inference_pb2.ModelMetadataRequest(name=svc.name).SerializeToString()

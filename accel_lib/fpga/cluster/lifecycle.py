@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import state
+from . import specs
 
 START_TIMEOUT = 60          # s for a started cluster process to listen
 
@@ -30,22 +30,22 @@ def prepare(run_dir, cert=None, key=None, ca=None):
     run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     run_dir.mkdir(mode=0o700)
     if cert is not None:
-        (run_dir / state.TLS_CERT_FILE).parent.mkdir(mode=0o700)
+        (run_dir / specs.TLS_CERT_FILE).parent.mkdir(mode=0o700)
         if ca is not None:
-            (run_dir / state.TLS_CA_FILE).write_bytes(ca)
-        (run_dir / state.TLS_CERT_FILE).write_bytes(cert)
-        state.write_private(run_dir / state.TLS_KEY_FILE, key)
+            (run_dir / specs.TLS_CA_FILE).write_bytes(ca)
+        (run_dir / specs.TLS_CERT_FILE).write_bytes(cert)
+        specs.write_private(run_dir / specs.TLS_KEY_FILE, key)
 
 
 def tls_enabled(run_dir) -> bool:
     """Whether the cluster serves TLS (it has a certificate)."""
-    return (Path(run_dir) / state.TLS_CERT_FILE).is_file()
+    return (Path(run_dir) / specs.TLS_CERT_FILE).is_file()
 
 
 def trusted_certificate(run_dir):
     """The certificate clients trust for the cluster: the CA of a generated certificate, else the certificate
     itself; None without TLS."""
-    for name in (state.TLS_CA_FILE, state.TLS_CERT_FILE):
+    for name in (specs.TLS_CA_FILE, specs.TLS_CERT_FILE):
         p = Path(run_dir) / name
         if p.is_file():
             return p
@@ -54,13 +54,13 @@ def trusted_certificate(run_dir):
 
 def declare(run_dir, name, nodes, vcpus_per_node, services) -> int:
     """Write the cluster's spec with ``services`` (ServiceSpecs) as its next revision, and return that revision.
-    Call it under ``state.spec_lock(run_dir)``, holding it since the services were read from the records."""
+    Call it under ``specs.spec_lock(run_dir)``, holding it since the services were read from the records."""
     try:
-        before = state.read_optional(state.ClusterSpec, run_dir)
+        before = specs.read_optional(specs.ClusterSpec, run_dir)
     except Exception:  # noqa: BLE001 - written by an older accel_lib: replaced now
         before = None
     revision = (before.revision if before else 0) + 1
-    state.write(state.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=services,
+    specs.write(specs.ClusterSpec(name=name, nodes=nodes, vcpus_per_node=vcpus_per_node, services=services,
                                       tls=tls_enabled(run_dir), revision=revision), run_dir)
     return revision
 
@@ -79,7 +79,7 @@ def wait_applied(run_dir, revision, timeout=30):
 def has_spec(run_dir) -> bool:
     """Whether the folder holds a spec this accel_lib reads."""
     try:
-        state.read(state.ClusterSpec, run_dir)
+        specs.read(specs.ClusterSpec, run_dir)
         return True
     except Exception:  # noqa: BLE001 - missing, or written by an older accel_lib
         return False
@@ -96,32 +96,32 @@ def alive(pid, run_dir) -> bool:
 
 
 def endpoints(run_dir, wait=0.0):
-    """Where the cluster process listens (``state.Endpoints``), waiting up to ``wait`` s for it; NotRunning if it
+    """Where the cluster process listens (``specs.Endpoints``), waiting up to ``wait`` s for it; NotRunning if it
     does not run."""
     deadline = time.monotonic() + wait
     while True:
-        ep = state.read_optional(state.Endpoints, run_dir)
+        ep = specs.read_optional(specs.Endpoints, run_dir)
         if ep is not None and alive(ep.pid, run_dir):
             return ep
         if time.monotonic() >= deadline:
             raise NotRunning(f"the cluster process of {run_dir} is not running "
-                             f"(log: {Path(run_dir) / state.LOG_FILE})")
+                             f"(log: {Path(run_dir) / specs.LOG_FILE})")
         time.sleep(0.05)
 
 
 def running(run_dir) -> bool:
     """Whether the cluster's process runs."""
-    ep = state.read_optional(state.Endpoints, run_dir)
+    ep = specs.read_optional(specs.Endpoints, run_dir)
     return ep is not None and alive(ep.pid, run_dir)
 
 
 def status(run_dir):
-    """What the running cluster process reports (``state.ClusterStatus``), or None: while nothing is reported,
+    """What the running cluster process reports (``specs.ClusterStatus``), or None: while nothing is reported,
     when no process runs, or when the report is another process's (one killed before it could remove it)."""
-    ep = state.read_optional(state.Endpoints, run_dir)
+    ep = specs.read_optional(specs.Endpoints, run_dir)
     if ep is None or not alive(ep.pid, run_dir):
         return None
-    st = state.read_optional(state.ClusterStatus, run_dir)
+    st = specs.read_optional(specs.ClusterStatus, run_dir)
     return st if st is not None and st.pid == ep.pid else None
 
 
@@ -131,9 +131,9 @@ def start(run_dir, timeout=START_TIMEOUT):
         return endpoints(run_dir)
     from . import frontend
     run_dir = Path(run_dir)
-    for stale in (state.ENDPOINTS_FILE, state.STATUS_FILE):     # what a killed process could not remove
+    for stale in (specs.ENDPOINTS_FILE, specs.STATUS_FILE):     # what a killed process could not remove
         (run_dir / stale).unlink(missing_ok=True)
-    with open(run_dir / state.LOG_FILE, "ab") as log:
+    with open(run_dir / specs.LOG_FILE, "ab") as log:
         subprocess.Popen(frontend.command(sys.executable, run_dir), stdin=subprocess.DEVNULL, stdout=log,
                          stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return endpoints(run_dir, wait=timeout)
@@ -142,7 +142,7 @@ def start(run_dir, timeout=START_TIMEOUT):
 def _engines(run_dir) -> set:
     """The container engines the spec's services run replicas with."""
     try:
-        spec = state.read_optional(state.ClusterSpec, run_dir)
+        spec = specs.read_optional(specs.ClusterSpec, run_dir)
     except Exception:  # noqa: BLE001 - an older or broken spec: no containers of ours
         return set()
     return spec.engines() if spec else set()
@@ -155,7 +155,7 @@ def stop(run_dir, timeout=20, engines=None):
 
     from . import running
     engines = _engines(run_dir) if engines is None else engines
-    ep = state.read_optional(state.Endpoints, run_dir)
+    ep = specs.read_optional(specs.Endpoints, run_dir)
     if ep is not None and alive(ep.pid, run_dir):
         p = psutil.Process(ep.pid)
         p.terminate()
@@ -172,6 +172,6 @@ def remove(run_dir):
     """Delete the cluster: its spec goes (the process stops when it sees that), the process is stopped, its
     containers and its folder removed."""
     engines = _engines(run_dir)
-    (Path(run_dir) / state.SPEC_FILE).unlink(missing_ok=True)
+    (Path(run_dir) / specs.SPEC_FILE).unlink(missing_ok=True)
     stop(run_dir, engines=engines)
     shutil.rmtree(run_dir, ignore_errors=True)

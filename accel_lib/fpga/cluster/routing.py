@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from . import state
+from . import specs
 from ..replica import keys, oip
 from ..replica.oip import INFER, MODEL_METADATA, MODEL_READY, SERVER_LIVE, SERVER_METADATA, SERVER_READY  # noqa: F401
 from .supervisor import Supervisor
@@ -27,19 +27,19 @@ class Router:
         self.sup = sup
         self._turn = itertools.count()
 
-    def pick_service(self, route_header, model_name) -> state.ServiceSpec:
+    def pick_service(self, route_header, model_name) -> specs.ServiceSpec:
         """The service a call is for: the route header's, else the model the request names, else (no model named:
-        empty or ``state.DEFAULT_MODEL``) the cluster's only service. A model that no service has is NOT_FOUND,
+        empty or ``specs.DEFAULT_MODEL``) the cluster's only service. A model that no service has is NOT_FOUND,
         whatever the number of services; NOT_FOUND says no more than the caller told (no list of the services)."""
         spec = self.sup.spec
-        name = state.service_from_route(route_header)
-        if name is None and model_name and model_name != state.DEFAULT_MODEL:
+        name = specs.service_from_route(route_header)
+        if name is None and model_name and model_name != specs.DEFAULT_MODEL:
             name = model_name
         if name is None:
             if len(spec.services) == 1:
                 return spec.services[0]
-            raise CallError("NOT_FOUND", f"no route: send the header '{state.ROUTE_HEADER}: "
-                                         f"{state.ROUTE_PREFIX}<service>'.")
+            raise CallError("NOT_FOUND", f"no route: send the header '{specs.ROUTE_HEADER}: "
+                                         f"{specs.ROUTE_PREFIX}<service>'.")
         svc = spec.service(name)
         if svc is None:
             raise CallError("NOT_FOUND", f"no service {name!r} on this cluster.")
@@ -103,7 +103,7 @@ def model_name(method, request):
     from google.protobuf.message import DecodeError
 
     from ..replica import wire
-    from .protos import inference_pb2, serving_pb2
+    from ..replica.protos import inference_pb2, serving_pb2
     cls, field = {PREDICT: (serving_pb2.PredictRequest, "model_spec"),
                   METADATA: (serving_pb2.GetModelMetadataRequest, "model_spec"),
                   INFER: (inference_pb2.ModelInferRequest, "model_name"),
@@ -121,7 +121,7 @@ def model_name(method, request):
 def answer(router, method, svc=None, request=b"") -> bytes:
     """The front end's own answer to an Open Inference Protocol health or metadata call (``svc`` and the request
     for ModelReady)."""
-    from .protos import inference_pb2
+    from ..replica.protos import inference_pb2
     if method == MODEL_READY:
         oip.check_version(svc.name, inference_pb2.ModelReadyRequest.FromString(request).version)
         return inference_pb2.ModelReadyResponse(ready=bool(router.sup.ready(svc.name))).SerializeToString()

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from . import state
+from . import specs
 from ..replica import logtime, server
 from ..device import resources
 
@@ -70,11 +70,11 @@ class ErrorLog:
 
 
 class ReplicaProcess:
-    """One replica's process, restarted as needed; ``state`` is one of ``state.REPLICA_STATES``."""
+    """One replica's process, restarted as needed; ``state`` is one of ``specs.REPLICA_STATES``."""
 
-    def __init__(self, sup, svc: state.ServiceSpec, spec: state.ReplicaSpec):
+    def __init__(self, sup, svc: specs.ServiceSpec, spec: specs.ReplicaSpec):
         self.sup, self.svc, self.spec = sup, svc, spec
-        self.state = state.STARTING
+        self.state = specs.STARTING
         self.restarts = 0
         self.crashes_in_a_row = 0
         self.proc = None
@@ -85,15 +85,15 @@ class ReplicaProcess:
         self.healthy_since = None
         self.failed_probes = 0
         self.stopping = False
-        self.log = state.replica_log(svc.log_dir, spec.idx)
+        self.log = specs.replica_log(svc.log_dir, spec.idx)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
     def fpga(self):
         return f"{self.sup.name}/node-{self.spec.node}/fpga-0"
 
-    def status(self) -> state.ReplicaStatus:
-        return state.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
+    def status(self) -> specs.ReplicaStatus:
+        return specs.ReplicaStatus(idx=self.spec.idx, node=self.spec.node, state=self.state,
                                      restarts=self.restarts, pid=self.proc.pid if self.proc else 0,
                                      last_exit=self.last_exit, message=self.message, container=self.container)
 
@@ -102,16 +102,16 @@ class ReplicaProcess:
             self.message = message
         if state != self.state:
             self.state = state
-            if state == state.HEALTHY:
+            if state == specs.HEALTHY:
                 self.healthy_since = time.monotonic()
         self.sup.changed()
 
     async def _start(self):
         serial = next(self.sup.serials)
-        if self.svc.settled.runtime == state.CONTAINER:
+        if self.svc.settled.runtime == specs.CONTAINER:
             cmd = self._container_command(serial)
         else:
-            self.socket, self.health_socket = state.replica_sockets(self.sup.socket_dir, serial)
+            self.socket, self.health_socket = specs.replica_sockets(self.sup.socket_dir, serial)
             cmd = server.command(sys.executable, self.svc, socket=self.socket, health_socket=self.health_socket,
                                  fpga=self.fpga, threads=self.sup.threads, exit_with_parent=True)
         env = {**os.environ, "PYTHONPATH": self.svc.context, "PYTHONUNBUFFERED": "1"}
@@ -121,13 +121,13 @@ class ReplicaProcess:
                                                              stdin=asyncio.subprocess.DEVNULL, stdout=f,
                                                              stderr=asyncio.subprocess.STDOUT)
         self.failed_probes = 0
-        self._set(state.STARTING)
+        self._set(specs.STARTING)
 
     def _container_command(self, serial):
         """The engine's command line that runs this replica in a container of the service's image, its sockets in
         a folder of its own (mounted into the container)."""
         from . import containers, running
-        folder = running.prepare_socket_dir(state.replica_socket_dir(self.sup.socket_dir, serial))
+        folder = running.prepare_socket_dir(specs.replica_socket_dir(self.sup.socket_dir, serial))
         self.socket, self.health_socket = folder / "replica.sock", folder / "health.sock"
         self.container = f"accel-{self.sup.cluster_id[:8]}-{self.svc.name}-{self.spec.idx}-{serial}"
         inner = server.command(containers.PYTHON, self.svc, socket=f"{running.SOCKETS}/{self.socket.name}",
@@ -154,7 +154,7 @@ class ReplicaProcess:
             except Exception as e:  # noqa: BLE001 - no file handles, a log that cannot be opened: try again
                 start_failures += 1
                 self.sup.errors(f"starting replica {self.spec.idx} of {self.svc.name!r}", e)
-                self._set(state.BACKOFF, f"could not start: {type(e).__name__}: {e}")
+                self._set(specs.BACKOFF, f"could not start: {type(e).__name__}: {e}")
                 await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(start_failures, 5), BACKOFF_MAX))
                 continue
             start_failures = 0
@@ -169,12 +169,12 @@ class ReplicaProcess:
                 raise
             except Exception as e:  # noqa: BLE001 - the restart goes on even if its log line cannot be written
                 self.sup.errors(f"after replica {self.spec.idx} of {self.svc.name!r} exited", e)
-            if self.state == state.FAILED:
+            if self.state == specs.FAILED:
                 return
 
     async def _after_exit(self, code):
         if code == server.EXIT_LOAD_FAILED:
-            self._set(state.FAILED, "the package could not load; see the replica's log")
+            self._set(specs.FAILED, "the package could not load; see the replica's log")
             _log(self.log, f"replica {self.spec.idx} could not load its package (exit {code}): Failed, "
                            "not restarted. Fix the model or image and deploy again.")
             return
@@ -184,7 +184,7 @@ class ReplicaProcess:
         self.restarts += 1
         wait = backoff(self.crashes_in_a_row)
         how = "killed by signal %d" % -code if code < 0 else "exited with code %d" % code
-        self._set(state.BACKOFF if wait else state.STARTING, f"last exit: {how}")
+        self._set(specs.BACKOFF if wait else specs.STARTING, f"last exit: {how}")
         try:
             _log(self.log, f"replica {self.spec.idx} {how}; restart {self.restarts} in {wait:.0f} s"
                            + (" (CrashLoopBackOff, modeled back-off)" if wait else ""))
@@ -210,7 +210,7 @@ class ReplicaProcess:
         a row is hung: it is killed, and restarted like any replica that exits."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
-        if self.state in (state.FAILED, state.BACKOFF) or self.proc is None or self.proc.returncode is not None:
+        if self.state in (specs.FAILED, specs.BACKOFF) or self.proc is None or self.proc.returncode is not None:
             return
         if not self.health_socket or not self.health_socket.exists():
             return
@@ -221,15 +221,15 @@ class ReplicaProcess:
             serving = resp.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
             serving = False
-        if self.proc.returncode is not None or self.state in (state.FAILED, state.BACKOFF):
+        if self.proc.returncode is not None or self.state in (specs.FAILED, specs.BACKOFF):
             return
         if serving:
             self.failed_probes = 0
-            self._set(state.HEALTHY, "")
+            self._set(specs.HEALTHY, "")
             return
         self.failed_probes += 1
         was_serving = self.healthy_since is not None
-        self._set(state.LOADING)
+        self._set(specs.LOADING)
         if was_serving and self.failed_probes >= LIVENESS_FAILURES:
             _log(self.log, f"replica {self.spec.idx} failed {self.failed_probes} health probes in a row: hung, "
                            "killed (liveness, modeled)")
@@ -237,8 +237,8 @@ class ReplicaProcess:
 
     def not_ready(self):
         """The front end saw this replica fail a call: take it out of rotation until a probe says otherwise."""
-        if self.state == state.HEALTHY:
-            self._set(state.LOADING)
+        if self.state == specs.HEALTHY:
+            self._set(specs.LOADING)
 
     async def stop(self, note=None):
         """Stop the replica for good (SIGTERM, then SIGKILL after 5 s)."""
@@ -270,11 +270,11 @@ class ReplicaProcess:
 class Supervisor:
     """Keeps the replicas of every service in the cluster spec running; reports them in ``status.json``."""
 
-    def __init__(self, cluster_dir, spec: state.ClusterSpec, socket_dir):
+    def __init__(self, cluster_dir, spec: specs.ClusterSpec, socket_dir):
         self.dir = cluster_dir
         self.name = spec.name
         self.socket_dir = socket_dir
-        self.spec = state.ClusterSpec(name=spec.name, nodes=spec.nodes, vcpus_per_node=spec.vcpus_per_node)
+        self.spec = specs.ClusterSpec(name=spec.name, nodes=spec.nodes, vcpus_per_node=spec.vcpus_per_node)
         self.services: dict[str, list[ReplicaProcess]] = {}
         self.generations: dict[str, int] = {}
         self._channels = {}
@@ -301,10 +301,10 @@ class Supervisor:
     def changed(self):
         self._dirty = True
 
-    async def reconcile(self, spec: state.ClusterSpec):
+    async def reconcile(self, spec: specs.ClusterSpec):
         """Start what the spec adds, stop what it removes (or redeploys under a new generation)."""
         replicas_here = sum(len(s.replicas) for s in spec.services)
-        self.threads = state.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
+        self.threads = specs.threads_per_replica(resources.cpus(), replicas_here, spec.vcpus_per_node)
         wanted = {s.name: s for s in spec.services}
         for name in list(self.services):
             if name not in wanted or wanted[name].settled.generation != self.generations[name]:
@@ -344,7 +344,7 @@ class Supervisor:
 
     def ready(self, name) -> list[ReplicaProcess]:
         """The replicas of ``name`` that serve now."""
-        return [r for r in self.services.get(name, []) if r.state == state.HEALTHY]
+        return [r for r in self.services.get(name, []) if r.state == specs.HEALTHY]
 
     def states(self, name):
         return [r.state for r in self.services.get(name, [])]
@@ -357,7 +357,7 @@ class Supervisor:
             try:
                 now = time.monotonic()
                 due = [r for rs in self.services.values() for r in rs
-                       if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == state.HEALTHY
+                       if now - last.get(id(r), 0) >= (PROBE_HEALTHY_EVERY if r.state == specs.HEALTHY
                                                        else PROBE_EVERY)]
                 for r in due:
                     last[id(r)] = now
@@ -382,7 +382,7 @@ class Supervisor:
             await asyncio.sleep(pause)
 
     def write_status(self):
-        st = state.ClusterStatus(pid=os.getpid(), revision=self.spec.revision, services=[
-            state.ServiceStatus(name=n, generation=self.generations[n], replicas=[r.status() for r in rs])
+        st = specs.ClusterStatus(pid=os.getpid(), revision=self.spec.revision, services=[
+            specs.ServiceStatus(name=n, generation=self.generations[n], replicas=[r.status() for r in rs])
             for n, rs in self.services.items()])
-        state.write(st, self.dir)
+        specs.write(st, self.dir)

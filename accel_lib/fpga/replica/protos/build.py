@@ -1,5 +1,5 @@
 """Regenerate the Python modules of this folder's .proto files with grpcio-tools
-(``python -m accel_lib.fpga.protos.build``; ``--out DIR`` writes them elsewhere).
+(``python -m accel_lib.fpga.replica.protos.build``; ``--out DIR`` writes them elsewhere).
 
 The generated modules are committed, so replicas need no compiler; a test checks they match their sources. They
 build their messages in the package's own descriptor pool (``POOL``). Run it in a process without TensorFlow:
