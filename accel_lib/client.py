@@ -54,6 +54,7 @@ class PredictionClient:
             self.channel = grpc.insecure_channel(self.target, options=opts)
         from .fpga.replica.protos import serving_pb2_grpc
         self.stub = serving_pb2_grpc.PredictionServiceStub(self.channel)
+        self.modeled_device_us = None    # the last scoring call's device time on the FPGA: modeled, not measured
 
     def __repr__(self):
         return f"PredictionClient(target={self.target!r}, service_name={self.service_name!r})"
@@ -78,13 +79,19 @@ class PredictionClient:
             md.append((ROUTE_HEADER, route(self.service_name)))
         return md
 
-    def _call(self, method, request, timeout):
+    def _call(self, method, request, timeout, scoring=False):
         import grpc
+
+        from .fpga.device import timing
         deadline = time.monotonic() + self.retry_seconds
         delay = RETRY_FIRST
         while True:
             try:
-                return method(request, timeout=timeout, metadata=self.metadata)
+                reply, call = method.with_call(request, timeout=timeout, metadata=self.metadata)
+                if scoring:
+                    got = dict(call.trailing_metadata() or ()).get(timing.METADATA_KEY)
+                    self.modeled_device_us = None if got is None else float(got)
+                return reply
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
                     raise
@@ -104,7 +111,7 @@ class PredictionClient:
                 req.inputs[k].ParseFromString(v.SerializeToString())
         if outputs:
             req.output_filter.extend([outputs] if isinstance(outputs, str) else list(outputs))
-        return dict(self._call(self.stub.Predict, req, timeout).outputs)
+        return dict(self._call(self.stub.Predict, req, timeout, scoring=True).outputs)
 
     def score_numpy_arrays(self, input_map, outputs=None, timeout=10.0):
         """Send {name: array or list of bytes}; one output name -> one array, a list -> arrays in order,

@@ -17,14 +17,19 @@ from .fpga.cluster import certificates, specs, lifecycle
 from .records import check_name
 from .workspace import LOCATIONS
 
-FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1}}
-EDGE_DEVICE = {"vcpus": 0, "fpgas": 1}          # Azure Stack Edge / Data Box Edge: one FPGA, outside the quota
+FPGA_VM_SIZES = {"Standard_PB6s": {"vcpus": 6, "fpgas": 1, "device": "arria10-pb6"}}   # device: timing.PRESETS
+EDGE_DEVICE = {"vcpus": 0, "fpgas": 1, "device": "arria10-edge"}    # Data Box Edge: one FPGA, outside the quota
 EDGE_HOST_VCPUS = 6                             # the edge device's host cores given to its replica (modeled)
 QUOTA_NAME = "Standard PBS Family vCPUs"
 
 
 def _fpgas(vm_size):
     return (FPGA_VM_SIZES.get(vm_size) or EDGE_DEVICE)["fpgas"]
+
+
+def _device(vm_size) -> str:
+    """The FPGA device a node of ``vm_size`` carries (a ``fpga.device.timing`` preset)."""
+    return (FPGA_VM_SIZES.get(vm_size) or EDGE_DEVICE)["device"]
 
 
 def _ssl_settings(ssl_cert_pem_file, ssl_key_pem_file, ssl_cname, leaf_domain_label):
@@ -139,6 +144,11 @@ class ComputeTarget(records.Attached):
     def __repr__(self):
         return (f"ComputeTarget(name={self.name!r}, vm_size={self.vm_size!r}, agent_count={self.agent_count}, "
                 f"location={self.location!r}, provisioning_state={self.provisioning_state!r})")
+
+    @property
+    def device_preset(self) -> str:
+        """The FPGA device its nodes carry (a ``fpga.device.timing`` preset): what a package must be converted for."""
+        return _device(self.vm_size)
 
     @property
     def fpgas(self):

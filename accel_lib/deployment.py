@@ -69,9 +69,28 @@ def settle(cfg, image, target) -> tuple:
     return settled, service_keys.new() if keyed else None
 
 
+def check_device(image, target):
+    """UserError unless ``image``'s package was converted for the device ``target``'s nodes carry (the same
+    fingerprint: an FPGA loads only a bitstream built for its own configuration)."""
+    from .fpga.device import timing
+    made_for = image.models[0].manifest.device_preset
+    here = timing.preset(target.device_preset)
+    try:
+        theirs = timing.preset(made_for)
+    except ValueError:
+        theirs = None
+    if theirs is None or timing.fingerprint(theirs) != timing.fingerprint(here):
+        shown = f"{made_for} (fingerprint {timing.fingerprint(theirs)})" if theirs else repr(made_for)
+        raise UserError(f"fingerprint mismatch: image {image.id} holds a model converted for {shown}, but the nodes "
+                        f"of {target.name!r} carry {here.name} (fingerprint {timing.fingerprint(here)}: {here.fpga}). "
+                        f"Convert the model again with device={here.name!r}, or deploy to a target of that device.")
+
+
 def deploy(workspace, name, image, cfg, target) -> records.ServiceRecord:
-    """The one path of a deployment: settle, record (scheduling the replicas), publish the cluster's spec, start
-    its process if it is down. A failure after the record removes it again. Returns the service's record."""
+    """The one path of a deployment: the device checked, settle, record (scheduling the replicas), publish the
+    cluster's spec, start its process if it is down. A failure after the record removes it again. Returns the
+    service's record."""
+    check_device(image, target)
     settled, keys = settle(cfg, image, target)
     rec, replaced = record_service(workspace, name, image, target, cfg, settled, keys)
     log_dir = workspace.service_folder(name)

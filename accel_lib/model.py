@@ -159,12 +159,22 @@ class Model(records.Attached):
 
     @property
     def manifest(self):
-        """The typed manifest of a converted model (fpga.device.manifest.PackageManifest); UserError for other models."""
+        """The typed manifest of a converted model (``fpga.device.manifest.PackageManifest``); UserError otherwise."""
         return self._contract("PackageManifest", "convert it first with AccelOnnxConverter.convert_tf_model(...)")
 
     @property
+    def timing(self) -> dict:
+        """A converted model's timing on its device (modeled): every layer's cycles, batch-1 latency, throughput,
+        bottleneck and the device preset used (``fpga.device.timing.analyze``)."""
+        import json
+        m = self.manifest
+        if m.timing is None:
+            raise UserError(f"model {self.id} has no timing report; convert it again with this accel_lib.")
+        return json.loads(self.read_file(m.timing))
+
+    @property
     def source_metadata(self):
-        """The typed accel_model.json of a saved model (fpga.device.manifest.SavedModelMetadata); UserError otherwise."""
+        """The typed accel_model.json of a saved model (``manifest.SavedModelMetadata``); UserError otherwise."""
         return self._contract("SavedModelMetadata", "register a folder saved with model_graph.save(...)")
 
     def _contract(self, kind, remedy):

@@ -240,12 +240,12 @@ class ServiceRecord(Record):
     image_name: str = ""
     image_version: int = 0
     compute: str = ""
-    config: object = dataclasses.field(default=None, metadata={"codec": _config_codec})   # fpga.cluster.ServiceConfig
+    config: object = dataclasses.field(default=None, metadata={"codec": _config_codec})  # specs.ServiceConfig
     state: str = TRANSITIONING         # TRANSITIONING, HEALTHY, REPLACED
     keys: list | None = _json()
     error: str | None = None           # why it stopped serving (on an edge device: which service replaced it)
     created_time: str = ""
-    settled: object = dataclasses.field(default=None, metadata={"codec": _settled_codec})  # fpga.cluster.Settled
+    settled: object = dataclasses.field(default=None, metadata={"codec": _settled_codec})  # specs.Settled
 
 
 @dataclasses.dataclass

@@ -20,6 +20,16 @@ def test_converted_model_is_named_linked_and_in_parity(converted, tmp_path):
     assert manifest.parity.top1_agreement == 1.0
     assert manifest.parity.max_relative_error < checks.PARITY_TOLERANCE
     assert "parity (fp32): top-1 agreement 100%" in op.get_log()
+    # its timing on the device it was converted for: modeled, layer by layer
+    assert manifest.device_preset == "arria10-pb6"
+    report = conv.timing
+    assert report["modeled"] and report["preset"] == "arria10-pb6" and report["numeric_format"] == "fp32"
+    convs = [r for r in report["layers"] if r["op"] == "Conv"]
+    assert convs and all(r["cycles"] > 0 and r["macs"] > 0 for r in convs)
+    net = report["network"]
+    assert net["cycles"] == sum(r["cycles"] for r in report["layers"])
+    assert net["latency_s"] > net["device_s"] > 0 and net["bottleneck"] in {r["name"] for r in report["layers"]}
+    assert f"modeled on arria10-pb6: {1000 * net['latency_s']:.2f} ms at batch 1" in op.get_log()
 
 
 def test_package_scores_like_the_source_model(converted, small_model, tmp_path):
@@ -56,6 +66,8 @@ def test_unknown_names_fail_at_once_with_the_valid_list(converted):
         AccelOnnxConverter.convert_tf_model(ws, src, "images", " , ")
     with pytest.raises(UserError, match="unknown numeric format .int3.; choose one of"):
         AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", numeric_format="int3")
+    with pytest.raises(UserError, match="unknown device preset 'stratix'; choose one of .*'arria10-pb6'"):
+        AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", device="stratix")
     with ws.connect() as db:
         assert db.execute("SELECT COUNT(*) FROM operations").fetchone()[0] == 1   # nothing half-started
 

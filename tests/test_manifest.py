@@ -16,7 +16,7 @@ def _package_dict(converted, tmp_path):
 def test_round_trip_and_typed_access(converted, tmp_path):
     data, folder = _package_dict(converted, tmp_path)
     m = manifest.read(PackageManifest, folder)
-    assert m.format == "accel_lib.accelonnx/3" and m.device.where == "device" and m.stage("heads").where == "host"
+    assert m.format == "accel_lib.accelonnx/4" and m.device.where == "device" and m.stage("heads").where == "host"
     assert [t.name for t in m.served()] == m.outputs
     assert json.loads(manifest.dumps(m)) == data
     meta = converted[1].source_metadata

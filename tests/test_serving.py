@@ -10,9 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, Model, PredictionClient,
-                       UserError, Webservice, client_from_service, samples)
+from accel_lib import (AccelContainerImage, AccelOnnxConverter, AksCompute, AksWebservice, ComputeTarget, Image,
+                       Model, PredictionClient, UserError, Webservice, client_from_service, samples)
 from accel_lib.compute import list_usage
+from accel_lib.fpga.device import timing
 from accel_lib.fpga.device.package import AcceleratorPackage
 
 SOFTMAX = "classifier/resnet_v1_50/predictions/Softmax:0"
@@ -92,7 +93,7 @@ def test_context_copied_elsewhere_serves_alone(built_image, tmp_path):
         assert "accel_lib" not in " ".join(p.name for p in copy.iterdir())
         imports.seek(0)
         loaded = {line.rsplit("|", 1)[1].strip() for line in imports if line.startswith("import time:")}
-        assert {"fpga.replica.server", "fpga.device.package", "onnxruntime"} <= loaded      # what it did load
+        assert {"fpga.replica.limits", "fpga.device.package", "onnxruntime"} <= loaded      # what it did load
         assert not [m for m in loaded if m.startswith(("fpga.cluster", "tensorflow", "keras", "accel_lib"))]
     finally:
         proc.terminate()
@@ -124,6 +125,25 @@ def test_quota_is_enforced_and_reported(ws):
 
 
 # -- deploy and consume -----------------------------------------------------------------------------
+def test_a_model_converted_for_another_device_is_refused_and_nothing_is_recorded(converted, cluster):
+    ws, src, _ = converted
+    op = AccelOnnxConverter.convert_tf_model(ws, src, "images", "output_alias", device="brainwave-s10")
+    assert op.wait_for_completion(timeout=600), op.get_log()
+    assert op.result.manifest.device_preset == "brainwave-s10" and op.result.timing["preset"] == "brainwave-s10"
+    img = Image.create("s10-image", [op.result], AccelContainerImage.image_configuration(), ws)
+    try:
+        assert cluster.device_preset == "arria10-pb6"
+        with pytest.raises(UserError, match=r"fingerprint mismatch: .*converted for brainwave-s10 \(fingerprint "
+                                            r"[0-9a-f]{12}\).*carry arria10-pb6.*device='arria10-pb6'"):
+            Webservice.deploy_from_image(ws, "svc-s10", img, AksWebservice.deploy_configuration(), cluster)
+        assert "svc-s10" not in [s.name for s in Webservice.list(ws)]
+    finally:
+        img.delete()
+        op.result.delete()
+    # the same configuration under another name (the Data Box Edge's Arria 10) is the same device
+    assert timing.fingerprint(timing.preset("arria10-edge")) == timing.fingerprint(timing.preset("arria10-pb6"))
+
+
 def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
     img, ws = built_image, built_image.workspace
     svc = _deploy(img, cluster, "svc-a", num_replicas=2, auth_enabled=True)
@@ -146,6 +166,11 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
         assert c.score_file(f, outputs=SOFTMAX).shape == (1000,)
         meta = c.get_model_metadata()
         assert meta["inputs"] == ["images"] and meta["numeric_format"] == "fp32"
+        # the FPGA's own time, modeled from the package's timing report, in the response's trailing metadata
+        report = img.models[0].timing
+        c.score_numpy_arrays({"images": [data] * 3}, outputs=SOFTMAX)
+        assert c.modeled_device_us == pytest.approx(timing.seconds(report, 3) * 1e6, abs=0.05)
+        assert timing.seconds(report, 3) > timing.seconds(report, 1) > 0
 
     # the stock TF Serving stub through the front end, with and without the route header, with and without the key
     np.testing.assert_array_equal(_stock_predict(uri, data, key), ref[SOFTMAX])

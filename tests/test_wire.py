@@ -1,5 +1,6 @@
 """A request judged before it is decoded: protobuf on the wire (accel_lib.fpga.replica.wire), JSON by its text
-(oip.json_cost). Real requests pass and decode as before, floods of tiny elements are refused at once, and the estimate bounds what protobuf's own decoder really takes."""
+(oip.json_cost). Real requests pass and decode as before, floods of tiny elements are refused at once, and the
+estimate bounds what protobuf's own decoder really takes."""
 import subprocess
 import sys
 import time

@@ -156,5 +156,5 @@ def test_an_old_package_format_gets_a_clear_error(tmp_path):
     from accel_lib.fpga.device.package import AcceleratorPackage
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "accel_lib.accelonnx/1", "stages": []}))
     with pytest.raises(ManifestError, match=r"format 'accel_lib.accelonnx/1'; this accel_lib reads "
-                                            r"'accel_lib.accelonnx/3': convert the source model again"):
+                                            r"'accel_lib.accelonnx/4': convert the source model again"):
         AcceleratorPackage(tmp_path)

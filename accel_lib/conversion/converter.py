@@ -35,11 +35,14 @@ class AccelOnnxConverter:
     """Converts TensorFlow models registered in a workspace to accelerator packages."""
 
     @staticmethod
-    def convert_tf_model(workspace, source_model, input_node, outputs_nodes, numeric_format=None, block_size=None):
+    def convert_tf_model(workspace, source_model, input_node, outputs_nodes, numeric_format=None, block_size=None,
+                         device=None):
         """Start converting ``source_model``; returns a ModelConvertOperation to wait on.
 
         ``numeric_format``: the device format (fp32, ms-fp8, ms-fp9, msfp12, msfp16); default ms-fp9 for the
         Quantized models, else fp32. ``block_size``: values sharing one exponent (default: the format's).
+        ``device``: the device preset the package is for (default ``"arria10-pb6"``, Azure's PB6s; a cluster of
+        another device refuses it).
         """
         from . import runner, worker
         if not isinstance(source_model, Model):
@@ -49,7 +52,7 @@ class AccelOnnxConverter:
             raise UserError(f"unknown input tensor {input_node!r}; the model's input is one of {meta.input.names}.")
         names, fmt, spec = runner.checked_request(meta, split_names(outputs_nodes), numeric_format, block_size)
         request = {"source": source_model.id, "input": input_node, "outputs": names, "numeric_format": fmt,
-                   "block_size": spec.block if spec else None}
+                   "block_size": spec.block if spec else None, "device": runner.checked_device(device)}
         op_id = uuid.uuid4().hex[:12]
         log = workspace.layout.operation_log(op_id)
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -209,8 +209,20 @@ def checked_request(meta, outputs, numeric_format=None, block_size=None):
         raise UserError(f"{e}.") from None
 
 
+def checked_device(device=None) -> str:
+    """The device preset a conversion is for (None: the default, Azure's PB6s Arria 10); UserError naming the
+    presets for another."""
+    from ..errors import UserError
+    from ..fpga.device import timing
+    name = device or timing.DEFAULT_PRESET
+    try:
+        return timing.preset(name).name
+    except ValueError as e:
+        raise UserError(f"{e}.") from None
+
+
 def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, block_size=None, checks=True,
-                   work_dir=None):
+                   work_dir=None, device=None):
     """Convert a saved model folder (``model_graph.save(...)``) into an accelerator package at ``package_dir``,
     without a workspace: the converter's steps, each in a process of its own, with a progress bar; the log goes to
     ``<package_dir>.log`` (its last lines are in the error if a step fails). Returns the manifest."""
@@ -225,10 +237,11 @@ def convert_folder(source_dir, package_dir, outputs=None, numeric_format=None, b
     except manifest.ManifestError as e:
         raise UserError(str(e)) from None
     outputs, fmt_name, fmt = checked_request(meta, outputs or meta.default_output_names(), numeric_format, block_size)
+    device = checked_device(device)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="accel-convert-"))
     state = ConversionState(source_dir=str(Path(source_dir).resolve()), work=str(work.resolve()),
                             package_dir=str(Path(package_dir).resolve()), outputs=outputs, numeric_format=fmt_name,
-                            block_size=fmt.block if fmt else None, checks=checks,
+                            block_size=fmt.block if fmt else None, checks=checks, device=device,
                             stages=needed_stages(meta, outputs))
     log_path = Path(state.package_dir).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)

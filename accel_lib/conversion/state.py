@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fpga.device.timing import DEFAULT_PRESET
+
 OPSET = 17
 STAGES = ("featurize", "heads")         # the saved model's stage signatures the converter turns into graphs
 PURE_PYTHON_PROTOBUF = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
@@ -38,6 +40,7 @@ class ConversionState:
     outputs: list[str]                            # the output names to serve, as given to the converter
     numeric_format: str
     block_size: typing.Optional[int] = None
+    device: str = DEFAULT_PRESET                  # the device preset it is for (fpga.device.timing)
     source: dict = field(default_factory=dict)    # {"name", "version"} of the registered source, if any
     checks: bool = True                           # run the three checks (the converter always does)
     cache: str = ""                               # a folder for the fp32 graphs of this source ("" : no cache)

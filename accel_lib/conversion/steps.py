@@ -147,10 +147,14 @@ def fold(state: ConversionState) -> ConversionState:
 
 
 def device_format(state: ConversionState) -> ConversionState:
-    """The device's format on the featurizer, the heads copied as they are; the package's manifest written."""
+    """The device's format on the featurizer, the heads copied as they are; its timing on the device modeled; the
+    package's manifest written."""
+    import json
+    import math
+
     import onnx
 
-    from ..fpga.device import graph, formats, manifest
+    from ..fpga.device import formats, graph, manifest, timing
     meta = state.metadata
     fmt = formats.get(state.numeric_format, state.block_size)
     pkg = Path(state.package_dir)
@@ -162,6 +166,13 @@ def device_format(state: ConversionState) -> ConversionState:
     state.layers = layers
     log("  " + (f"{fmt.describe()}, {len(layers)} layers quantized (weights once, activations at each layer input)"
                 if fmt else "fp32 (the reference format): nothing quantized"))
+    side = meta.preprocessing["output_height"] * meta.preprocessing["output_width"]
+    report = timing.analyze(device_model, timing.preset(state.device), state.numeric_format, input_bytes=4 * 3 * side,
+                            output_bytes=4 * sum(abs(math.prod(f.shape)) for f in meta.features))
+    (pkg / timing.REPORT_FILE).write_text(json.dumps(report, indent=1))
+    net = report["network"]
+    log(f"  modeled on {state.device}: {1000 * net['latency_s']:.2f} ms at batch 1, {net['throughput_ips']:.0f} "
+        f"images/s, bottleneck {net['bottleneck']} ({net['bottleneck_share']:.0%} of the cycles)")
     stages = [manifest.Stage("preprocess", "host", params=meta.preprocessing, outputs=["image_tensors"]),
               manifest.Stage("featurizer", "device", manifest.DEVICE_FILE, inputs=["image_tensors"],
                              outputs=[f.key for f in meta.features], numeric_format=state.numeric_format,
@@ -181,7 +192,8 @@ def device_format(state: ConversionState) -> ConversionState:
         source_model=dict(state.source), model_class=meta.model_class, model_version=meta.version,
         weights=meta.weights, numeric_format=state.numeric_format, input=meta.input, tensors=tensors,
         outputs=served, stages=stages, tools=tool_versions(), labels=meta.labels, class_names=meta.class_names,
-        postprocess=meta.postprocess if "heads" in state.stages else None)
+        postprocess=meta.postprocess if "heads" in state.stages else None, device_preset=state.device,
+        timing=timing.REPORT_FILE)
     manifest.write(m, pkg)
     return state
 

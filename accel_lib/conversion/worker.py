@@ -37,7 +37,8 @@ def _work(ws, op_id):
     source_dir = Path(src.download(work, exist_ok=True))
     state = ConversionState(source_dir=str(source_dir), work=str(work), package_dir=str(work / "package"),
                             outputs=req["outputs"], numeric_format=req["numeric_format"],
-                            block_size=req.get("block_size"), source={"name": src.name, "version": src.version})
+                            block_size=req.get("block_size"), source={"name": src.name, "version": src.version},
+                            device=req.get("device") or runner.checked_device())
     meta = state.metadata
     state.stages = runner.needed_stages(meta, state.outputs)
     state.cache = str(ws.conversion_cache(src.name, src.version) / runner.cache_key(state, src.files))

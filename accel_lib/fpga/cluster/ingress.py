@@ -62,7 +62,11 @@ def grpc_handler(router: Router):
             if method in ANSWERED:
                 return answer(router, method, svc, request)
             left = context.time_remaining()
-            return await router.forward(svc, method, request, None if left is None else time.monotonic() + left)
+            trailers = []
+            reply = await router.forward(svc, method, request, None if left is None else time.monotonic() + left,
+                                         trailers)
+            context.set_trailing_metadata(trailers)
+            return reply
         except CallError as e:
             await context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
@@ -209,9 +213,10 @@ class RestApi:
         raw_request, rows, n = await self.work(svc, len(body), tfserving.rest_predict_request, body, svc.name,
                                                lim.max_images, lim.request_bytes)
         del body
-        raw = await self.router.forward(svc, PREDICT, raw_request)
+        trailers = []
+        raw = await self.router.forward(svc, PREDICT, raw_request, trailers=trailers)
         reply = await self.work(svc, len(raw), tfserving.rest_predict_reply, raw, rows, n)
-        return web.Response(body=reply, content_type="application/json")
+        return web.Response(body=reply, content_type="application/json", headers=dict(trailers))
 
     async def work(self, svc, size, fn, *args):
         """``fn(*args)`` (parsing a body or encoding a reply of ``size`` bytes): on the loop when it is small, else
@@ -264,12 +269,13 @@ class RestApi:
         raw_request, how = await self.work(svc, len(body), oip.rest_infer_request, body, header_length, svc.name,
                                            lim.max_images, lim.request_bytes)
         del body
-        raw = await self.router.forward(svc, INFER, raw_request)
+        trailers = []
+        raw = await self.router.forward(svc, INFER, raw_request, trailers=trailers)
         reply, length = await self.work(svc, len(raw), oip.rest_infer_reply, raw, how)
         if length is None:
-            return web.Response(body=reply, content_type="application/json")
+            return web.Response(body=reply, content_type="application/json", headers=dict(trailers))
         return web.Response(body=reply, content_type="application/octet-stream",
-                            headers={oip.HEADER_LENGTH: str(length)})
+                            headers={oip.HEADER_LENGTH: str(length), **dict(trailers)})
 
 
 def rest_server(api: RestApi):

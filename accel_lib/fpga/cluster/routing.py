@@ -61,10 +61,13 @@ class Router:
             raise CallError("RESOURCE_EXHAUSTED", f"the request is {nbytes:,} bytes; service {svc.name!r} takes at "
                                                   f"most {limit:,} (max_message_mb={svc.config.limits.max_message_mb:g}).")
 
-    async def forward(self, svc, method, request: bytes, deadline=None):
+    async def forward(self, svc, method, request: bytes, deadline=None, trailers=None):
         """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one, until the client's
-        ``deadline`` (monotonic) or the service's scoring_timeout_ms, whichever comes first. Returns the reply."""
+        ``deadline`` (monotonic) or the service's scoring_timeout_ms, whichever comes first. Returns the reply;
+        the replica's modeled device time (``timing.METADATA_KEY``) is added to ``trailers``, a list, if given."""
         import grpc
+
+        from ..device import timing
         limits = svc.config.limits
         own = time.monotonic() + limits.scoring_seconds
         late = (f"service {svc.name!r} did not answer within its scoring_timeout_ms ({limits.scoring_timeout_ms} ms)"
@@ -85,9 +88,12 @@ class Router:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CallError("DEADLINE_EXCEEDED", late + ".")
-            call = self.sup.channel(r.socket).unary_unary(method)
+            call = self.sup.channel(r.socket).unary_unary(method)(request, timeout=left)
             try:
-                return await call(request, timeout=left)
+                reply = await call
+                if trailers is not None:
+                    trailers += [(k, v) for k, v in (await call.trailing_metadata() or ()) if k == timing.METADATA_KEY]
+                return reply
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise CallError("DEADLINE_EXCEEDED", late + ".") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 SAVED_MODEL_FILE = "accel_model.json"
 SAVED_MODEL_FORMAT = "accel_lib.saved_model/2"
 MANIFEST_FILE = "manifest.json"
-PACKAGE_FORMAT = "accel_lib.accelonnx/3"
+PACKAGE_FORMAT = "accel_lib.accelonnx/4"
 REPORT_FILE = "report.json"
 REPORT_FORMAT = "accel_lib.report/1"
 DEVICE_FILE = "device.onnx"
@@ -208,6 +208,8 @@ class PackageManifest:
     parity: typing.Optional[Parity] = None
     device_check: typing.Optional[DeviceCheck] = None
     report: typing.Optional[str] = None           # the QuantizationReport's file, for a narrow format
+    device_preset: typing.Optional[str] = None    # the device it was converted for (timing.PRESETS)
+    timing: typing.Optional[str] = None           # its timing report's file (modeled; timing.REPORT_FILE)
     format: str = PACKAGE_FORMAT
 
     FILE: typing.ClassVar[str] = MANIFEST_FILE

@@ -6,6 +6,7 @@ each replica.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ class AcceleratorPackage:
         self.input_name = m.input.name
         self._names = {n: out for out in m.served() for n in out.names}
         self.default_outputs = list(m.outputs)
+        self.timing_report = (json.loads((self.path / m.timing).read_text()) if m.timing else None)   # modeled
 
     def input_names(self):
         """The names the input may be given by."""

@@ -152,7 +152,14 @@ class FpgaReplica:
             self._fail(context, "RESOURCE_EXHAUSTED", str(e))
         except (RequestError, ValueError) as e:
             self._fail(context, "INVALID_ARGUMENT", str(e))
-        _log(f"{what} ok: {len(value)} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)")
+        device = ""
+        if pkg.timing_report is not None:               # what the FPGA itself would take: modeled
+            from ..device import timing
+            us = timing.seconds(pkg.timing_report, len(value)) * 1e6
+            context.set_trailing_metadata(((timing.METADATA_KEY, f"{us:.1f}"),))
+            device = f"; device {us:.0f} µs (modeled, {pkg.timing_report['preset']})"
+        _log(f"{what} ok: {len(value)} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)"
+             + device)
         return result
 
     def _deadline(self, context):
