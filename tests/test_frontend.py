@@ -15,6 +15,7 @@ import requests
 from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTarget, Image, UserError, Webservice, client_from_service, samples)
 from accel_lib.fpga.cluster import supervisor
 from accel_lib.fpga.cluster.specs import STATUS_FILE, TLS_KEY_FILE
+from accel_lib.fpga.device import timing
 from accel_lib.fpga.device.package import AcceleratorPackage
 from accel_lib.deployment import schedule
 from helpers import deploy as _deploy
@@ -152,8 +153,11 @@ def test_rest_api_like_tensorflow_serving(built_image, cluster):
     sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert list(sig["inputs"]) == ["images"] and SOFTMAX in sig["outputs"]
 
-    rows = requests.post(url, json={"instances": b64}, headers=auth, timeout=30).json()["predictions"]
+    r = requests.post(url, json={"instances": b64}, headers=auth, timeout=30)
+    rows = r.json()["predictions"]
     assert len(rows) == 2 and set(rows[0]) == set(ref)
+    report = built_image.models[0].timing                      # the FPGA's own time, modeled, as a header
+    assert float(r.headers[timing.METADATA_KEY]) == pytest.approx(timing.seconds(report, 2) * 1e6, abs=0.05)
     np.testing.assert_array_equal(np.array([r[SOFTMAX] for r in rows], np.float32), ref[SOFTMAX])
     cols = requests.post(url, json={"inputs": {"images": b64}}, headers=auth, timeout=30).json()["outputs"]
     np.testing.assert_array_equal(np.array(cols[SOFTMAX], np.float32), ref[SOFTMAX])
