@@ -76,7 +76,7 @@ def main():
             json.dump({"machine": machine, "peers": r}, f, indent=2)
         return 0
     from accel_lib import samples
-    from accel_lib.fpga.device import graph, formats, kernel
+    from accel_lib.fpga.device import formats, graph, kernel, timing
     fp32 = device_graph(args.image_size)
     x = samples.sample_batch(1, args.image_size, "BGR")
     fused = kernel.use_fused("auto")
@@ -93,20 +93,33 @@ def main():
     times = interleaved_ms(contenders, x, args.runs)
     base = statistics.median(times["fp32"])
     machine = describe()
+    spec = timing.preset(timing.DEFAULT_PRESET)
+    side = args.image_size * args.image_size
+    modeled = {name: timing.analyze(fp32, spec, name, input_bytes=4 * 3 * side, output_bytes=4 * 2048)["network"]
+               for name in formats.NAMES}
     lines = [f"Device stage, ResNet-50 featurizer, batch 1, {args.image_size}x{args.image_size}, {args.runs} runs "
-             f"of each, interleaved ({machine})", "",
-             "| format | quantizer | p50 ms | p90 ms | x fp32 (p50) | quantized layers |", "|---|---|---|---|---|---|"]
+             f"of each, interleaved ({machine}); beside it the FPGA's own time, modeled on {spec.name} "
+             f"({spec.fpga})", "",
+             "| format | quantizer | p50 ms (measured, CPU) | p90 ms | x fp32 (p50) | quantized layers | "
+             "ms at batch 1 (modeled, FPGA) | images/s (modeled, FPGA) |", "|---|---|---|---|---|---|---|---|"]
     rows = []
     for label, v in times.items():
         r = {"label": label, **info[label], "p50_ms": round(statistics.median(v), 2), "p90_ms": round(_p90(v), 2),
              "min_ms": round(min(v), 2)}
         r["ratio"] = round(statistics.median(v) / base, 2)
+        net = modeled[r["format"]]
+        r["modeled_ms"], r["modeled_ips"] = round(1000 * net["latency_s"], 3), round(net["throughput_ips"], 1)
         rows.append(r)
         lines.append(f"| {r['format']} | {r['quantizer']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['ratio']:.2f} | {r['layers']} |")
-    lines.append("\nThe FPGA's own latency is not modelled: these are the simulator's costs on the host CPU. "
-                 "The two quantizers give identical quantized values, bit for bit (tests/test_kernel.py).")
+                     f"{r['ratio']:.2f} | {r['layers']} | {r['modeled_ms']:.2f} | {r['modeled_ips']:.0f} |")
+    lines.append("\nMeasured: the simulator's cost on this host's CPU. Modeled: what the FPGA itself would take "
+                 "(fpga/device/timing.py; its assumptions are in its presets). The two quantizers give identical "
+                 "quantized values, bit for bit (tests/test_kernel.py).")
     results = {"machine": machine, "device_stage": rows}
+    import fpga_npu
+    results["fpga_npu"] = fpga_npu.compare()
+    lines += ["", "The timing model against intel/fpga-npu's RTL simulation (modeled; `python benchmarks/fpga_npu.py`)",
+              "", fpga_npu.table(results["fpga_npu"])]
     print("\n".join(lines), flush=True)
     if not args.skip_conversion:
         import conversion
