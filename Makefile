@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := accel_lib/fpga/device/kernel/_build/libaccel_bfp.so
 OUT    ?= build/tutorial
-NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
 .PHONY: venv kernel tutorial test kube-play bench binder-check clean
 

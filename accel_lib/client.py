@@ -55,6 +55,7 @@ class PredictionClient:
         from .fpga.replica.protos import serving_pb2_grpc
         self.stub = serving_pb2_grpc.PredictionServiceStub(self.channel)
         self.modeled_device_us = None    # the last scoring call's device time on the FPGA: modeled, not measured
+        self.replica_us = {}             # and the replica's own stages on its CPU, {stage: µs}: measured
 
     def __repr__(self):
         return f"PredictionClient(target={self.target!r}, service_name={self.service_name!r})"
@@ -82,15 +83,17 @@ class PredictionClient:
     def _call(self, method, request, timeout, scoring=False):
         import grpc
 
-        from .fpga.device import timing
+        from .fpga.replica import trailers
         deadline = time.monotonic() + self.retry_seconds
         delay = RETRY_FIRST
         while True:
             try:
                 reply, call = method.with_call(request, timeout=timeout, metadata=self.metadata)
                 if scoring:
-                    got = dict(call.trailing_metadata() or ()).get(timing.METADATA_KEY)
-                    self.modeled_device_us = None if got is None else float(got)
+                    got = dict(call.trailing_metadata() or ())
+                    modeled = got.get(trailers.MODELED_DEVICE_US)
+                    self.modeled_device_us = None if modeled is None else float(modeled)
+                    self.replica_us = trailers.decode_stages(got.get(trailers.REPLICA_US))
                 return reply
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:

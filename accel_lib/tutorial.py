@@ -137,7 +137,7 @@ def containers_status(out_dir) -> str:
     """What the executed series said of its container build: "built ... with <engine> ...", "container build
     skipped: <why> ...", or "not attempted"."""
     from .image import BUILT, SKIPPED
-    for nb_path in sorted(Path(out_dir, "notebooks").glob("0*.ipynb")):
+    for nb_path in sorted(Path(out_dir, "notebooks").glob("[0-9]*.ipynb")):
         for c in json.loads(nb_path.read_text())["cells"]:
             for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
                 for line in "".join(o.get("text", "")).splitlines() if o.get("name") == "stdout" else []:
@@ -185,7 +185,7 @@ def summary(out_dir):
     import nbformat
     keys = ("parity", "device check", "confidence:", "service vs in-process", "RANDOM WEIGHTS", "score ",
             "held-out accuracy")
-    for nb_path in sorted(Path(out_dir, "notebooks").glob("0*.ipynb")):
+    for nb_path in sorted(Path(out_dir, "notebooks").glob("[0-9]*.ipynb")):
         nb = nbformat.read(nb_path, as_version=4)
         lines = [line for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                  if o.get("output_type") == "stream" and o.get("name") == "stdout"

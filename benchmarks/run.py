@@ -95,7 +95,8 @@ def main():
     machine = describe()
     spec = timing.preset(timing.DEFAULT_PRESET)
     side = args.image_size * args.image_size
-    modeled = {name: timing.analyze(fp32, spec, name, input_bytes=4 * 3 * side, output_bytes=4 * 2048)["network"]
+    modeled = {name: timing.analyze(fp32, spec, name, input_bytes=4 * 3 * side, output_bytes=4 * 2048,
+                                    input_shape=[1, args.image_size, args.image_size, 3])["network"]
                for name in formats.NAMES}
     lines = [f"Device stage, ResNet-50 featurizer, batch 1, {args.image_size}x{args.image_size}, {args.runs} runs "
              f"of each, interleaved ({machine}); beside it the FPGA's own time, modeled on {spec.name} "

@@ -16,6 +16,7 @@ from accel_lib import (AccelContainerImage, AksCompute, AksWebservice, ComputeTa
 from accel_lib.fpga.cluster import supervisor
 from accel_lib.fpga.cluster.specs import STATUS_FILE, TLS_KEY_FILE
 from accel_lib.fpga.device import timing
+from accel_lib.fpga.replica import trailers
 from accel_lib.fpga.device.package import AcceleratorPackage
 from accel_lib.deployment import schedule
 from helpers import deploy as _deploy
@@ -157,7 +158,7 @@ def test_rest_api_like_tensorflow_serving(built_image, cluster):
     rows = r.json()["predictions"]
     assert len(rows) == 2 and set(rows[0]) == set(ref)
     report = built_image.models[0].timing                      # the FPGA's own time, modeled, as a header
-    assert float(r.headers[timing.METADATA_KEY]) == pytest.approx(timing.seconds(report, 2) * 1e6, abs=0.05)
+    assert float(r.headers[trailers.MODELED_DEVICE_US]) == pytest.approx(timing.seconds(report, 2) * 1e6, abs=0.05)
     np.testing.assert_array_equal(np.array([r[SOFTMAX] for r in rows], np.float32), ref[SOFTMAX])
     cols = requests.post(url, json={"inputs": {"images": b64}}, headers=auth, timeout=30).json()["outputs"]
     np.testing.assert_array_equal(np.array(cols[SOFTMAX], np.float32), ref[SOFTMAX])

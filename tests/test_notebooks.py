@@ -15,14 +15,14 @@ from accel_lib.conversion import checks
 from accel_lib.fpga.device import formats
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
 
 def test_notebooks_are_committed_clean():
     assert [p.name for p in NOTEBOOKS] == ["01-define-model.ipynb", "02-convert-model.ipynb", "03-containerize.ipynb",
                                            "04-deploy.ipynb", "05-consume.ipynb", "06-clean-up.ipynb",
                                            "07-object-detection.ipynb", "08-transfer-learning.ipynb",
-                                           "09-numeric-formats.ipynb"]
+                                           "09-numeric-formats.ipynb", "10-latency.ipynb"]
     names = {}
     for p in NOTEBOOKS:
         nb = json.loads(p.read_text())
@@ -132,7 +132,8 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "min_accuracy_tl": 0.0, "tl_model_name": "tiny-shapes",
               "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
-              "extra_blocks": "16", "min_accuracy": 0.0}
+              "extra_blocks": "16", "min_accuracy": 0.0, "latency_model_name": "tiny-latency", "batches": "1,2",
+              "runs": 2, "requests": 3}
     from accel_lib.fpga.cluster import certificates
     _, chain, key = certificates.generate("fpga.example.com")   # "your own" certificate for 04's TLS
     (tmp_path / "my-cert.pem").write_bytes(chain)
@@ -160,6 +161,8 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
              + [(name, "32") for name in formats.MX_FORMATS] + [("ms-fp9", "16")])
     assert [(r[0], r[1]) for r in rows] == 2 * every                   # the trained and the pretrained network
     assert "models left: []" in out9 and "trained here (trained(seed=0, 300 generated images, 2 epochs))" in out9
+    out10 = _stdout(tmp_path / "10-latency.ipynb")
+    assert "one request, p50 of 3" in out10 and out10.count("(modeled)") >= 2 and "tiny-latency" in out10
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
     for p in NOTEBOOKS[:6]:                        # the article's flow prints no time of day (logs leave it off)

@@ -170,6 +170,7 @@ def test_deploy_score_and_lifecycle(built_image, cluster, tmp_path):
         report = img.models[0].timing
         c.score_numpy_arrays({"images": [data] * 3}, outputs=SOFTMAX)
         assert c.modeled_device_us == pytest.approx(timing.seconds(report, 3) * 1e6, abs=0.05)
+        assert set(c.replica_us) == {"preprocess", "device", "heads"} and min(c.replica_us.values()) > 0   # measured
         assert timing.seconds(report, 3) > timing.seconds(report, 1) > 0
 
     # the stock TF Serving stub through the front end, with and without the route header, with and without the key

@@ -166,9 +166,10 @@ def device_format(state: ConversionState) -> ConversionState:
     state.layers = layers
     log("  " + (f"{fmt.describe()}, {len(layers)} layers quantized (weights once, activations at each layer input)"
                 if fmt else "fp32 (the reference format): nothing quantized"))
-    side = meta.preprocessing["output_height"] * meta.preprocessing["output_width"]
-    report = timing.analyze(device_model, timing.preset(state.device), state.numeric_format, input_bytes=4 * 3 * side,
-                            output_bytes=4 * sum(abs(math.prod(f.shape)) for f in meta.features))
+    h, w = meta.preprocessing["output_height"], meta.preprocessing["output_width"]
+    report = timing.analyze(device_model, timing.preset(state.device), state.numeric_format, input_bytes=4 * 3 * h * w,
+                            output_bytes=4 * sum(abs(math.prod(f.shape)) for f in meta.features),
+                            input_shape=[1, h, w, 3])
     (pkg / timing.REPORT_FILE).write_text(json.dumps(report, indent=1))
     net = report["network"]
     log(f"  modeled on {state.device}: {1000 * net['latency_s']:.2f} ms at batch 1, {net['throughput_ips']:.0f} "

@@ -64,10 +64,10 @@ class Router:
     async def forward(self, svc, method, request: bytes, deadline=None, trailers=None):
         """Send the request's bytes to a healthy replica; on UNAVAILABLE try the next one, until the client's
         ``deadline`` (monotonic) or the service's scoring_timeout_ms, whichever comes first. Returns the reply;
-        the replica's modeled device time (``timing.METADATA_KEY``) is added to ``trailers``, a list, if given."""
+        what the replica's trailing metadata passes on (``trailers.PASSED_ON``) is added to ``trailers``, a list."""
         import grpc
 
-        from ..device import timing
+        from ..replica.trailers import PASSED_ON
         limits = svc.config.limits
         own = time.monotonic() + limits.scoring_seconds
         late = (f"service {svc.name!r} did not answer within its scoring_timeout_ms ({limits.scoring_timeout_ms} ms)"
@@ -92,7 +92,7 @@ class Router:
             try:
                 reply = await call
                 if trailers is not None:
-                    trailers += [(k, v) for k, v in (await call.trailing_metadata() or ()) if k == timing.METADATA_KEY]
+                    trailers += [(k, v) for k, v in (await call.trailing_metadata() or ()) if k in PASSED_ON]
                 return reply
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -7,6 +7,7 @@ each replica.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,19 +99,28 @@ class AcceleratorPackage:
         st = self.manifest.stage("heads")
         return dict(zip(st.outputs, self.heads.run(st.outputs, {k: features[k] for k in st.inputs})))
 
-    def run(self, images, outputs=None):
-        """Score encoded images; returns {output name: array} for the requested names (default: all)."""
+    def run(self, images, outputs=None, times=None):
+        """Score encoded images; returns {output name: array} for the requested names (default: all). ``times``, a
+        dict, receives each stage's seconds (preprocess, device, heads), measured."""
         wanted = self.default_outputs if outputs is None else list(outputs)
         for n in wanted:                           # reject unknown names before any work
             self.resolve(n)
-        return self.run_arrays(self.preprocess(images), wanted)
+        t0 = time.perf_counter()
+        x = self.preprocess(images)
+        if times is not None:
+            times["preprocess"] = time.perf_counter() - t0
+        return self.run_arrays(x, wanted, times)
 
-    def run_arrays(self, x, outputs=None):
-        """Score preprocessed images (float32 [N, H, W, 3]); same result form as run()."""
+    def run_arrays(self, x, outputs=None, times=None):
+        """Score preprocessed images (float32 [N, H, W, 3]); same result form and ``times`` as run()."""
         wanted = self.default_outputs if outputs is None else list(outputs)
         entries = [self.resolve(n) for n in wanted]
+        t0 = time.perf_counter()
         values = {("featurizer", k): v for k, v in self.featurize(x).items()}
+        t1 = time.perf_counter()
         if any(e.stage == "heads" for e in entries):
             feats = {k: v for (_, k), v in values.items()}
             values.update({("heads", k): v for k, v in self.run_heads(feats).items()})
+        if times is not None:
+            times.update(device=t1 - t0, heads=time.perf_counter() - t1)
         return {n: values[(e.stage, e.key)] for n, e in zip(wanted, entries)}

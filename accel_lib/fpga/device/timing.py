@@ -25,7 +25,6 @@ from . import formats
 
 REPORT_FILE = "timing.json"                  # in the accelerator package
 REPORT_FORMAT = "accel_lib.timing/1"
-METADATA_KEY = "accel-modeled-device-us"     # a response's trailing metadata: the device time of its images, modeled
 MULTIPLIER_BITS = 19                         # one of a DSP block's two 18x19 multipliers (Arria 10, Stratix 10)
 
 
@@ -212,12 +211,24 @@ class Layer:
     params: int = 0               # weights
 
 
-def _shapes(model):
-    """Every tensor's shape with the batch set to 1 (ONNX shape inference on the graph's structure: the weights
-    enter as inputs of their shapes, so no copy of their values is made)."""
+def _shapes(model, input_shape=None):
+    """Every tensor's shape for one image: the input's ``input_shape`` if given, else its batch set to 1 (ONNX shape
+    inference on the graph's structure: the weights enter as inputs of their shapes, so no value is copied)."""
     import onnx
     from onnx import helper as h
+
+    from . import graph
     g = model.graph
+    recorded = {q["output"]: q["input"] for q in graph.quantizers(model)}   # a quantizer keeps its input's shape
+    nodes = []
+    for n in g.node:
+        if graph._owner(n.name, recorded) is not None:
+            continue
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(n)
+        for i, x in enumerate(n2.input):
+            n2.input[i] = recorded.get(x, x)
+        nodes.append(n2)
     inits = {i.name for i in g.initializer}
     inputs = []
     for inp in g.input:
@@ -226,12 +237,13 @@ def _shapes(model):
         v = onnx.ValueInfoProto()
         v.CopyFrom(inp)
         dims = v.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
+        for i, d in enumerate(dims):
+            if i == 0 or input_shape is not None:
+                d.ClearField("dim_param")
+                d.dim_value = 1 if input_shape is None else int(input_shape[i])
         inputs.append(v)
     inputs += [h.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in g.initializer]
-    light = h.make_graph(list(g.node), g.name, inputs, list(g.output))
+    light = h.make_graph(nodes, g.name, inputs, list(g.output))
     m = h.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     m = onnx.shape_inference.infer_shapes(m)
     shapes = {}
@@ -242,12 +254,14 @@ def _shapes(model):
     return shapes
 
 
-def layers_of(model) -> list[Layer]:
+def layers_of(model, input_shape=None) -> list[Layer]:
     """The device stage's layers in execution order, from an ONNX graph (a device graph's quantizers skipped: they
-    are the MVU's input conversion, not work of their own)."""
+    are the MVU's input conversion, not work of their own); ``input_shape``: one image's, if the graph leaves it
+    open."""
     from . import graph
-    recorded = {q["output"] for q in graph.quantizers(model)}
-    shapes = _shapes(model)
+    recorded = {q["output"]: q["input"] for q in graph.quantizers(model)}
+    shapes = _shapes(model, input_shape)
+    shapes.update({q: shapes[x] for q, x in recorded.items() if x in shapes})
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
     out = []
     for n in model.graph.node:
@@ -255,6 +269,9 @@ def layers_of(model) -> list[Layer]:
             continue
         y = shapes.get(n.output[0], [])
         size = math.prod(y) if y else 0
+        if n.op_type in MATRIX_OPS and not y:
+            raise ValueError(f"the output shape of {n.op_type} {n.name!r} is unknown: give input_shape (one "
+                             "image's, as the graph's input takes it)")
         if n.op_type == "Conv":
             w = inits.get(n.input[1]) or shapes.get(n.input[1])
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
@@ -299,10 +316,10 @@ def _chain(layers, model):
 
 
 # -- the report ---------------------------------------------------------------------------------------
-def analyze(model, spec: DeviceSpec, fmt_name, input_bytes=None, output_bytes=None) -> dict:
+def analyze(model, spec: DeviceSpec, fmt_name, input_bytes=None, output_bytes=None, input_shape=None) -> dict:
     """The timing report (JSON-ready, FINN-style) of the device stage ``model`` in ``fmt_name`` on ``spec``:
     every layer's cycles, the network's batch-1 latency, throughput, bottleneck and utilization. Modeled."""
-    layers = layers_of(model)
+    layers = layers_of(model, input_shape)
     capacity = spec.onchip_mb * 1e6
     used, rows = 0.0, []
     bytes_per_cycle = spec.dram_gbps * 1e9 / (spec.clock_mhz * 1e6)

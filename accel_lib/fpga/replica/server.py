@@ -26,7 +26,7 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-from . import keys, logtime
+from . import keys, logtime, trailers
 from .limits import ServiceLimits
 
 EXIT_LOAD_FAILED = 3          # a replica's exit code when its package cannot load: Failed, never restarted
@@ -137,7 +137,7 @@ class FpgaReplica:
         errors a client can fix become their status codes. Returns {output name: array}."""
         from ..device.package import RequestError, RequestTooLarge
         t0 = time.perf_counter()
-        pkg, lim = self.pkg, self.limits
+        pkg, lim, times = self.pkg, self.limits, {}
         try:
             if len(value) > lim.max_images:
                 raise RequestError(f"the request holds {len(value)} images; at most {lim.max_images} per request. "
@@ -145,19 +145,20 @@ class FpgaReplica:
             if isinstance(value, list):
                 if not value:
                     raise RequestError("the request holds no images.")
-                result = pkg.run(value, outputs)
+                result = pkg.run(value, outputs, times)
             else:
-                result = pkg.run_arrays(value, outputs)
+                result = pkg.run_arrays(value, outputs, times)
         except RequestTooLarge as e:
             self._fail(context, "RESOURCE_EXHAUSTED", str(e))
         except (RequestError, ValueError) as e:
             self._fail(context, "INVALID_ARGUMENT", str(e))
-        device = ""
+        device, sent = "", [(trailers.REPLICA_US, trailers.encode_stages(times))]
         if pkg.timing_report is not None:               # what the FPGA itself would take: modeled
             from ..device import timing
             us = timing.seconds(pkg.timing_report, len(value)) * 1e6
-            context.set_trailing_metadata(((timing.METADATA_KEY, f"{us:.1f}"),))
+            sent.append((trailers.MODELED_DEVICE_US, f"{us:.1f}"))
             device = f"; device {us:.0f} µs (modeled, {pkg.timing_report['preset']})"
+        context.set_trailing_metadata(sent)
         _log(f"{what} ok: {len(value)} image(s), {1000 * (time.perf_counter() - t0):.1f} ms (measured, host CPU)"
              + device)
         return result
