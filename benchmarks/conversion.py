@@ -67,13 +67,34 @@ def convert_one(model_class, log=print) -> dict:
         gb = float(rest.split("peak memory ", 1)[1].split(" GB", 1)[0]) if "peak memory" in rest else None
         per_step.append({"step": name, "seconds": seconds, "peak_gb": gb})
     check = op.result.manifest.device_check
-    return {"model": model_class, "weights_mb": round(runner.weights_bytes(info.path) / 2**20),
+    net = op.result.timing["network"]
+    return {"modeled_ms": round(1000 * net["latency_s"], 3), "modeled_ips": round(net["throughput_ips"], 1),
+            "preset": op.result.timing["preset"], "cpu_ms": cpu_device_ms(op.result),"model": model_class, "weights_mb": round(runner.weights_bytes(info.path) / 2**20),
             "seconds": round(took, 1), "peak_tree_gb": round(out.get("peak", 0) / 2**30, 2),
             "goal_gb": GOALS_GB.get(model_class), "steps": per_step, "format": op.result.manifest.numeric_format,
             "input": op.result.manifest.stage("preprocess").params["output_height"],
             "device_check": None if check is None else {
                 "layers": check.layers, "bound_used": check.bound_used, "boundary_fraction": check.boundary_fraction,
                 "free_run_max_rel_diff": check.max_rel_diff}}
+
+
+def cpu_device_ms(model, runs=7):
+    """This CPU's time for the converted model's device stage at batch 1: the median of ``runs`` (measured)."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+
+    from accel_lib.fpga.device.package import AcceleratorPackage
+    pkg = AcceleratorPackage(model.download(tempfile.mkdtemp(prefix="accel-bench-pkg-"), exist_ok=True))
+    x = np.zeros((1, *pkg.manifest.device.params["input_shape"][1:]), np.float32)
+    times = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        pkg.featurize(x)
+        if i:
+            times.append(1000 * (time.perf_counter() - t0))
+    return round(statistics.median(times), 1)
 
 
 def run(model_classes=tuple(GOALS_GB), log=print) -> list:
@@ -85,17 +106,20 @@ def report(rows, machine) -> str:
     """The markdown table."""
     lines = [f"Conversion, random weights, to each model's default format at its own input size ({machine})", "",
              "| model | format, px | weights MB | wall s | peak GB (process tree) | goal GB | largest step (GB) | device "
-             "check: layers, bound used, run free |", "|---|---|---|---|---|---|---|---|"]
+             "check: layers, bound used, run free | device stage, batch 1: CPU ms (measured) | FPGA ms, images/s "
+             "(modeled) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         big = max((s for s in r["steps"] if s["peak_gb"] is not None), key=lambda s: s["peak_gb"], default=None)
         largest = f"{big['step']} ({big['peak_gb']:.2f})" if big else "-"
         c = r.get("device_check")
         judged = f"{c['layers']}, {c['bound_used']:.2g}, {c['free_run_max_rel_diff']:.2g}" if c else "-"
         lines.append(f"| {r['model']} | {r.get('format', '-')}, {r.get('input', '-')} | {r['weights_mb']} | "
-                     f"{r['seconds']:.0f} | {r['peak_tree_gb']:.2f} | {r['goal_gb'] or '-'} | {largest} | {judged} |")
+                     f"{r['seconds']:.0f} | {r['peak_tree_gb']:.2f} | {r['goal_gb'] or '-'} | {largest} | {judged} | "
+                     f"{r.get('cpu_ms', '-')} | {r.get('modeled_ms', '-')}, {r.get('modeled_ips', '-')} |")
     lines.append("")
     lines.append("Each step runs in a process of its own (accel_lib/conversion/runner.py); the tree's peak is the "
-                 "worker plus the step running, sampled every 0.1 s.")
+                 "worker plus the step running, sampled every 0.1 s. FPGA: the package's timing report on "
+                 f"{rows[0].get('preset', '-') if rows else '-'} (modeled).")
     return "\n".join(lines)
 
 
