@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
+
 MEASURED, MODELED = "measured", "modeled"
 
 
@@ -53,7 +55,6 @@ def layer_plot(report, top=12):
 def cpu_batches(package, batches, runs, seed=0):
     """This CPU's time for the device stage at each batch size, the batch sizes interleaved in every round:
     [{batch, p50_ms, p90_ms, images_per_s}] (measured)."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     shape = package.manifest.device.params["input_shape"][1:]
     xs = {b: rng.uniform(-120, 120, (b, *shape)).astype(np.float32) for b in batches}
@@ -126,3 +127,44 @@ def decompose(service, image, requests):
     print(f"with the FPGA's device stage in place of this CPU's: {with_fpga:.1f} ms "
           f"(measured, with the device modeled)")
     return parts, ms["whole"], with_fpga
+
+
+def rtl_layer(package, image, rows=16):
+    """The first 1x1 convolution of ``package``'s device stage, for the middle pixel of ``image`` and its first
+    ``rows`` output channels, through the Verilog tile under Verilator: its values beside the specification (bit
+    for bit) and the device stage's own (within the sum-order bound), its cycles beside the timing model's."""
+    import onnx
+    from onnx import helper as h
+
+    from .conversion import checks
+    from .fpga.device import dot, formats, graph, rtl, timing
+    model = onnx.load(str(package.path / package.manifest.device.file))
+    fmt = formats.get(package.manifest.device.numeric_format, package.manifest.device.block_size)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and inits[n.input[1]].shape[2:] == (1, 1))
+    source = {q["output"]: q["input"] for q in graph.quantizers(model)}.get(conv.input[0], conv.input[0])
+    model.graph.output.extend([h.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                               for t in (source, conv.output[0])])
+    x_in, y = graph.session(model).run([source, conv.output[0]],
+                                       {model.graph.input[0].name: package.preprocess([image])})
+    py, px = x_in.shape[2] // 2, x_in.shape[3] // 2
+    w = inits[conv.input[1]][:rows, :, 0, 0]
+    bias = inits[conv.input[2]][:rows] if len(conv.input) > 2 else np.zeros(rows, np.float32)
+    x = x_in[0, :, py, px]
+    got, cycles = rtl.matvec(w, x, fmt)
+    spec = dot.matvec(w, x, fmt)
+    device = y[0, :rows, py, px] - bias
+    qw, qx = formats.quantize(w, fmt, axis=-1), formats.quantize(x, fmt, axis=-1)
+    size = np.abs(qw.astype(np.float64)) @ np.abs(qx.astype(np.float64))
+    blocks = -(-x.size // fmt.block)
+    bound = (checks.gamma(x.size) + checks.gamma(blocks)) * size + (np.abs(bias) + size) * 2.0 ** -23
+    modeled = timing.tile_cycles(rows, x.size, lanes=fmt.block, engines=1, fill=rtl.FILL)
+    same = bool((got.view(np.uint32) == spec.view(np.uint32)).all())
+    within = bool((np.abs(got.astype(np.float64) - device) <= bound).all())
+    print(f"{conv.name}: {rows} of its output channels x {x.size} inputs, in {fmt.name} (blocks of {fmt.block}), "
+          f"through bfp_dot_tile.v under Verilator")
+    print(f"  equal to the specification (accel_lib.fpga.device.dot) bit for bit: {same}")
+    print(f"  within the sum-order bound of the deployed device stage (ONNX Runtime): {within} (largest "
+          f"difference {np.abs(got - device).max():.2g}, bound {bound.min():.2g} to {bound.max():.2g})")
+    print(f"  cycles: {cycles} simulated, {modeled} from the timing model's tile_cycles, ratio {cycles / modeled:.2f}")
+    return {"same": same, "within": within, "cycles": cycles, "modeled": modeled}
