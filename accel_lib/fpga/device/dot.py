@@ -35,16 +35,14 @@ def encode(x, fmt, axis=-1):
     the values of a block; a short last block is padded with zeros."""
     x = np.moveaxis(np.asarray(x, np.float32), axis, -1)
     q = formats.quantize(x, fmt, axis=-1)
+    step, _ = formats.grid(x, fmt, axis=-1)          # each value's step: its block's, 2**(E - m + 1)
     n = x.shape[-1]
     nb = -(-n // fmt.block)
-    pad = nb * fmt.block - n
-    qb = np.pad(q, [(0, 0)] * (q.ndim - 1) + [(0, pad)]).reshape(*q.shape[:-1], nb, fmt.block)
-    xb = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], nb, fmt.block)
-    m = np.abs(xb).max(-1)
-    with np.errstate(divide="ignore"):
-        e = np.where(m > 0, np.floor(np.log2(np.where(m > 0, m, 1))), fmt.emin)
-    e = np.clip(e, fmt.emin, fmt.emax).astype(np.int64)
-    k = np.rint(qb / np.exp2(e - fmt.mantissa_bits + 1)[..., None].astype(np.float64)).astype(np.int64)
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, nb * fmt.block - n)]
+    qb = np.pad(q, pad).reshape(*q.shape[:-1], nb, fmt.block)
+    sb = np.pad(step, pad, mode="edge").reshape(*q.shape[:-1], nb, fmt.block)[..., :1]
+    e = (np.log2(sb[..., 0]).astype(np.int64) + fmt.mantissa_bits - 1)
+    k = np.rint(qb.astype(np.float64) / sb).astype(np.int64)
     return k, e
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from . import formats
+from .graph import MATRIX_OPS
 
 REPORT_FILE = "timing.json"                  # in the accelerator package
 REPORT_FORMAT = "accel_lib.timing/1"
@@ -195,7 +196,6 @@ def preset(name) -> DeviceSpec:
 ELEMENTWISE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div", "BatchNormalization",
                "Max", "Min", "Neg", "Exp", "Softmax", "HardSigmoid", "Sqrt", "Pow"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Resize"}
-MATRIX_OPS = ("Conv", "MatMul", "Gemm")
 
 
 @dataclass
