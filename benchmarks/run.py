@@ -1,5 +1,6 @@
 """Benchmarks (`make bench`): batch-1 latency of the device stage in fp32 and in each narrow format, conversion's
-memory and time (conversion.py), the device check on ResNet-152 at 224 px (device_check.py), serving (in-process vs
+memory and time (conversion.py), the device check on ResNet-152 at 224 px (device_check.py), what each fine-tuning
+method buys (finetune.py), serving (in-process vs
 the service over gRPC and REST; see serving.py), a peer server beside ours (MLServer over the Open Inference
 Protocol; see peers.py), then detection training (notebook 07's time and held-out mAP, fp32 beside the device
 format; see detection.py).
@@ -65,6 +66,7 @@ def main():
     p.add_argument("--only-peers", action="store_true", help="only MLServer beside our front end")
     p.add_argument("--skip-detection", action="store_true", help="no detection training")
     p.add_argument("--skip-device-check", action="store_true", help="no device check on ResNet-152 at 224 px")
+    p.add_argument("--skip-finetune", action="store_true", help="no fine-tuning methods (about 25 minutes)")
     args = p.parse_args()
     if args.only_peers:
         import peers
@@ -132,6 +134,13 @@ def main():
         import device_check
         results["device_check"] = device_check.run()
         table = device_check.report(results["device_check"], machine)
+        print("\n" + table, flush=True)
+        lines += ["", table]
+    if not args.skip_finetune:
+        import finetune
+        small, sq, where = finetune.smallresnet(), finetune.squeezenet(), finetune.domains()
+        results["finetune"] = {"smallresnet": small, "squeezenet": sq, "domains": where}
+        table = finetune.report(small, sq, machine, where)
         print("\n" + table, flush=True)
         lines += ["", table]
     if not args.skip_serving:

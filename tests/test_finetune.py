@@ -8,12 +8,14 @@ from accel_lib.models import finetune
 
 
 def _values():
-    """Values over 16 binades either way, zeros of both signs, an all-zero block, a NaN and an infinity."""
+    """Values over 16 binades either way, zeros of both signs, an all-zero block, a NaN and an infinity; and a row
+    near 2**-124, whose steps in an 8-bit-exponent format are not normal numbers (the quantizer's other path)."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, 5, 4, 300)) * np.exp(rng.uniform(-11, 11, (3, 5, 4, 300)))).astype(np.float32)
     x[0, 0, 0, :6] = [0.0, -0.0, 3e-30, -3e20, 7.0, 7.5]
     x[1, 0, 0, :] = 0
     x[1, 1, 0, 3], x[1, 2, 0, 9] = np.nan, np.inf
+    x[2, 0, 0, :] = (rng.standard_normal(300) * 2.0 ** -124).astype(np.float32)
     return x
 
 
@@ -24,11 +26,13 @@ def test_the_fake_quantizer_is_the_specification_bit_for_bit(name):
         fmt = formats.get(name, block)
         want = formats.quantize(x, fmt, axis)
         got = finetune.fake_quantize(x, fmt, axis).numpy()
-        # TensorFlow flushes subnormal results to zero on the CPU (as the device's dot product does below 2**-126)
-        flushed = (want != 0) & (np.abs(want) < 2.0 ** -126) & (got == 0)
+        # TensorFlow on the CPU reads subnormal inputs as zero and flushes subnormal results (as the device's dot
+        # product flushes below 2**-126): only values far below any activation's may differ, and only to zero
+        tiny = 2.0 ** -126
+        flushed = (want != 0) & (got == 0) & ((np.abs(want) < tiny) | (np.abs(x) < tiny))
         same = (want.view(np.int32) == got.view(np.int32)) | (np.isnan(want) & np.isnan(got)) | flushed
         assert same.all(), (name, axis, block, x[~same][:3], want[~same][:3], got[~same][:3])
-        assert flushed.sum() < 1e-3 * x.size
+        assert not flushed[np.abs(x) > 2.0 ** -100].any()
 
 
 def test_the_gradient_passes_straight_through():

@@ -133,6 +133,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
               "edge_name": "box-1", "edge_service_name": "box-svc", "ssd_featurizer": "SsdVgg", "ssd_model_name": "tiny-ssd",
               "scenes_dir": "my-scenes", "ssd_test_scenes": 4, "ssd_epochs": 0, "ssd_head_epochs": 1, "min_map": 0.0,
               "images_per_class": 16, "test_per_class": 8, "epochs": 20, "min_accuracy_tl": 0.0, "tl_model_name": "tiny-shapes",
+              "accuracy_gate": 1.01, "fine_tune_epochs": 1, "finetune_epochs": 1, "fine_tune_formats": "ms-fp9,mxfp4", "goal_points": 100.0, "other_goal_points": 100.0,
               "trained_model_name": "tiny-patterns", "train": True, "train_per_class": 30, "held_out_per_class": 5, "train_epochs": 2,
               "extra_blocks": "16", "min_accuracy": 0.0, "latency_model_name": "tiny-latency", "batches": "1,2",
               "runs": 2, "requests": 3}
@@ -157,6 +158,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert "ssd_300_vgg/block11_box/Reshape:0" in out7 and "RANDOM WEIGHTS" in out7
     assert "8 training scenes" in out7 and "measured on my-scenes" in out7 and "computed in fp32" in out7
     assert out8.count("CORRECT") + out8.count("WRONG ") == 24 and "computed in fp32" in out8 and "chance 33%" in out8
+    assert "under the gate" in out8 and "fine-tuned in fp32" in out8            # the article's gate, forced
     rows = [l.split() for l in out9.splitlines() if l.split()[:1] and l.split()[0] in formats.NAMES
             and l.rstrip().endswith(("dB", "-"))]
     every = ([("fp32", "-"), ("ms-fp8", "128"), ("ms-fp9", "128"), ("msfp12", "16"), ("msfp16", "16")]

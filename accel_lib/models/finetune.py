@@ -4,8 +4,9 @@ it (its weights, and the input of every convolution and dense layer), with strai
 ``FormatTwin(featurizer, fmt)`` runs the featurizer's own layers and variables, so training the twin trains the
 featurizer that is saved and converted. A convolution followed by batch normalization is folded first, as the
 conversion folds it (tf2onnx), so that the twin quantizes the kernel the device holds. The forward pass is
-``formats.quantize`` bit for bit (TensorFlow flushes subnormals on the CPU, as the device's dot product does);
-the gradient passes through the quantizer unchanged (a straight-through estimator).
+``formats.quantize`` bit for bit, but that TensorFlow on the CPU reads subnormal numbers (below 2**-126) as zero,
+as the device's dot product flushes them; the gradient passes through the quantizer unchanged (a
+straight-through estimator).
 """
 from __future__ import annotations
 
@@ -15,13 +16,10 @@ from ..errors import UserError
 from ..fpga.device import formats
 
 
-def _scale(x, n):
-    """x * 2**n in float32 for an int32 tensor n in [-252, 254], by two exact steps (no power of two overflows)."""
+def _pow2(n):
+    """2**n as float32 for an int32 tensor n in [-126, 127] (a normal number), from its bits."""
     import tensorflow as tf
-    n1 = tf.clip_by_value(n, -126, 127)
-    n2 = tf.clip_by_value(n - n1, -126, 127)
-    as_float = lambda k: tf.bitcast(tf.bitwise.left_shift(k + 127, 23), tf.float32)  # noqa: E731
-    return x * as_float(n1) * as_float(n2)
+    return tf.bitcast(tf.bitwise.left_shift(n + 127, 23), tf.float32)
 
 
 def _floor_log2(m):
@@ -44,40 +42,45 @@ def _blocked(x, block):
 
 
 def _quantize_last(x, fmt):
-    """formats.quantize(x, fmt, axis=-1) in TensorFlow, forward only."""
+    """formats.quantize(x, fmt, axis=-1) in TensorFlow, forward only. A block whose largest magnitude lies below
+    2**-60 (or from 2**60) is first moved 64 binades towards 1, so that every power of two used is a normal number;
+    the move is undone after a Select, across which no graph optimizer regroups the multiplications."""
     import tensorflow as tf
     blocks, back = _blocked(x, fmt.block)
     bad = tf.reduce_any(~tf.math.is_finite(blocks), axis=-1, keepdims=True)
-    a = tf.abs(blocks)
-    amax = tf.where(bad, tf.ones_like(a[..., :1]), tf.reduce_max(tf.where(bad, tf.zeros_like(a), a), -1,
-                                                                   keepdims=True))
+    finite = tf.where(bad, tf.zeros_like(blocks), blocks)
+    top = tf.reduce_max(tf.abs(finite), -1, keepdims=True)
+    pre = tf.where(top < 2.0 ** -60, 64, tf.where(top >= 2.0 ** 60, -64, 0))
+    moved = finite * _pow2(pre)                                     # exact: a power of two
+    a = tf.abs(moved)
+    amax = tf.reduce_max(a, -1, keepdims=True)
     if isinstance(fmt, formats.MxFormat):
-        y = _mx_values(blocks, amax, bad, fmt.element)
+        y = _mx_values(moved, amax, pre, fmt.element)
     else:
-        e = tf.clip_by_value(_floor_log2(amax), fmt.emin, fmt.emax)
-        n = e - fmt.mantissa_bits + 1                              # the step is 2**n
-        k = tf.minimum(tf.floor(_scale(a, -n) + 0.5), float(fmt.kmax))
-        q = _scale(k, n)
-        y = tf.where(q == 0, tf.zeros_like(q), tf.where(blocks < 0, -q, q))
-    return back(tf.where(bad, tf.fill(tf.shape(y), np.float32(np.nan)), y))
+        e = tf.clip_by_value(_floor_log2(amax) - pre, fmt.emin, fmt.emax) + pre
+        n = e - fmt.mantissa_bits + 1                              # the step is 2**n (moved)
+        k = tf.minimum(tf.floor(a * _pow2(-n) + 0.5), float(fmt.kmax))
+        q = k * _pow2(n)
+        y = tf.where(q == 0, tf.zeros_like(q), tf.where(moved < 0, -q, q))
+    return back(tf.where(bad, tf.fill(tf.shape(y), np.float32(np.nan)), y) * _pow2(-pre))
 
 
-def _mx_values(blocks, amax, bad, el):
-    """An MX block's values q * 2**S (formats.quantize_mx's steps)."""
+def _mx_values(moved, amax, pre, el):
+    """An MX block's values q * 2**S (formats.quantize_mx's steps), for a block moved by 2**pre."""
     import tensorflow as tf
-    shared = tf.where(amax == 0, formats.SCALE_MIN,
-                      tf.clip_by_value(_floor_log2(amax) - el.emax, formats.SCALE_MIN, formats.SCALE_MAX))
-    v = _scale(tf.where(bad, tf.zeros_like(blocks), blocks), -shared)
+    shared = tf.where(amax == 0, formats.SCALE_MIN, tf.clip_by_value(_floor_log2(amax) - pre - el.emax,
+                                                                     formats.SCALE_MIN, formats.SCALE_MAX)) + pre
+    v = moved * _pow2(-shared)
     if el.ebits:
         p = tf.maximum(_floor_log2(tf.where(v == 0, tf.ones_like(v), tf.abs(v))), el.emin)
     else:
         p = tf.fill(tf.shape(v), el.emin)
-    exp = p - el.mbits
-    q = _scale(tf.round(_scale(v, -exp)), exp)                      # tf.round: half to even
+    exp = p - el.mbits                                         # a few binades either side of 1: normal
+    q = tf.round(v * _pow2(-exp)) * _pow2(exp)                 # tf.round: half to even
     q = tf.clip_by_value(q, -el.max_norm, el.max_norm)
     if not el.ebits:
         q = tf.where(q == 0, tf.zeros_like(q), q)
-    return _scale(q, shared)
+    return q * _pow2(shared)
 
 
 def fake_quantize(x, fmt, axis=-1):

@@ -121,5 +121,6 @@ def choose_featurizer(featurizer, model_base_path, quantized=True) -> str:
     why = imagenet_unavailable(resnet)
     if why is None:
         return prefix + "Resnet50"
-    print(f"Using {prefix}Squeezenet11 (ImageNet weights from the ndf package), not the article's ResNet-50: {why}.")
+    weights = "ndf's ImageNet weights, distilled for ms-fp9" if quantized else "ndf's ImageNet weights"
+    print(f"Using {prefix}Squeezenet11 ({weights}), not the article's ResNet-50: {why}.")
     return prefix + "Squeezenet11"
