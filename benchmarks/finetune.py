@@ -75,7 +75,8 @@ def squeezenet(steps=300):
             finetune.equalize(m.featurizer)
         finetune.distill(m, "ms-fp9", pictures, steps, learning_rate=2e-4, show=False, **kw)
         add(label, m, t0)
-    card = shipped.recipes.card("squeezenet11-msfp9")
+    from accel_lib.models import recipes
+    card = recipes.card("squeezenet11-msfp9")
     rows.append((f"the shipped weights (the recipe: {card['recipe']['steps']} steps)", card["held_out"], card["top5"],
                  card["seconds"]))
     return rows
