@@ -72,3 +72,15 @@ def recipe_of(model_graph) -> Recipe | None:
     family = name.replace("Quantized", "")
     return next((r for r in RECIPES.values()
                  if r.model == name or (r.model == family and r.numeric_format == "fp32")), None)
+
+
+def shipped_weights(model_graph, otherwise) -> Path:
+    """The shipped weights file of ``model_graph``'s network, recorded as its ``weights_source``; a UserError with the
+    remake command and ``otherwise`` (what else the user may do) when it is missing."""
+    found = for_model(model_graph)
+    if found is None:
+        r = recipe_of(model_graph)
+        raise UserError(f"the shipped {type(model_graph).__name__} weights are missing: remake them with `python -m "
+                        f"accel_lib.models.shipped make {r.name if r else '...'}`, or {otherwise}.")
+    model_graph.weights_source = f"shipped:{found.name}"
+    return found

