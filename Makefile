@@ -7,7 +7,7 @@ KERNEL := accel_lib/fpga/device/kernel/_build/libaccel_bfp.so
 OUT    ?= build/tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: venv kernel tutorial test kube-play bench binder-check clean
+.PHONY: venv kernel tutorial lab book test kube-play bench binder-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ tutorial: $(STAMP) $(KERNEL)
 	$(PY) -m accel_lib.tutorial series --out $(OUT) $(NOTEBOOKS)
 	@$(PY) -m accel_lib.tutorial summary $(OUT)
 	@echo "Executed notebooks: $(OUT)/notebooks/   Workspace: $(OUT)/workspace/"
+
+## JupyterLab on notebooks/ with the venv's kernel, offline; prints its address. Ctrl-C stops it and what it started.
+lab: $(STAMP) $(KERNEL)
+	$(PY) -m accel_lib.lab
+
+## A static HTML book of the executed series (make tutorial's notebooks, not executed again) with the README as its
+## landing page: build/book/html/index.html. Builds offline and loads nothing from the network when read.
+BOOK ?= build/book
+book: $(STAMP)
+	$(PY) -m accel_lib.book --notebooks $(OUT)/notebooks --out $(BOOK)
 
 ## The whole test suite (unit tests, notebook runs), offline, with a cache and a podman image store of its own under
 ## build/test (so a clean clone takes a new machine's path: the Debian base is made from Debian's packages).

@@ -44,3 +44,26 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     return bytes(out) + bytes([n]) + payload
+
+
+def chromium(profile_dir, size="1400,1800", console=False):
+    """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver), else the test is skipped with
+    how to install them; ``console`` keeps the pages' console messages (driver.get_log("browser"))."""
+    import shutil
+
+    import pytest
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver_path):
+        pytest.skip("headless Chromium is not installed: 'apt-get install chromium chromium-driver' enables this "
+                    "test (.ci/run installs them when CI=true)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile_dir}", f"--window-size={size}"):
+        opts.add_argument(arg)
+    if console:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=opts)

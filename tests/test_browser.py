@@ -6,13 +6,12 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -44,16 +43,12 @@ def _kill_tree(proc):
 @pytest.mark.notebooks
 @pytest.mark.timeout(1200)
 def test_notebook_05_runs_in_jupyterlab_in_headless_chromium(tmp_path):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("headless Chromium is not installed: 'apt-get install chromium chromium-driver' enables this "
-                    "test (.ci/run installs them when CI=true)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
+    from accel_lib import lab as jupyterlab
     from accel_lib import tutorial, webservice
-    lab = drv = None
+    lab = None
+    drv = chromium(tmp_path / "chromium-profile")      # skipped, with how to install it, where there is none
     try:
         for nb in NOTEBOOKS[:4]:                    # define, convert, containerize, deploy: what 05 needs
             tutorial.run(nb, tmp_path / ("ran-" + nb.name), tmp_path, PARAMS,
@@ -63,28 +58,11 @@ def test_notebook_05_runs_in_jupyterlab_in_headless_chromium(tmp_path):
 
         port, token = _free_port(), secrets.token_hex(16)
         log = open(tmp_path / "jupyterlab.log", "w")
-        lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-                                f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-                                f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=",
-                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        lab = subprocess.Popen(jupyterlab.command(tmp_path, port, token), cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env={**os.environ, "ACCEL_LIB_PROGRESS": "0"})
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "jupyterlab.log").read_text()
-                time.sleep(0.5)
+        jupyterlab.wait_ready(lab, port, token, log=tmp_path / "jupyterlab.log")
 
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = chromium
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1800"):
-            opts.add_argument(arg)
-        drv = webdriver.Chrome(service=Service(driver_path), options=opts)
         drv.get(f"http://127.0.0.1:{port}/lab/tree/05-consume.ipynb?token={token}")
 
         def wait_for(what, check, seconds):
