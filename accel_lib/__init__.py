@@ -1,7 +1,9 @@
 """accel_lib: deploy image models to (simulated) FPGA accelerators, following Azure ML's accelerated models."""
 import os as _os
 
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's C++ info/warnings; set before it loads
+# TensorFlow's C++ info, warnings and the ERROR lines of conditions it recovers from (oneDNN falling back for a
+# dtype: "E0000 ... oneDNN supports DT_BOOL only on ..."); a real failure raises in Python. Set before it loads.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _cpu_quota_defaults():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,6 @@ class Image(records.Attached):
             self._build(engine)
         if show_output:
             print((self.context / BUILD_LOG).read_text())
-        return True
 
     @property
     def container_tag(self) -> str:
@@ -188,8 +188,11 @@ class Image(records.Attached):
             finally:
                 check.close()
         if why:
-            self.build_note = (f"{SKIPPED}: {why}. The build context is complete and replicas run as processes; "
+            head = re.split(r" \(|; ", why, maxsplit=1)[0]       # the engine's own words and the fix: the log's
+            self.build_note = (f"{SKIPPED}: {head}. The engine's message and the fix are in the image's build log "
+                               "(image_build_log_uri). The build context is complete and replicas run as processes; "
                                "once the engine runs containers, call wait_for_creation() again.")
+            note(f"{SKIPPED}: {why}")
             note(self.build_note)
             print(self.build_note)
             return

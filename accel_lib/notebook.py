@@ -208,7 +208,9 @@ class FormatResult:
 FORMAT_COLOURS = {"fp32": "black", "ms-fp8": "tab:red", "ms-fp9": "tab:blue", "msfp12": "tab:orange",
                   "msfp16": "tab:green", "mxfp8-e4m3": "tab:purple", "mxfp8-e5m2": "tab:pink",
                   "mxfp6-e3m2": "tab:brown", "mxfp6-e2m3": "tab:olive", "mxfp4": "tab:cyan", "mxint8": "gold"}
-BLOCK_MARKERS = ("o", "s", "^", "D", "v", "P")
+# the line style and marker of a block size, the same in every plot and for every format (colour: the format)
+BLOCK_STYLES = {None: ("-", "o"), 16: (":", "s"), 32: ("--", "^"), 128: ("-", "o")}
+OTHER_BLOCK = ("-.", "D")
 
 
 def _logits(probs):
@@ -266,7 +268,7 @@ def print_format_results(results):
     """A table of FormatResults: format, block, bits per value, accuracy (if measured) or agreement with fp32,
     and SQNR."""
     labelled = results[0].accuracy is not None
-    head = f"{'held-out accuracy':>19}" if labelled else f"{'top-1 agree':>13}{'top-5 agree':>13}{'logit SQNR':>12}"
+    head = f"{'held-out accuracy':>19}" if labelled else f"{'top-1 agree':>13}{'in top 5':>13}{'logit SQNR':>12}"
     print(f"{'format':<12}{'block':>6}{'bits/value':>12}{head}{'feature SQNR':>14}")
     for r in results:
         sqnr = f"{r.report.feature_sqnr_db:.1f} dB" if r.report else "-"
@@ -278,22 +280,35 @@ def print_format_results(results):
         print(f"{r.format:<12}{str(r.block or '-'):>6}{r.bits:>12.2f}{cols}{sqnr:>14}")
 
 
-def _style(r, results):
-    """One colour per format (in every panel), one marker per block size of that format."""
-    blocks = sorted({x.block or 0 for x in results if x.format == r.format})
-    return FORMAT_COLOURS.get(r.format, "tab:gray"), BLOCK_MARKERS[blocks.index(r.block or 0) % len(BLOCK_MARKERS)]
+def format_style(fmt, block):
+    """(colour, line style, marker) of a format at a block size: one colour per format, one style per block size."""
+    line, marker = BLOCK_STYLES.get(block, OTHER_BLOCK)
+    return FORMAT_COLOURS.get(fmt, "tab:gray"), line, marker
+
+
+def style_legend(fig, entries, extra=()):
+    """One legend for the whole figure, outside the panels (right): ``entries`` [(label, format, block)], then
+    ``extra`` matplotlib handles."""
+    from matplotlib.lines import Line2D
+    handles = []
+    for label, fmt, block in entries:
+        colour, line, marker = format_style(fmt, block)
+        handles.append(Line2D([], [], color=colour, ls=line, marker=marker, ms=6, lw=1.6, label=label))
+    handles += list(extra)
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
 
 
 def format_cost_plots(results, random_report=None):
     """Accuracy (or top-1 agreement with fp32) against bits per value, and SQNR per layer, for each FormatResult
-    (and the report of a random-weights twin); one colour per format."""
+    (and the report of a random-weights twin); colour per format, line style per block size, one legend."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     labelled = results[0].accuracy is not None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
     for r in results:
-        colour, marker = _style(r, results)
+        colour, _, marker = format_style(r.format, r.block)
         y = r.accuracy if labelled else r.top1_agreement
-        ax1.scatter(r.bits, 100 * y, s=55, color=colour, marker=marker, label=r.label)
+        ax1.scatter(r.bits, 100 * y, s=55, color=colour, marker=marker, zorder=3)
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("bits per value (log scale)")
     ax1.set_ylabel("held-out accuracy, %" if labelled else "top-1 agreement with fp32, %")
@@ -301,20 +316,30 @@ def format_cost_plots(results, random_report=None):
                   else "Agreement with fp32 against storage per value (measured)")
     ax1.set_ylim(-2, 102)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8, loc="lower right")
+    drawn, labels = [], {}             # a series equal to one already drawn is named with it, not drawn over it
     for r in results:
-        if r.report:
-            colour, marker = _style(r, results)
-            ax2.plot([x.output_sqnr_db for x in r.report.layers], "-", marker=marker, ms=3, color=colour,
-                     label=r.label)
+        if not r.report:
+            continue
+        series = [x.output_sqnr_db for x in r.report.layers]
+        twin = next((d for d in drawn if d[1] == series), None)
+        if twin is not None:
+            labels[twin[0].label] += f" (= {r.label})"
+            labels[r.label] = None
+            continue
+        colour, line, marker = format_style(r.format, r.block)
+        ax2.plot(series, ls=line, marker=marker, ms=3, lw=1.4, color=colour)
+        drawn.append((r, series))
+        labels[r.label] = r.label
+    extra = []
     if random_report:
-        ax2.plot([x.output_sqnr_db for x in random_report.layers], "--", color="gray",
-                 label="ms-fp9, random weights")
+        ax2.plot([x.output_sqnr_db for x in random_report.layers], "-.", color="gray", lw=1.2)
+        extra.append(Line2D([], [], color="gray", ls="-.", label="ms-fp9, random weights (SQNR only)"))
     ax2.set_xlabel("layer (Conv / MatMul, in graph order)")
     ax2.set_ylabel("layer output SQNR vs fp32, dB")
     ax2.set_title("Error per layer (measured)")
-    ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
+    style_legend(fig, [(labels.get(r.label) or r.label, r.format, r.block) for r in results
+                       if labels.get(r.label, r.label) is not None], extra)
     fig.tight_layout()
     return fig
 
@@ -346,6 +371,7 @@ def format_findings(results, random_report=None) -> list[str]:
         lines.append(f"{fmt} at blocks {', '.join(str(r.block) for r in rs)}: "
                      f"{', '.join(f'{v:.1%}' for v in vals)}: {trend}.")
     lines += _family_findings(results[1:], score, what, base)
+    lines += _exponent_findings(results[1:])
     if random_report is not None:
         trained = next((r.report for r in results if r.format == "ms-fp9" and r.block == 128 and r.report), None)
         if trained is not None:
@@ -354,6 +380,31 @@ def format_findings(results, random_report=None) -> list[str]:
                          f"{random_report.feature_sqnr_db:.1f} dB: "
                          + ("about the same" if abs(d) < 1.0 else f"{abs(d):.1f} dB {'higher' if d > 0 else 'lower'}"
                             " for the trained network") + ".")
+    return lines
+
+
+def _exponent_findings(results) -> list[str]:
+    """Two block formats alike but for the shared exponent's width (MSFP12 and ms-fp9 at block 16): whether their
+    outputs differ, which says whether any block needed an exponent outside the narrower range."""
+    from .fpga.device import formats
+    bfp = [(r, formats.get(r.format, r.block)) for r in results if r.format in formats.FORMATS]
+    lines = []
+    for i, (a, fa) in enumerate(bfp):
+        for b, fb in bfp[i + 1:]:
+            if (fa.mantissa_bits, fa.block) != (fb.mantissa_bits, fb.block) or fa.exponent_bits == fb.exponent_bits:
+                continue
+            (wide, fw), (narrow, fn) = sorted([(a, fa), (b, fb)], key=lambda x: -x[1].exponent_bits)
+            differ = int(np.sum(np.any(wide.probs != narrow.probs, axis=-1)))
+            head = (f"{wide.label} and {narrow.label} share {fw.mantissa_bits} mantissa bits and blocks of {fw.block}; "
+                    f"only the shared exponent differs ({fw.exponent_bits} bits against {fn.exponent_bits})")
+            if differ == 0:
+                lines.append(f"{head}. Their outputs are identical on all {len(wide.probs)} pictures: the "
+                             f"{fn.exponent_bits}-bit range (2^{fn.emin} to 2^{fn.emax}) never bound in a way that "
+                             f"changed an output, so {narrow.label} saves {wide.bits - narrow.bits:.2f} bits per value "
+                             "at no cost here.")
+            else:
+                lines.append(f"{head}. Their outputs differ on {differ} of {len(wide.probs)} pictures: some block's "
+                             f"exponent fell outside the {fn.exponent_bits}-bit range (2^{fn.emin} to 2^{fn.emax}).")
     return lines
 
 

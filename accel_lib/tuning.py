@@ -52,31 +52,43 @@ def print_before_after(rows, what):
 
 def before_after_plot(groups):
     """One panel per network (``groups``: {title: (rows, fp32 score, y label)}): each format's score before
-    (hollow) and after (filled) fine-tuning against bits per value, one colour per format, an arrow between."""
+    (hollow) and after (filled) fine-tuning against bits per value, an arrow between; colour per format, line style
+    and marker per block size, one legend."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    from .notebook import FORMAT_COLOURS
+    from .notebook import format_style, style_legend
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.6), squeeze=False)
+    entries = {}
     for ax, (title, (rows, base, ylabel)) in zip(axes[0], groups.items()):
         for r in rows:
-            colour = FORMAT_COLOURS.get(r.format, "tab:gray")
-            dashed = r.label != r.format + f" /{_default_block(r.format)}"
+            block = _block_of(r)
+            colour, line, marker = format_style(r.format, block)
             ax.annotate("", (r.bits, 100 * r.after), (r.bits, 100 * r.before),
-                        arrowprops=dict(arrowstyle="->", color=colour, ls="--" if dashed else "-", lw=1.2))
-            ax.scatter(r.bits, 100 * r.before, s=50, facecolors="none", edgecolors=colour)
-            ax.scatter(r.bits, 100 * r.after, s=50, color=colour, label=r.label)
-        ax.axhline(100 * base, color="black", lw=0.8, ls=":", label="fp32")
+                        arrowprops=dict(arrowstyle="->", color=colour, ls=line, lw=1.4))
+            ax.scatter(r.bits, 100 * r.before, s=50, marker=marker, facecolors="none", edgecolors=colour, zorder=3)
+            ax.scatter(r.bits, 100 * r.after, s=50, marker=marker, color=colour, zorder=3)
+            entries.setdefault(r.label, (r.label, r.format, block))
+        ax.axhline(100 * base, color="black", lw=0.8, ls=":")
         ticks = sorted({round(r.bits, 2) for r in rows})
         ax.set_xticks(ticks, [f"{t:.2f}" for t in ticks])
+        if any(b - a < 0.2 for a, b in zip(ticks, ticks[1:])):
+            ax.tick_params(axis="x", labelrotation=60)           # close values: slanted, so they do not overlap
         ax.set_xlim(min(ticks) - 0.5, max(ticks) + 0.5)
         ax.set_xlabel("bits per value")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-2, 102)
-        ax.set_title(f"{title}: before (hollow) and after (filled), measured")
+        ax.set_title(f"{title}: before (hollow), after (filled); measured", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    style_legend(fig, list(entries.values()), [Line2D([], [], color="black", lw=0.8, ls=":", label="fp32")])
     fig.tight_layout()
     return fig
+
+
+def _block_of(row):
+    """The block size in a row's label ('ms-fp9 /16'), else the format's default."""
+    head, _, block = row.label.rpartition(" /")
+    return int(block) if head and block.isdigit() else _default_block(row.format)
 
 
 def _default_block(name):
@@ -100,6 +112,6 @@ def findings(rows, base, what, goals=()) -> list[str]:
         r = by_label.get(label)
         if r is not None:
             gap = 100 * (base - r.after)
-            lines.append(f"Goal for {r.network} {label}, within {points:g} points of fp32: "
+            lines.append(f"Goal for {r.network} {label}, within {points:g} point{'' if points == 1 else 's'} of fp32: "
                          + ("met" if gap <= points else "NOT met") + f" ({gap:.1f} points from fp32).")
     return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,6 +128,24 @@ def stop_what_is_left(workspace):
     if (Path(workspace) / "config.json").exists():
         from . import webservice
         webservice.stop_all(workspace)
+
+
+# what no output may show a learner: a temporary path, a pid, a loopback port, a host-resolution error, a container
+# runtime's own error text (each changes with the run or the machine, and none is the tutorial's point)
+OUTPUT_NOISE = re.compile(r"/tmp/|/var/tmp/|\bpid[ =]?\d+|(?:127\.0\.0\.1|localhost|0\.0\.0\.0):\d{2,5}\b|gaierror|"
+                          r"Name or service not known|Temporary failure in name resolution|\b(?:runc|crun)\b", re.I)
+
+
+def output_noise(nb_path) -> list[tuple]:
+    """(cell index, fragment) for every match of OUTPUT_NOISE in an executed notebook's outputs."""
+    found = []
+    for i, c in enumerate(json.loads(Path(nb_path).read_text())["cells"]):
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            text = "".join(o.get("text", "")) + "".join(data.get("text/plain", "")) + \
+                "".join(data.get("text/html", "")) + " ".join(o.get("traceback", []))
+            found += [(i, text[max(0, m.start() - 60):m.end() + 40]) for m in OUTPUT_NOISE.finditer(text)]
+    return found
 
 
 TIMES = "times"             # OUT/times.md and OUT/times.json: what `make tutorial` measured

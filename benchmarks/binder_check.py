@@ -7,8 +7,8 @@ see every core of the machine. Per notebook: the wall time, the slowest cell, th
 limit counts: page cache included, which the kernel reclaims before it kills), the peak of the memory it cannot
 reclaim (anonymous and shared memory, from memory.stat every 0.2 s: each page once, where summing the processes'
 RSS would count TensorFlow's libraries once per process) and any OOM kill (the cgroup's own counter). Written to
-build/bench/binder.md and binder.json. Exit 1 if a notebook fails, anything is OOM-killed or the series takes
-longer than --time-goal; exit 3 with a message when no cgroup can be made here (the Makefile calls that a skip).
+build/bench/binder.md and binder.json. Exit 1 if a notebook fails or shows what tutorial.OUTPUT_NOISE names (a
+path, pid or port), anything is OOM-killed or the series takes longer than --time-goal; exit 3 with a message when no cgroup can be made here (the Makefile calls that a skip).
 """
 from __future__ import annotations
 
@@ -195,6 +195,9 @@ def run(notebooks, memory_mb, cpus, out_dir, time_goal):
                 cells = r.cells
             except tutorial.NotebookFailed as e:
                 error, cells = str(e), tutorial.cell_times(work / nb.name) if (work / nb.name).exists() else []
+            noise = tutorial.output_noise(work / nb.name) if error is None else []
+            if noise:                   # a path, pid, port or resolver error a learner would read at the defaults
+                error = f"output a learner should not see, cell {noise[0][0]}: {noise[0][1]!r}"
             stop.set()
             sampler.join()
             slowest = max(cells, key=lambda c: c.seconds, default=None)

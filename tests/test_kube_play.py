@@ -41,7 +41,8 @@ def kube_image(engine, converted):
     """An image of the small converted model, built into a container image (once for the module), then removed."""
     ws, src, op = converted
     img = Image.create("small-kube", [op.result], AccelContainerImage.image_configuration(), ws)
-    assert img.wait_for_creation() and containers.image_exists(engine, img.container_tag)
+    img.wait_for_creation()
+    assert containers.image_exists(engine, img.container_tag)
     yield img
     img.delete()
 

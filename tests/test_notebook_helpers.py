@@ -65,3 +65,23 @@ def test_clean_up_deletes_in_order_and_twice_is_harmless(ws, tmp_path):
     assert gone == {"services": [], "computes": ["c1"], "images": [], "models": ["m.1.accelonnx:1", "m:1", "m:2"]}
     assert what_is_left(ws) == {"services": [], "computes": [], "images": [], "models": ["m2:1", "mx.1.accelonnx:1"]}
     assert clean_up(ws, computes=["c1"], models=["m"]) == {"services": [], "computes": [], "images": [], "models": []}
+
+
+def test_findings_say_whether_the_narrower_shared_exponent_ever_changed_an_output():
+    from accel_lib.fpga.device import formats
+
+    def result(fmt, block, probs):
+        f = formats.get(fmt, block)
+        return notebook.FormatResult(format=fmt, block=block, bits=1 + f.mantissa_bits + f.exponent_bits / block,
+                                     probs=np.asarray(probs, np.float32), report=None, model=None, accuracy=0.5)
+    same = [[0.7, 0.3], [0.2, 0.8]]
+    fp32 = notebook.FormatResult(format="fp32", block=None, bits=32, probs=np.float32(same), report=None, model=None,
+                                 accuracy=0.5)
+    lines = notebook.format_findings([fp32, result("msfp12", 16, same), result("ms-fp9", 16, same)])
+    line = next(l for l in lines if "only the shared exponent differs" in l)
+    assert "msfp12 /16 and ms-fp9 /16" in line and "identical on all 2 pictures" in line and "2^-15 to 2^16" in line
+    assert "saves 0.19 bits per value" in line
+    lines = notebook.format_findings([fp32, result("msfp12", 16, same), result("ms-fp9", 16, [[0.7, 0.3], [0.3, 0.7]])])
+    assert any("differ on 1 of 2 pictures" in l for l in lines)
+    lines = notebook.format_findings([fp32, result("msfp12", 16, same), result("ms-fp9", 128, same)])
+    assert not any("only the shared exponent differs" in l for l in lines)      # other blocks: not comparable

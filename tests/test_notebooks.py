@@ -54,10 +54,20 @@ def test_the_markdown_names_the_article_and_writes_no_number_the_run_does_not_sh
             if c["cell_type"] != "markdown":
                 continue
             text = "".join(c["source"])
-            for rule in (ARTICLE_WORDS, DURATION, MEASURED_WORDS):
+            for rule in (ARTICLE_WORDS, DURATION, MEASURED_WORDS, tutorial.OUTPUT_NOISE):
                 found += [f"{p.name} cell {i}: {m.group(0)!r}" for m in rule.finditer(text)]
     found += [f"README.md: {m.group(0)!r}" for m in ARTICLE_WORDS.finditer((ROOT / "README.md").read_text())]
     assert found == [], found
+
+
+def test_01s_table_of_the_articles_imports_runs_each_of_ours():
+    nb = json.loads(NOTEBOOKS[0].read_text())
+    table = next("".join(c["source"]) for c in nb["cells"] if "The article's names and ours" in "".join(c["source"]))
+    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|$", table, re.M)
+    assert len(rows) >= 10 and all(a.split()[1].startswith("azureml") for a, _ in rows), rows
+    for article, ours in rows:
+        assert article.split(" import ")[-1] == ours.split(" import ")[-1] or " as " in article, (article, ours)
+        subprocess.run([sys.executable, "-c", ours], check=True, timeout=120, capture_output=True)
 
 
 def _env():
@@ -122,9 +132,10 @@ def _stdout(nb_path):
                    for o in c.get("outputs", []) if o.get("name") == "stdout")
 
 
-@pytest.mark.notebooks
-@pytest.mark.timeout(3600)
-def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp_path):
+@pytest.fixture(scope="module")
+def other_series(tmp_path_factory):
+    """The series under papermill with other parameters than its defaults (05 five times): (folder, runs, params)."""
+    tmp_path = tmp_path_factory.mktemp("series")
     params = {"workspace_dir": "other-ws", "model_name": "tiny-net", "featurizer": "Resnet50",
               "weights": "random", "image_size": 96, "numeric_format": "fp32", "location": "westeurope",
               "aks_name": "fpga-pool", "aks_service_name": "tiny-svc", "agent_count": 2, "num_replicas": 2,
@@ -144,6 +155,13 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     images, truths = samples.labelled_scenes(12, seed=9)      # 07 reads a Pascal VOC folder of "your own"
     samples.write_voc_folder(tmp_path / "my-scenes", images, truths, samples.SCENE_CLASSES)
     runs = _run_series(tmp_path, params, again="05-consume.ipynb")
+    return tmp_path, runs, params
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(3600)
+def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(other_series):
+    tmp_path, runs, params = other_series
     assert [r.name for r in runs].count("05-consume.ipynb") == 5           # and none of them hung
     assert all(c.seconds < c.limit / 2 for r in runs for c in r.cells), "a cell took half its limit"
     out2, out4, out5, out7, out8, out9 = (_stdout(tmp_path / n) for n in (
@@ -169,8 +187,53 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(tmp
     assert "one request, p50 of 3" in out10 and out10.count("(modeled)") >= 2 and "tiny-latency" in out10
     for p in NOTEBOOKS:
         assert _tensorflow_log_lines(tmp_path / p.name) == [], p.name
+        assert tutorial.output_noise(tmp_path / p.name) == [], p.name
     for p in NOTEBOOKS[:6]:                        # the article's flow prints no time of day (logs leave it off)
         assert not TIME_OF_DAY.search(_stdout(tmp_path / p.name)), p.name
     ws = Workspace.from_config(tmp_path / "other-ws")
     assert Model.list(ws) == []
     tutorial.run(NOTEBOOKS[5], tmp_path / "06-again.ipynb", tmp_path, params, env=_env())   # cleaning up twice is harmless
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(900)
+def test_make_book_builds_the_executed_series_offline_and_every_page_loads_in_chromium(other_series, tmp_path):
+    import booksite
+    from helpers import chromium
+
+    from accel_lib import book
+    ran = tmp_path / "executed"
+    ran.mkdir()
+    for p in NOTEBOOKS:
+        shutil.copy(other_series[0] / p.name, ran / p.name)
+    index = book.build(ran, tmp_path / "book", strict=True)          # strict: a Sphinx warning fails the build
+    site = index.parent
+    pages = {p.relative_to(site).as_posix() for p in booksite.pages(site)}
+    assert {"index.html", "search.html"} | {f"notebooks/{p.stem}.html" for p in NOTEBOOKS} <= pages, pages
+    assert "accel_lib" in index.read_text() and "make tutorial" in index.read_text()       # the README lands
+    assert booksite.broken(site) == []          # every local link and image resolves; nothing loads from the network
+    page05 = (site / "notebooks" / "05-consume.html").read_text()
+    assert "confidence:" in page05 and page05.count("<img") >= 1      # outputs as they ran, not executed again
+    with pytest.raises(SystemExit, match="make tutorial"):
+        book.build(ROOT / "notebooks", tmp_path / "unexecuted")          # the committed notebooks have no outputs
+
+    from selenium.webdriver.common.by import By
+    drv = chromium(tmp_path / "chromium-profile", size="1200,1600", console=True)
+    try:
+        with booksite.Served(site) as served:
+            assert booksite.load_every_page(drv, site, served.url) == []
+            drv.get(served.url + "search.html?q=quantizer")
+            assert booksite.wait(drv, "return document.querySelectorAll('#search-results li').length > 0"), \
+                "the search page found nothing for 'quantizer'"
+            drv.get(served.url + "notebooks/05-consume.html")
+            chart = next(e for e in drv.find_elements(By.CSS_SELECTOR, ".cell_output img") if e.size["width"] > 300)
+            drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+            shot = tmp_path / "book-05-chart.png"
+            chart.screenshot(str(shot))
+            drv.save_screenshot(str(tmp_path / "book-05.png"))
+    finally:
+        drv.quit()
+    from PIL import Image
+    import numpy as np
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape[1] > 300 and (pixels < 200).mean() > 0.02, "05's top-5 chart is blank on the page"

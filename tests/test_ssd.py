@@ -119,3 +119,16 @@ def test_the_label_sets_ship_with_accel_lib():
     assert len(voc) == 21 and voc[0] == "background" and voc[15] == "person" and len(imagenet) == 1000
     with pytest.raises(UserError, match="'imagenet' and 'voc'"):
         load_labels("coco")
+
+
+def test_what_is_drawn_counts_found_missed_and_false_at_the_pictures_threshold():
+    truths = [([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]], [1, 2]), ([[0.2, 0.2, 0.6, 0.6]], [3])]
+    detections = [([1, 2, 3, 1], [0.9, 0.3, 0.8, 0.7], [[0.1, 0.1, 0.4, 0.41], [0.5, 0.5, 0.9, 0.9],
+                                                        [0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4]]),
+                  ([], [], np.zeros((0, 4)))]
+    drawn = ssd.what_is_drawn(detections, truths, 0.5)
+    # image 0: the disc found (its duplicate at 0.7 is false), the square scored 0.3 is not drawn: missed; the
+    # triangle where the square is, is false. Image 1: nothing detected, its one object missed
+    assert drawn == [{"objects": 2, "found": 1, "missed": 1, "false": 2}, {"objects": 1, "found": 0, "missed": 1,
+                                                                           "false": 0}]
+    assert ssd.what_is_drawn(detections, truths, 0.05)[0] == {"objects": 2, "found": 2, "missed": 0, "false": 2}

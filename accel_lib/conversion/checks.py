@@ -23,7 +23,7 @@
    network run free (ONNX Runtime's own inputs all the way) is reported beside it, not judged: there one input on
    a rounding boundary early on moves every layer after it (ResNet-152 at 224 px: 0.07 of the largest feature on
    an AVX-512 CPU), which is arithmetic exact up to summation order, not a fault.
-3. **Quantization effect**: the format against fp32 (per-layer SQNR, top-1 / top-5 agreement); a report, no bar.
+3. **Quantization effect**: the format against fp32 (per-layer SQNR, top-1 agreement, top-5 overlap); a report, no bar.
 """
 from __future__ import annotations
 

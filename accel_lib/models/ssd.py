@@ -337,6 +337,31 @@ def average_precision(detections, truths, num_classes, iou_threshold=0.5):
     return per_class, mean
 
 
+def what_is_drawn(detections, truths, select_threshold, iou_threshold=0.5) -> list[dict]:
+    """Per image, what a picture of the detections scoring ``select_threshold`` or more shows against the truth:
+    {"objects", "found", "missed", "false"}; a detection is found when it overlaps (IoU >= ``iou_threshold``) an
+    unclaimed ground-truth box of its class, best score first (the matching ``average_precision`` uses)."""
+    if len(detections) != len(truths):
+        raise UserError(f"{len(detections)} images of detections but {len(truths)} of ground truth.")
+    out = []
+    for (d_cls, d_scores, d_boxes), (t_boxes, t_cls) in zip(detections, truths):
+        t_boxes, t_cls = np.asarray(t_boxes, np.float64).reshape(-1, 4), np.asarray(t_cls)
+        claimed = np.zeros(len(t_cls), bool)
+        kept = [k for k in np.argsort(-np.asarray(d_scores, np.float64), kind="stable")
+                if d_scores[k] >= select_threshold]
+        found = 0
+        for k in kept:
+            mine = np.flatnonzero((t_cls == d_cls[k]) & ~claimed)
+            if len(mine):
+                overlaps = iou(np.asarray(d_boxes[k], np.float64), t_boxes[mine])
+                best = int(np.argmax(overlaps))
+                if overlaps[best] >= iou_threshold:
+                    claimed[mine[best]] = True
+                    found += 1
+        out.append({"objects": len(t_cls), "found": found, "missed": len(t_cls) - found, "false": len(kept) - found})
+    return out
+
+
 # -- fine-tuning ---------------------------------------------------------------------------------------------------
 def match_anchors(boxes, classes, anchors=None, threshold=0.5):
     """SSD's matching for one image: each ground-truth box claims its best anchor, and every anchor that overlaps a

@@ -32,13 +32,13 @@ def _unreachable(url, timeout=3.0) -> str | None:
         try:
             socket.create_connection((host, 443), timeout=timeout).close()
             result.append(None)
-        except OSError as e:
-            result.append(f"{host} cannot be reached ({type(e).__name__}: {e})")
+        except OSError:
+            result.append(f"their server ({host}) cannot be reached")      # the OSError's text is noise to a reader
 
     t = threading.Thread(target=connect, daemon=True)
     t.start()
     t.join(timeout + 0.5)
-    return result[0] if result else f"{host} did not answer within {timeout:.0f} s"
+    return result[0] if result else f"their server ({host}) did not answer within {timeout:.0f} s"
 
 
 def imagenet_unavailable(model) -> str | None:
@@ -46,10 +46,11 @@ def imagenet_unavailable(model) -> str | None:
     cached = model.model_base_path / "weights" / model.weights_file
     if cached.is_file():
         return None
+    missing = f"{model.weights_file} is not cached (in model_base_path's weights folder)"   # no path in a notebook
     if offline():
-        return f"ACCEL_LIB_OFFLINE is set and {model.weights_file} is not cached in {cached.parent}"
+        return f"ACCEL_LIB_OFFLINE is set and {missing}"
     why = _unreachable(KERAS_WEIGHTS_BASE)
-    return None if why is None else f"{model.weights_file} is not cached in {cached.parent} and {why}"
+    return None if why is None else f"{missing} and {why}"
 
 
 def warn_random(reason):

@@ -49,7 +49,7 @@ def _power(a):
 
 
 def quantization_report(fp32_model, device_model, layers, fmt_name, batches, heads):
-    """Per-layer weight and output SQNR, value distributions, and top-1 / top-5 agreement on the input ``batches``
+    """Per-layer weight and output SQNR, value distributions, top-1 agreement and top-5 overlap on the input ``batches``
     (an iterable of float32 [n, H, W, 3] arrays, run one at a time so that only one batch's layer outputs are held).
 
     ``heads`` maps the device outputs ({name: array}) to class scores [..., classes], on which agreement is

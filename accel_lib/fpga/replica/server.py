@@ -388,7 +388,8 @@ def main(argv=None):
 
     parent = os.getppid()
     servers, replica, where = serve(args, load_failed)
-    _log(f"replica of {args.service!r} listening on {where} (pid {os.getpid()})")
+    # the log is what get_logs() shows a learner: no socket path, port or pid (they change with every run)
+    _log(f"replica of {args.service!r} listening on " + ("a unix socket" if where.startswith("unix:") else "loopback"))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=replica.load, daemon=True).start()
