@@ -6,14 +6,15 @@ The notebooks are not executed again, nothing is fetched while it builds, and no
 from __future__ import annotations
 
 import json
-import re
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = "html"                # OUT/html/index.html: the site
+BUILD_SECONDS = 900
 TITLE = "accel_lib: deploying an image model to FPGA accelerators"
 
 CONFIG = {
@@ -40,11 +41,15 @@ CONFIG = {
 def executed_notebooks(folder) -> list[Path]:
     """The executed notebooks of a series run (NN-name.ipynb), in order; an error says how to make them."""
     found = sorted(Path(folder).glob("[0-9][0-9]-*.ipynb"))
-    unexecuted = [p.name for p in found if not any(c.get("outputs") for c in json.loads(p.read_text())["cells"]
-                                                  if c["cell_type"] == "code")]
-    if not found or unexecuted:
-        raise SystemExit(f"no executed notebooks in {folder}" + (f" ({', '.join(unexecuted)} have no outputs)"
-                                                                  if unexecuted else "")
+    bad = []
+    for p in found:
+        nb = json.loads(p.read_text())
+        if not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"):
+            bad.append(f"{p.name} has no outputs")
+        elif nb.get("metadata", {}).get("papermill", {}).get("exception"):
+            bad.append(f"{p.name} stopped on an error")
+    if not found or bad:
+        raise SystemExit(f"no executed series in {folder}" + (f" ({'; '.join(bad)})" if bad else "")
                          + ": run `make tutorial` first (the book shows its outputs and does not run them)")
     return found
 
@@ -59,10 +64,7 @@ def source(notebooks, src, readme=ROOT / "README.md"):
     if src.exists():
         shutil.rmtree(src)
     (src / "notebooks").mkdir(parents=True)
-    text = Path(readme).read_text()
-    # the README names the notebooks by file; on the site each is a page of its own
-    text = re.sub(r"`notebooks/(\d\d-[\w-]+)\.ipynb`", r"[`\1`](notebooks/\1.ipynb)", text)
-    (src / "index.md").write_text(text)
+    (src / "index.md").write_text(Path(readme).read_text())
     for p in notebooks:
         shutil.copy(p, src / "notebooks" / p.name)
     (src / "_config.yml").write_text(_yaml(CONFIG))
@@ -85,7 +87,7 @@ html_context = {{"default_mode": "light"}}
 """
 
 
-def build(notebooks_dir, out, readme=ROOT / "README.md", strict=False) -> Path:
+def build(notebooks_dir, out, readme=ROOT / "README.md", strict=False, show=False) -> Path:
     """Build the site into OUT/html from a folder of executed notebooks; returns the index page."""
     out = Path(out).resolve()
     notebooks = executed_notebooks(notebooks_dir)
@@ -101,10 +103,20 @@ def build(notebooks_dir, out, readme=ROOT / "README.md", strict=False) -> Path:
     site = out / HTML
     shutil.rmtree(site, ignore_errors=True)
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", "-d", str(out / "doctrees"), str(src), str(site)]
-    r = subprocess.run(cmd + (["-W", "--keep-going"] if strict else []), capture_output=True, text=True, timeout=900)
-    (out / "build.log").write_text(r.stdout + r.stderr)
-    if r.returncode != 0 or not (site / "index.html").exists():
-        raise RuntimeError(f"the book did not build (exit {r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
+    with open(out / "build.log", "w") as log:
+        proc = subprocess.Popen(cmd + (["-W", "--keep-going"] if strict else []), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + BUILD_SECONDS
+        while proc.poll() is None:                      # a dot every 2 s, within a bound
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"the book did not build within {BUILD_SECONDS} s; see {out / 'build.log'}")
+            time.sleep(2)
+            if show and proc.poll() is None:
+                print(".", end="", flush=True)
+    text = (out / "build.log").read_text()
+    if proc.returncode != 0 or not (site / "index.html").exists():
+        raise RuntimeError(f"the book did not build (exit {proc.returncode}):\n{text[-4000:]}")
     return site / "index.html"
 
 
@@ -114,9 +126,9 @@ def main(argv=None):
     p.add_argument("--notebooks", default="build/tutorial/notebooks", help="the executed notebooks (make tutorial's)")
     p.add_argument("--out", default="build/book")
     args = p.parse_args(argv)
-    print(f"Building the book from {args.notebooks} ...", flush=True)
-    index = build(args.notebooks, args.out)
-    print(f"Book: {index}\nOpen it in a browser (file://{index}); it needs no server and no network.")
+    print(f"Building the book from {args.notebooks} ", end="", flush=True)
+    index = build(args.notebooks, args.out, show=True)
+    print(f"\nBook: {index}\nOpen it in a browser (file://{index}); it needs no server and no network.")
     return 0
 
 

@@ -61,19 +61,26 @@ def wait_ready(proc, port, token, seconds=START_SECONDS, log=None):
         time.sleep(0.3)
 
 
-def stop(proc, workspace=None):
-    """Stop the server and every process under it, then what a notebook left in the workspace."""
+def stop(proc, under=(), workspace=None):
+    """Stop the server and every process under it (``under``: those seen while it ran, in case it ended first),
+    then what a notebook left in the workspace; a dot every 2 s while they end."""
     import psutil
+    procs = {p.pid: p for p in under}
     try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        root = psutil.Process(proc.pid)
+        procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
     except psutil.NoSuchProcess:
-        procs = []
-    for p in procs:
+        pass
+    for p in procs.values():
         try:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    alive, deadline = list(procs.values()), time.monotonic() + 15
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=2)
+        if alive:
+            print(".", end="", flush=True)
     for p in alive:
         p.kill()
     psutil.wait_procs(alive, timeout=5)
@@ -84,44 +91,58 @@ def stop(proc, workspace=None):
 
 def main(argv=None):
     import argparse
+
+    import psutil
     p = argparse.ArgumentParser(prog="python -m accel_lib.lab", description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(NOTEBOOKS), help="the folder JupyterLab opens (default: notebooks/)")
     p.add_argument("--port", type=int, default=0, help=f"default: the first free port from {FIRST_PORT}")
     p.add_argument("--browser", action="store_true", help="also open a browser on this machine")
+    p.add_argument("--log", default=str(ROOT / "build" / "lab" / "jupyterlab.log"), help="JupyterLab's own log")
     args = p.parse_args(argv)
     root = Path(args.root).resolve()
     if not root.is_dir():
         p.error(f"{root} is not a folder: pass --root with the folder of notebooks to open")
     port, token = args.port or free_port(), secrets.token_hex(24)
-    log_path = ROOT / "build" / "lab" / "jupyterlab.log"
+    log_path = Path(args.log).resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):          # a kill, or the terminal closed: stop as Ctrl-C does
+        signal.signal(sig, on_signal)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command(root, port, token, args.browser), cwd=root, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True)
+    server, under = psutil.Process(proc.pid), {}
+
+    def watch():                                         # the kernels it started, known even if it ends first
+        try:
+            under.update({c.pid: c for c in server.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
     try:
-        print(f"Starting JupyterLab on {root.name}/ (log: {log_path.relative_to(ROOT)})", end="", flush=True)
+        print(f"Starting JupyterLab on {root.name}/ (log: {log_path.name})", end="", flush=True)
         wait_ready(proc, port, token, log=log_path)
         print(f"\nJupyterLab: http://127.0.0.1:{port}/lab?token={token}\n"
               "Open that address in a browser. Stop with Ctrl-C: it stops the kernels and any service a notebook "
               "left running.", flush=True)
         while proc.poll() is None:
-            time.sleep(0.5)
+            watch()
+            time.sleep(1)
         print(f"JupyterLab ended (exit {proc.returncode}); its log: {log_path}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nStopping JupyterLab ...", flush=True)
+        print("\nStopping JupyterLab ", end="", flush=True)
         return 0
     except RuntimeError as err:
         print(f"\n{err}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        stop(proc, root / "workspace")
-        print("JupyterLab stopped.", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):     # a second Ctrl-C must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        watch()
+        stop(proc, under.values(), root / "workspace")
+        print("\nJupyterLab stopped.", flush=True)
 
 
 if __name__ == "__main__":

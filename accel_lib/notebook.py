@@ -316,15 +316,14 @@ def format_cost_plots(results, random_report=None):
                   else "Agreement with fp32 against storage per value (measured)")
     ax1.set_ylim(-2, 102)
     ax1.grid(alpha=0.3)
-    drawn, labels = [], {}             # a series equal to one already drawn is named with it, not drawn over it
+    drawn, labels = [], {}             # a series equal to one already drawn is not drawn over it: its label says so
     for r in results:
         if not r.report:
             continue
         series = [x.output_sqnr_db for x in r.report.layers]
         twin = next((d for d in drawn if d[1] == series), None)
-        if twin is not None:
-            labels[twin[0].label] += f" (= {r.label})"
-            labels[r.label] = None
+        if twin is not None:                  # its point stays on the left; its line would hide under the twin's
+            labels[r.label] = f"{r.label} (SQNR line: the same as {twin[0].label})"
             continue
         colour, line, marker = format_style(r.format, r.block)
         ax2.plot(series, ls=line, marker=marker, ms=3, lw=1.4, color=colour)
@@ -338,8 +337,7 @@ def format_cost_plots(results, random_report=None):
     ax2.set_ylabel("layer output SQNR vs fp32, dB")
     ax2.set_title("Error per layer (measured)")
     ax2.grid(alpha=0.3)
-    style_legend(fig, [(labels.get(r.label) or r.label, r.format, r.block) for r in results
-                       if labels.get(r.label, r.label) is not None], extra)
+    style_legend(fig, [(labels.get(r.label, r.label), r.format, r.block) for r in results], extra)
     fig.tight_layout()
     return fig
 

@@ -51,9 +51,8 @@ def print_before_after(rows, what):
 
 
 def before_after_plot(groups):
-    """One panel per network (``groups``: {title: (rows, fp32 score, y label)}): each format's score before
-    (hollow) and after (filled) fine-tuning against bits per value, an arrow between; colour per format, line style
-    and marker per block size, one legend."""
+    """One panel per network (``groups``: {title: (rows, fp32 score, y label)}): scores before (hollow) and after
+    (filled) fine-tuning against bits per value; colour per format, line style and marker per block size."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

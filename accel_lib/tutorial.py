@@ -132,7 +132,8 @@ def stop_what_is_left(workspace):
 
 # what no output may show a learner: a temporary path, a pid, a loopback port, a host-resolution error, a container
 # runtime's own error text (each changes with the run or the machine, and none is the tutorial's point)
-OUTPUT_NOISE = re.compile(r"/tmp/|/var/tmp/|\bpid[ =]?\d+|(?:127\.0\.0\.1|localhost|0\.0\.0\.0):\d{2,5}\b|gaierror|"
+OUTPUT_NOISE = re.compile(r"/tmp/|/var/tmp/|(?<![\w.])/(?:root|home|work)/|\bpid[ =:]*\d+|"
+                          r"(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\[::1?\]):\d{2,5}\b|gaierror|"
                           r"Name or service not known|Temporary failure in name resolution|\b(?:runc|crun)\b", re.I)
 
 

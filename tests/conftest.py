@@ -7,7 +7,7 @@ os.environ["ACCEL_LIB_OFFLINE"] = "1"      # tests never fetch weights or data
 SESSION = os.environ.setdefault("ACCEL_LIB_TEST_SESSION", uuid.uuid4().hex)   # inherited by what the tests start
 os.environ["ACCEL_LIB_CONTAINER_LABELS"] = f"accel_lib.test-session={SESSION}"   # and on the containers they start
 os.environ.setdefault("ACCEL_LIB_PROGRESS", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # as accel_lib sets it for its users
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402

@@ -46,7 +46,8 @@ def test_lab_serves_the_notebooks_with_the_venv_kernel_and_ctrl_c_leaves_nothing
     root = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", root)
     proc = subprocess.Popen([sys.executable, "-m", "accel_lib.lab", "--root", str(root), "--port",
-                             str(lab.free_port(18888))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(lab.free_port(18888)), "--log", str(tmp_path / "jupyterlab.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     under = []
     try:
         q = _lines(proc)
@@ -58,6 +59,7 @@ def test_lab_serves_the_notebooks_with_the_venv_kernel_and_ctrl_c_leaves_nothing
         specs = json.load(urllib.request.urlopen(f"{base}/api/kernelspecs?token={token}", timeout=30))
         spec = specs["kernelspecs"][specs["default"]]["spec"]
         assert specs["default"] == "python3" and Path(spec["argv"][0]).parent == Path(sys.executable).parent, spec
+        assert spec["display_name"] == "Python 3 (accel_lib)"          # the venv's kernelspec, not a built-in one
         names = {c["name"] for c in json.load(urllib.request.urlopen(f"{base}/api/contents?token={token}",
                                                                      timeout=30))["content"]}
         assert "05-consume.ipynb" in names, names

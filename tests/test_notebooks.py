@@ -196,7 +196,7 @@ def test_series_runs_under_papermill_with_other_parameters_and_05_five_times(oth
 
 
 @pytest.mark.notebooks
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(4500)             # the series fixture's own run counts here when this test runs alone
 def test_make_book_builds_the_executed_series_offline_and_every_page_loads_in_chromium(other_series, tmp_path):
     import booksite
     from helpers import chromium
@@ -214,7 +214,7 @@ def test_make_book_builds_the_executed_series_offline_and_every_page_loads_in_ch
     assert booksite.broken(site) == []          # every local link and image resolves; nothing loads from the network
     page05 = (site / "notebooks" / "05-consume.html").read_text()
     assert "confidence:" in page05 and page05.count("<img") >= 1      # outputs as they ran, not executed again
-    with pytest.raises(SystemExit, match="make tutorial"):
+    with pytest.raises(SystemExit, match="has no outputs.*make tutorial"):
         book.build(ROOT / "notebooks", tmp_path / "unexecuted")          # the committed notebooks have no outputs
 
     from selenium.webdriver.common.by import By

@@ -29,6 +29,7 @@ ANCHOR_STEPS = (8, 16, 32, 64, 100, 300)
 ANCHOR_OFFSET = 0.5
 PRIOR_SCALING = (0.1, 0.1, 0.2, 0.2)             # (y, x, h, w) as in SSD-TensorFlow
 IMAGE_SIZE = 300
+EVAL_SCORE_THRESHOLD = 0.05                      # mAP counts detections down to this score, as VOC's evaluation does
 NUM_CLASSES = len(VOC_CLASSES)
 CLS_NAMES = tuple(f"ssd_300_vgg/{b}_box/Reshape_1:0" for b in BLOCKS)    # class scores [N, H, W, A, 21]
 LOC_NAMES = tuple(f"ssd_300_vgg/{b}_box/Reshape:0" for b in BLOCKS)      # box offsets [N, H, W, A, 4]
@@ -338,9 +339,8 @@ def average_precision(detections, truths, num_classes, iou_threshold=0.5):
 
 
 def what_is_drawn(detections, truths, select_threshold, iou_threshold=0.5) -> list[dict]:
-    """Per image, what a picture of the detections scoring ``select_threshold`` or more shows against the truth:
-    {"objects", "found", "missed", "false"}; a detection is found when it overlaps (IoU >= ``iou_threshold``) an
-    unclaimed ground-truth box of its class, best score first (the matching ``average_precision`` uses)."""
+    """Per image, what the detections scoring ``select_threshold`` or more show against the truth: {"objects",
+    "found", "missed", "false"}, matched best score first as ``average_precision`` matches them."""
     if len(detections) != len(truths):
         raise UserError(f"{len(detections)} images of detections but {len(truths)} of ground truth.")
     out = []
@@ -350,12 +350,12 @@ def what_is_drawn(detections, truths, select_threshold, iou_threshold=0.5) -> li
         kept = [k for k in np.argsort(-np.asarray(d_scores, np.float64), kind="stable")
                 if d_scores[k] >= select_threshold]
         found = 0
-        for k in kept:
-            mine = np.flatnonzero((t_cls == d_cls[k]) & ~claimed)
+        for k in kept:                 # its best overlap among its class's boxes; a box already claimed: false
+            mine = np.flatnonzero(t_cls == d_cls[k])
             if len(mine):
                 overlaps = iou(np.asarray(d_boxes[k], np.float64), t_boxes[mine])
                 best = int(np.argmax(overlaps))
-                if overlaps[best] >= iou_threshold:
+                if overlaps[best] >= iou_threshold and not claimed[mine[best]]:
                     claimed[mine[best]] = True
                     found += 1
         out.append({"objects": len(t_cls), "found": found, "missed": len(t_cls) - found, "false": len(kept) - found})

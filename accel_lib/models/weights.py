@@ -33,12 +33,12 @@ def _unreachable(url, timeout=3.0) -> str | None:
             socket.create_connection((host, 443), timeout=timeout).close()
             result.append(None)
         except OSError:
-            result.append(f"their server ({host}) cannot be reached")      # the OSError's text is noise to a reader
+            result.append(f"Keras's weights server ({host}) cannot be reached")      # the OSError's text is noise to a reader
 
     t = threading.Thread(target=connect, daemon=True)
     t.start()
     t.join(timeout + 0.5)
-    return result[0] if result else f"their server ({host}) did not answer within {timeout:.0f} s"
+    return result[0] if result else f"Keras's weights server ({host}) did not answer within {timeout:.0f} s"
 
 
 def imagenet_unavailable(model) -> str | None:
