@@ -388,8 +388,9 @@ def main(argv=None):
 
     parent = os.getppid()
     servers, replica, where = serve(args, load_failed)
-    # the log is what get_logs() shows a learner: no socket path, port or pid (they change with every run)
-    _log(f"replica of {args.service!r} listening on " + ("a unix socket" if where.startswith("unix:") else "loopback"))
+    # the log is what get_logs() shows a learner: a cluster's replica listens on a unix socket, whose path (and the pid)
+    # changes with every run and is left out; a replica on a TCP port (port 0 in the tests) says which port it got
+    _log(f"replica of {args.service!r} listening on " + ("a unix socket" if where.startswith("unix:") else where))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=replica.load, daemon=True).start()
