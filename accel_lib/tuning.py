@@ -7,11 +7,12 @@ import dataclasses
 
 @dataclasses.dataclass
 class BeforeAfter:
-    """One format on one network: its score before fine-tuning (measured on its package) and after (its Keras twin,
-    which the tests hold equal to the package up to summation order)."""
+    """One format at one block size on one network: its score before fine-tuning (measured on its package) and after
+    (``score_after``'s: the Keras twin, which the tests hold equal to the package, or the package itself)."""
     network: str
     label: str
     format: str
+    block: int
     bits: float
     before: float
     after: float
@@ -35,7 +36,7 @@ def before_after(network, results, score_after, only="all", show=True) -> list[B
     out = []
     for r in narrow:
         before = r.accuracy if r.accuracy is not None else r.top1_agreement
-        out.append(BeforeAfter(network, r.label, r.format, r.bits, before,
+        out.append(BeforeAfter(network, r.label, r.format, r.block, r.bits, before,
                                score_after(formats.get(r.format, r.block))))
         bar.update(1)
     bar.close()
@@ -61,13 +62,12 @@ def before_after_plot(groups):
     entries = {}
     for ax, (title, (rows, base, ylabel)) in zip(axes[0], groups.items()):
         for r in rows:
-            block = _block_of(r)
-            colour, line, marker = format_style(r.format, block)
+            colour, line, marker = format_style(r.format, r.block)
             ax.annotate("", (r.bits, 100 * r.after), (r.bits, 100 * r.before),
                         arrowprops=dict(arrowstyle="->", color=colour, ls=line, lw=1.4))
             ax.scatter(r.bits, 100 * r.before, s=50, marker=marker, facecolors="none", edgecolors=colour, zorder=3)
             ax.scatter(r.bits, 100 * r.after, s=50, marker=marker, color=colour, zorder=3)
-            entries.setdefault(r.label, (r.label, r.format, block))
+            entries.setdefault(r.label, (r.label, r.format, r.block))
         ax.axhline(100 * base, color="black", lw=0.8, ls=":")
         ticks = sorted({round(r.bits, 2) for r in rows})
         ax.set_xticks(ticks, [f"{t:.2f}" for t in ticks])
@@ -82,12 +82,6 @@ def before_after_plot(groups):
     style_legend(fig, list(entries.values()), [Line2D([], [], color="black", lw=0.8, ls=":", label="fp32")])
     fig.tight_layout()
     return fig
-
-
-def _block_of(row):
-    """The block size in a row's label ('ms-fp9 /16'), else the format's default."""
-    head, _, block = row.label.rpartition(" /")
-    return int(block) if head and block.isdigit() else _default_block(row.format)
 
 
 def _default_block(name):

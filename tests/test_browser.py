@@ -4,40 +4,16 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from helpers import chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 PARAMS = {"weights": "random", "image_size": 64}     # small; every name as 05 embeds it, so 05 runs as committed
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_tree(proc):
-    try:
-        parent = psutil.Process(proc.pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        p.kill()
 
 
 @pytest.mark.notebooks
@@ -56,7 +32,7 @@ def test_notebook_05_runs_in_jupyterlab_in_headless_chromium(tmp_path):
         shutil.copy(NOTEBOOKS[4], tmp_path / "05-consume.ipynb")
         nb05 = json.loads(NOTEBOOKS[4].read_text())
 
-        port, token = _free_port(), secrets.token_hex(16)
+        port, token = jupyterlab.free_port(18900), secrets.token_hex(16)
         log = open(tmp_path / "jupyterlab.log", "w")
         lab = subprocess.Popen(jupyterlab.command(tmp_path, port, token), cwd=tmp_path, stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -105,6 +81,6 @@ def test_notebook_05_runs_in_jupyterlab_in_headless_chromium(tmp_path):
         if drv is not None:
             drv.quit()
         if lab is not None:
-            _kill_tree(lab)
+            jupyterlab.stop(lab)
         if (tmp_path / "workspace" / "config.json").exists():
             webservice.stop_all(tmp_path / "workspace")
